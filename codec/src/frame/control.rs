@@ -1,0 +1,58 @@
+//! Control frames that carry only a correlation id.
+//!
+//! ```text
+//! PING  id: u32      either side; the other answers PONG with the same id
+//! PONG  id: u32
+//! OK    id: u32      server → client: the request with this id succeeded
+//! ```
+//!
+//! A client's `flush()` is a PING: its PONG proves every frame sent before it was
+//! processed, because a connection's frames are handled in order.
+
+use bytes::{BufMut, BytesMut};
+
+use super::Body;
+use crate::codes::FrameType;
+use crate::error::{DecodeError, EncodeError};
+use crate::wire::Reader;
+
+macro_rules! id_frame {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct $name {
+            /// Correlation id.
+            pub id: u32,
+        }
+
+        impl Body for $name {
+            const TYPE: FrameType = FrameType::$name;
+
+            fn body_len(&self) -> usize {
+                4
+            }
+
+            fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+                dst.put_u32(self.id);
+                Ok(())
+            }
+
+            fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+                Ok(Self { id: r.u32("id")? })
+            }
+        }
+    };
+}
+
+id_frame!(
+    /// Asks the peer for a [`Pong`] with the same id.
+    Ping
+);
+id_frame!(
+    /// Answers a [`Ping`].
+    Pong
+);
+id_frame!(
+    /// The request with this id succeeded.
+    Ok
+);

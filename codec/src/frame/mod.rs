@@ -1,0 +1,227 @@
+//! Frames: the unit of the tern protocol.
+//!
+//! One module per frame family holds the frame types, their body layout, encode, decode
+//! and tests: [`hello`] (handshake), [`control`] (ping, pong, ok), [`error`],
+//! [`publish`] (publish and message delivery), [`subscribe`] (subscribe, unsubscribe).
+//!
+//! Decoding is two-phase (as in mini-redis and rumqttd): the 5-byte header is read
+//! first, a length over the maximum is rejected before anything is reserved for the
+//! body, and `Ok(None)` is returned until the whole frame is buffered. Only then is the
+//! body split off (`split_to(..).freeze()`), so strings and payloads are zero-copy
+//! slices of the read buffer.
+
+mod control;
+mod error;
+mod hello;
+mod publish;
+mod subscribe;
+
+use bytes::{Buf, BufMut, BytesMut};
+
+pub use control::{Ok, Ping, Pong};
+pub use error::ErrorFrame;
+pub use hello::{Credentials, Hello, Welcome};
+pub use publish::{Envelope, EnvelopeRef, Message, Publish, Qos};
+pub use subscribe::{Subscribe, Unsubscribe};
+
+use crate::codes::FrameType;
+use crate::error::{DecodeError, EncodeError};
+use crate::wire::Reader;
+use crate::FRAME_HEADER_LEN;
+
+/// Anything that can be written to the wire as one whole frame (header included).
+pub trait Encode {
+    /// Exact number of bytes [`Encode::encode`] appends.
+    fn encoded_len(&self) -> usize;
+
+    /// Appends the frame to `dst`. On error `dst` is left as it was.
+    ///
+    /// # Errors
+    ///
+    /// A value does not fit its wire field (a string over 65535 bytes, say).
+    fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError>;
+}
+
+/// The body of one frame type. Sealed: implemented only in this crate.
+pub(crate) trait Body: Sized {
+    const TYPE: FrameType;
+
+    fn body_len(&self) -> usize;
+
+    fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError>;
+
+    fn decode_body(r: &mut Reader) -> Result<Self, DecodeError>;
+}
+
+impl<B: Body> Encode for B {
+    fn encoded_len(&self) -> usize {
+        FRAME_HEADER_LEN + self.body_len()
+    }
+
+    fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        encode_with(dst, B::TYPE, |dst| self.encode_body(dst))
+    }
+}
+
+/// Writes a frame header, lets `body` append the body, then patches the length in.
+/// On error the partial frame is removed again.
+pub(crate) fn encode_with(
+    dst: &mut BytesMut,
+    kind: FrameType,
+    body: impl FnOnce(&mut BytesMut) -> Result<(), EncodeError>,
+) -> Result<(), EncodeError> {
+    let start = dst.len();
+    dst.put_u32(0);
+    dst.put_u8(kind as u8);
+    let written = body(dst).and_then(|()| {
+        let len = dst.len() - start - 4;
+        u32::try_from(len).map_err(|_| EncodeError::FrameTooLarge { len })
+    });
+    match written {
+        Result::Ok(len) => {
+            let prefix = dst.get_mut(start..start + 4);
+            // The four bytes were put above; `get_mut` cannot miss them.
+            if let Some(prefix) = prefix {
+                prefix.copy_from_slice(&len.to_be_bytes());
+            }
+            Result::Ok(())
+        }
+        Err(e) => {
+            dst.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+/// Every frame of protocol version 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Hello(Hello),
+    Welcome(Welcome),
+    Ping(Ping),
+    Pong(Pong),
+    Ok(Ok),
+    Error(ErrorFrame),
+    Publish(Publish),
+    Message(Message),
+    Subscribe(Subscribe),
+    Unsubscribe(Unsubscribe),
+}
+
+macro_rules! each_frame {
+    ($self:expr, $f:ident => $e:expr) => {
+        match $self {
+            Frame::Hello($f) => $e,
+            Frame::Welcome($f) => $e,
+            Frame::Ping($f) => $e,
+            Frame::Pong($f) => $e,
+            Frame::Ok($f) => $e,
+            Frame::Error($f) => $e,
+            Frame::Publish($f) => $e,
+            Frame::Message($f) => $e,
+            Frame::Subscribe($f) => $e,
+            Frame::Unsubscribe($f) => $e,
+        }
+    };
+}
+
+impl Frame {
+    /// Decodes one frame from the front of `src`.
+    ///
+    /// Returns `Ok(None)` when `src` does not yet hold a whole frame (nothing is
+    /// consumed); on success the frame's bytes are removed from `src`. A length above
+    /// `max_frame_size` is rejected from the header alone, before any of the body is
+    /// buffered or reserved.
+    ///
+    /// # Errors
+    ///
+    /// See [`DecodeError`]; [`DecodeError::is_fatal`] says whether the stream can go on.
+    /// After a non-fatal error the bad frame has been consumed.
+    pub fn decode(src: &mut BytesMut, max_frame_size: u32) -> Result<Option<Frame>, DecodeError> {
+        let Some(header) = src.get(..FRAME_HEADER_LEN) else {
+            return Result::Ok(None);
+        };
+        let mut header = header;
+        let len = header.get_u32();
+        let code = header.get_u8();
+        if len == 0 {
+            return Err(DecodeError::EmptyFrame);
+        }
+        if len > max_frame_size {
+            return Err(DecodeError::FrameTooLarge {
+                len,
+                max: max_frame_size,
+            });
+        }
+        // `len <= max_frame_size <= u32::MAX`, which fits usize on every supported target.
+        let total = 4 + usize::try_from(len).map_err(|_| DecodeError::FrameTooLarge {
+            len,
+            max: max_frame_size,
+        })?;
+        if src.len() < total {
+            // Bounded by the check above: a peer can make the buffer grow to hold one
+            // maximum-size frame (rounded up by the allocator's doubling), no more.
+            src.reserve(total - src.len());
+            return Result::Ok(None);
+        }
+        src.advance(FRAME_HEADER_LEN);
+        let body = src.split_to(total - FRAME_HEADER_LEN).freeze();
+        let Some(kind) = FrameType::from_u8(code) else {
+            return Err(DecodeError::UnknownFrameType { code });
+        };
+        let mut r = Reader::new(kind, body);
+        let frame = match kind {
+            FrameType::Hello => Frame::Hello(Body::decode_body(&mut r)?),
+            FrameType::Welcome => Frame::Welcome(Body::decode_body(&mut r)?),
+            FrameType::Ping => Frame::Ping(Body::decode_body(&mut r)?),
+            FrameType::Pong => Frame::Pong(Body::decode_body(&mut r)?),
+            FrameType::Ok => Frame::Ok(Body::decode_body(&mut r)?),
+            FrameType::Error => Frame::Error(Body::decode_body(&mut r)?),
+            FrameType::Publish => Frame::Publish(Body::decode_body(&mut r)?),
+            FrameType::Message => Frame::Message(Body::decode_body(&mut r)?),
+            FrameType::Subscribe => Frame::Subscribe(Body::decode_body(&mut r)?),
+            FrameType::Unsubscribe => Frame::Unsubscribe(Body::decode_body(&mut r)?),
+        };
+        r.finish()?;
+        Result::Ok(Some(frame))
+    }
+
+    /// The frame's type.
+    pub fn frame_type(&self) -> FrameType {
+        fn of<B: Body>(_: &B) -> FrameType {
+            B::TYPE
+        }
+        each_frame!(self, f => of(f))
+    }
+}
+
+impl Encode for Frame {
+    fn encoded_len(&self) -> usize {
+        each_frame!(self, f => f.encoded_len())
+    }
+
+    fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        each_frame!(self, f => f.encode(dst))
+    }
+}
+
+/// Implements `From<T> for Frame` for each frame type.
+macro_rules! into_frame {
+    ($($t:ident),*) => {
+        $(impl From<$t> for Frame {
+            fn from(f: $t) -> Frame {
+                Frame::$t(f)
+            }
+        })*
+    };
+}
+into_frame!(Hello, Welcome, Ping, Pong, Ok, Publish, Message, Subscribe, Unsubscribe);
+
+impl From<ErrorFrame> for Frame {
+    fn from(f: ErrorFrame) -> Frame {
+        Frame::Error(f)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
