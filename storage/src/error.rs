@@ -1,0 +1,27 @@
+//! Storage errors.
+
+use std::path::PathBuf;
+
+/// Why the store failed. Each variant names the data directory so that an operator
+/// knows which path to look at.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot open the data directory {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("{path} is not a tern data directory (it holds other files); point --data-dir at an empty or tern directory")]
+    NotATernStore { path: PathBuf },
+    #[error("{path} was written by store format {found}; this version reads format {expected}")]
+    IncompatibleFormat {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error("the store at {path} is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("store I/O failed: {0}")]
+    Io(#[from] sled::Error),
+}
