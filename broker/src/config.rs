@@ -1,0 +1,410 @@
+//! Broker configuration: flags, environment, TOML file, defaults.
+//!
+//! Every setting has a flag (`--max-frame-size`), an environment variable
+//! (`TERN_MAX_FRAME_SIZE`) and a TOML key (`limits.max_frame_size`). One [`Settings`]
+//! struct is both the clap argument set (which reads the environment for a missing flag)
+//! and the file format, so the three can never drift apart. Precedence: flag, then
+//! environment, then file, then the default in [`Config::default`].
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tern_codec::{SubjectLimits, MAX_FRAME_SIZE_LIMIT};
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// What to do with a subscriber whose outbound buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowConsumerPolicy {
+    /// Drop QoS 0 messages for that subscriber and count them; the connection stays.
+    #[default]
+    Drop,
+    /// Send `slow_consumer` and close the connection.
+    Disconnect,
+}
+
+/// A listen address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    On(SocketAddr),
+}
+
+impl FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Listen::Off);
+        }
+        s.parse()
+            .map(Listen::On)
+            .map_err(|_| format!("'{s}' is not an address like 127.0.0.1:9464, or 'off'"))
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Off => f.write_str("off"),
+            Listen::On(a) => a.fmt(f),
+        }
+    }
+}
+
+/// A duration written the human way: `30s`, `500ms`, `2m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s)
+            .map(HumanDuration)
+            .map_err(|e| format!("'{s}' is not a duration like 30s or 500ms ({e})"))
+    }
+}
+
+/// Deserializes any `FromStr` type from a TOML string, keeping its error message.
+macro_rules! deserialize_from_str {
+    ($($t:ty),*) => {
+        $(impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        })*
+    };
+}
+deserialize_from_str!(Listen, HumanDuration);
+
+/// Settings as given: every field optional, so that layers can be merged.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address for tern protocol clients [default: 127.0.0.1:7400]
+    #[arg(long, env = "TERN_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Directory of the embedded store [default: ./tern-data]
+    #[arg(long, env = "TERN_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Address of the Prometheus /metrics endpoint, or `off` [default: 127.0.0.1:9464]
+    #[arg(long, env = "TERN_METRICS_LISTEN", value_name = "ADDR|off")]
+    pub metrics_listen: Option<Listen>,
+
+    /// How long shutdown waits for connections to flush before closing them [default: 5s]
+    #[arg(long, env = "TERN_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
+    pub shutdown_timeout: Option<HumanDuration>,
+
+    #[command(flatten)]
+    #[serde(default)]
+    pub limits: LimitSettings,
+}
+
+/// The `[limits]` table.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Largest frame accepted, in bytes; at most 64 MiB [default: 1048576]
+    #[arg(long, env = "TERN_MAX_FRAME_SIZE", value_name = "BYTES")]
+    pub max_frame_size: Option<u32>,
+
+    /// Most client connections at once [default: 10000]
+    #[arg(long, env = "TERN_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Most subscriptions one connection may hold [default: 10000]
+    #[arg(long, env = "TERN_MAX_SUBSCRIPTIONS", value_name = "N")]
+    pub max_subscriptions: Option<usize>,
+
+    /// Most headers one message may carry [default: 64]
+    #[arg(long, env = "TERN_MAX_HEADERS", value_name = "N")]
+    pub max_headers: Option<usize>,
+
+    /// Longest subject or pattern, in bytes [default: 1024]
+    #[arg(long, env = "TERN_MAX_SUBJECT_LEN", value_name = "BYTES")]
+    pub max_subject_len: Option<usize>,
+
+    /// Most tokens in a subject or pattern [default: 128]
+    #[arg(long, env = "TERN_MAX_SUBJECT_TOKENS", value_name = "N")]
+    pub max_subject_tokens: Option<usize>,
+
+    /// Bytes that may wait to be written to one connection before the slow-consumer policy applies [default: 8388608]
+    #[arg(long, env = "TERN_MAX_PENDING_BYTES", value_name = "BYTES")]
+    pub max_pending_bytes: Option<usize>,
+
+    /// What to do with a subscriber that does not keep up [default: drop]
+    #[arg(long, env = "TERN_SLOW_CONSUMER", value_name = "POLICY")]
+    pub slow_consumer: Option<SlowConsumerPolicy>,
+
+    /// Time a new connection has to send HELLO [default: 5s]
+    #[arg(long, env = "TERN_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
+    pub handshake_timeout: Option<HumanDuration>,
+
+    /// Time one socket write may take before the connection is considered dead [default: 10s]
+    #[arg(long, env = "TERN_WRITE_TIMEOUT", value_name = "DURATION")]
+    pub write_timeout: Option<HumanDuration>,
+}
+
+impl Settings {
+    /// Reads a TOML file.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read, is not TOML, or has an unknown key (named in the error).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Parses TOML text.
+    ///
+    /// # Errors
+    ///
+    /// Not TOML, a wrong type, or an unknown key.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// `self` where set, `lower` elsewhere.
+    pub fn over(self, lower: Settings) -> Settings {
+        let (l, ll) = (self.limits, lower.limits);
+        Settings {
+            listen: self.listen.or(lower.listen),
+            data_dir: self.data_dir.or(lower.data_dir),
+            metrics_listen: self.metrics_listen.or(lower.metrics_listen),
+            shutdown_timeout: self.shutdown_timeout.or(lower.shutdown_timeout),
+            limits: LimitSettings {
+                max_frame_size: l.max_frame_size.or(ll.max_frame_size),
+                max_connections: l.max_connections.or(ll.max_connections),
+                max_subscriptions: l.max_subscriptions.or(ll.max_subscriptions),
+                max_headers: l.max_headers.or(ll.max_headers),
+                max_subject_len: l.max_subject_len.or(ll.max_subject_len),
+                max_subject_tokens: l.max_subject_tokens.or(ll.max_subject_tokens),
+                max_pending_bytes: l.max_pending_bytes.or(ll.max_pending_bytes),
+                slow_consumer: l.slow_consumer.or(ll.slow_consumer),
+                handshake_timeout: l.handshake_timeout.or(ll.handshake_timeout),
+                write_timeout: l.write_timeout.or(ll.write_timeout),
+            },
+        }
+    }
+}
+
+/// The broker's resolved, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub metrics_listen: Listen,
+    pub shutdown_timeout: Duration,
+    pub limits: Limits,
+}
+
+/// Resource limits. Every buffer a peer can fill is bounded by one of these.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_frame_size: u32,
+    pub max_connections: usize,
+    pub max_subscriptions: usize,
+    pub max_headers: usize,
+    pub subject: SubjectLimits,
+    pub max_pending_bytes: usize,
+    pub slow_consumer: SlowConsumerPolicy,
+    pub handshake_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            data_dir: PathBuf::from("./tern-data"),
+            metrics_listen: Listen::On(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            shutdown_timeout: Duration::from_secs(5),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_size: tern_codec::DEFAULT_MAX_FRAME_SIZE,
+            max_connections: 10_000,
+            max_subscriptions: 10_000,
+            max_headers: 64,
+            subject: SubjectLimits::default(),
+            max_pending_bytes: 8 * 1024 * 1024,
+            slow_consumer: SlowConsumerPolicy::Drop,
+            handshake_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn at_least<T: PartialOrd + fmt::Display + Copy>(
+    key: &'static str,
+    value: Option<T>,
+    min: T,
+) -> Result<Option<T>, ConfigError> {
+    match value {
+        Some(v) if v < min => Err(ConfigError::Invalid {
+            key,
+            reason: format!("{v} is below the minimum of {min}"),
+        }),
+        v => Ok(v),
+    }
+}
+
+fn nonzero_duration(
+    key: &'static str,
+    value: Option<HumanDuration>,
+) -> Result<Option<Duration>, ConfigError> {
+    match value {
+        Some(HumanDuration(d)) if d.is_zero() => Err(ConfigError::Invalid {
+            key,
+            reason: "must be longer than 0".into(),
+        }),
+        v => Ok(v.map(|d| d.0)),
+    }
+}
+
+impl Config {
+    /// Applies `settings` over the defaults and checks every value.
+    ///
+    /// # Errors
+    ///
+    /// A value out of range, naming its key.
+    pub fn from_settings(s: Settings) -> Result<Self, ConfigError> {
+        let d = Config::default();
+        let l = s.limits;
+        let max_frame_size =
+            at_least("limits.max_frame_size", l.max_frame_size, 1024)?.unwrap_or(d.limits.max_frame_size);
+        if max_frame_size > MAX_FRAME_SIZE_LIMIT {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_frame_size",
+                reason: format!("{max_frame_size} is above the maximum of {MAX_FRAME_SIZE_LIMIT} (64 MiB)"),
+            });
+        }
+        let max_pending_bytes = at_least("limits.max_pending_bytes", l.max_pending_bytes, 1024)?
+            .unwrap_or(d.limits.max_pending_bytes);
+        Ok(Config {
+            listen: s.listen.unwrap_or(d.listen),
+            data_dir: s.data_dir.unwrap_or(d.data_dir),
+            metrics_listen: s.metrics_listen.unwrap_or(d.metrics_listen),
+            shutdown_timeout: s.shutdown_timeout.map_or(d.shutdown_timeout, |t| t.0),
+            limits: Limits {
+                max_frame_size,
+                max_connections: at_least("limits.max_connections", l.max_connections, 1)?
+                    .unwrap_or(d.limits.max_connections),
+                max_subscriptions: at_least("limits.max_subscriptions", l.max_subscriptions, 1)?
+                    .unwrap_or(d.limits.max_subscriptions),
+                max_headers: l.max_headers.unwrap_or(d.limits.max_headers),
+                subject: SubjectLimits {
+                    max_len: at_least("limits.max_subject_len", l.max_subject_len, 1)?
+                        .unwrap_or(d.limits.subject.max_len),
+                    max_tokens: at_least("limits.max_subject_tokens", l.max_subject_tokens, 1)?
+                        .unwrap_or(d.limits.subject.max_tokens),
+                },
+                max_pending_bytes,
+                slow_consumer: l.slow_consumer.unwrap_or(d.limits.slow_consumer),
+                handshake_timeout: nonzero_duration("limits.handshake_timeout", l.handshake_timeout)?
+                    .unwrap_or(d.limits.handshake_timeout),
+                write_timeout: nonzero_duration("limits.write_timeout", l.write_timeout)?
+                    .unwrap_or(d.limits.write_timeout),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_keys_parse() {
+        let s = Settings::from_toml(
+            r#"
+            listen = "0.0.0.0:7500"
+            metrics_listen = "off"
+            shutdown_timeout = "2s"
+            [limits]
+            max_frame_size = 2048
+            slow_consumer = "disconnect"
+            handshake_timeout = "250ms"
+            "#,
+        )
+        .unwrap();
+        let c = Config::from_settings(s).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:7500".parse().unwrap());
+        assert_eq!(c.metrics_listen, Listen::Off);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.max_frame_size, 2048);
+        assert_eq!(c.limits.slow_consumer, SlowConsumerPolicy::Disconnect);
+        assert_eq!(c.limits.handshake_timeout, Duration::from_millis(250));
+        assert_eq!(c.limits.max_connections, 10_000, "default kept");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Settings::from_toml("[limits]\nmax_frame_sise = 5").unwrap_err();
+        assert!(err.to_string().contains("max_frame_sise"), "{err}");
+        let err = Settings::from_toml("lissen = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("lissen"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = Settings::from_toml("metrics_listen = \"nowhere\"").unwrap_err();
+        assert!(err.to_string().contains("nowhere"), "{err}");
+        let s = Settings::from_toml("[limits]\nmax_frame_size = 100000000").unwrap();
+        let err = Config::from_settings(s).unwrap_err();
+        assert!(err.to_string().contains("limits.max_frame_size"), "{err}");
+        let s = Settings::from_toml("[limits]\nwrite_timeout = \"0s\"").unwrap();
+        let err = Config::from_settings(s).unwrap_err();
+        assert!(err.to_string().contains("limits.write_timeout"), "{err}");
+    }
+
+    #[test]
+    fn higher_layer_wins() {
+        let file = Settings::from_toml("listen = \"127.0.0.1:1\"\n[limits]\nmax_headers = 3").unwrap();
+        let flags = Settings {
+            listen: Some("127.0.0.1:2".parse().unwrap()),
+            ..Settings::default()
+        };
+        let c = Config::from_settings(flags.over(file)).unwrap();
+        assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.limits.max_headers, 3);
+    }
+}

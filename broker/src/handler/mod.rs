@@ -1,0 +1,27 @@
+//! One handler per frame family, mirroring `tern_codec::frame`.
+//!
+//! Handlers are synchronous: they validate, update the router and queue replies, and
+//! never wait. A handler's `Err(Reject)` becomes an ERROR frame with the request's id;
+//! the connection stays open.
+
+pub(crate) mod hello;
+pub(crate) mod publish;
+pub(crate) mod subscribe;
+
+use tern_codec::ErrorCode;
+
+/// A refused request: the code and a message naming what was wrong.
+#[derive(Debug)]
+pub(crate) struct Reject {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Reject {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}

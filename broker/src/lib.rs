@@ -1,0 +1,35 @@
+//! tern-broker: the tern message broker as a library, and the `ternd` daemon.
+//!
+//! # Layout
+//!
+//! * [`server`]: the listener, shared state, graceful shutdown ([`Server`], [`run`]).
+//! * `session`: one task per connection: handshake, frame loop, cleanup.
+//! * `handler`: one handler per frame family (hello, publish, subscribe), mirroring
+//!   `tern_codec::frame`.
+//! * `connection`: the read side of a socket (bytes in, frames out).
+//! * `outbound`: a connection's bounded outbound queue and the writer task.
+//! * `router`: who receives a message; [`sublist`]: the subject trie behind it.
+//! * [`config`]: flags, environment, TOML and defaults.
+//! * [`stats`]: server-wide counters.
+//!
+//! `ARCHITECTURE.md` at the repository root follows a message through these pieces.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
+pub mod config;
+mod connection;
+mod error;
+mod handler;
+mod outbound;
+mod router;
+pub mod server;
+mod session;
+pub mod stats;
+pub mod sublist;
+
+pub use config::{Config, ConfigError, Settings};
+pub use error::Error;
+pub use server::{run, ConnectionInfo, Server};
+pub use stats::StatsSnapshot;

@@ -1,0 +1,244 @@
+//! One task per connection: handshake, then read and handle frames until the end.
+//!
+//! The session task reads; a second task writes the connection's [`Outbound`] queue.
+//! Frames are handled synchronously in the order they arrive, which is what lets a
+//! client pipeline requests and match the answers by id. After each read batch the
+//! session wakes the writers it queued frames for and adds its counts to the server's,
+//! once per batch rather than once per frame.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tern_codec::{DecodeError, Encode, ErrorCode, ErrorFrame, Frame, Pong};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
+
+use crate::connection::FrameReader;
+use crate::error::ReadError;
+use crate::handler::{self, Reject};
+use crate::outbound::{Outbound, Wakes};
+use crate::router::{RouteCache, Subscriber};
+use crate::server::{ConnectionEntry, Shared};
+use crate::stats::BatchCounts;
+
+/// The state of one greeted connection, as the handlers see it.
+pub(crate) struct Session {
+    pub id: u64,
+    pub shared: Arc<Shared>,
+    pub outbound: Arc<Outbound>,
+    /// This connection's subscriptions by the client's subscription id.
+    pub subs: HashMap<u32, Arc<Subscriber>>,
+    pub routes: RouteCache,
+    pub wakes: Wakes,
+    pub counts: BatchCounts,
+}
+
+/// Serves one accepted socket until it closes, the peer misbehaves, or the server
+/// shuts down. Holds `permit` (a slot under the connection limit) until then.
+pub(crate) async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+) {
+    let id = shared.next_connection_id();
+    let span = tracing::info_span!("conn", id, %peer, client = tracing::field::Empty);
+    serve_inner(socket, peer, id, shared)
+        .instrument(span)
+        .await;
+    drop(permit);
+}
+
+async fn serve_inner(socket: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>) {
+    let limits = &shared.config.limits;
+    // Best effort: without it small frames wait for Nagle's timer, with it they do not.
+    let _ = socket.set_nodelay(true);
+    let (rd, wr) = socket.into_split();
+    let outbound = Arc::new(Outbound::new(
+        limits.max_pending_bytes,
+        limits.slow_consumer,
+        shared.shutdown.child_token(),
+        Arc::clone(&shared.stats),
+    ));
+    let writer = tokio::spawn(Arc::clone(&outbound).write_to(wr, limits.write_timeout));
+    let mut reader = FrameReader::new(rd, limits.max_frame_size);
+
+    if let Some(name) = handshake(&mut reader, &outbound, &shared, id).await {
+        tracing::Span::current().record("client", name.as_str());
+        tracing::debug!("connected");
+        shared.register(
+            id,
+            ConnectionEntry {
+                peer,
+                name,
+                outbound: Arc::clone(&outbound),
+            },
+        );
+        let mut session = Session {
+            id,
+            shared: Arc::clone(&shared),
+            outbound: Arc::clone(&outbound),
+            subs: HashMap::new(),
+            routes: RouteCache::default(),
+            wakes: Wakes::default(),
+            counts: BatchCounts::default(),
+        };
+        session.run(&mut reader).await;
+        session.end();
+        shared.deregister(id);
+        tracing::debug!("disconnected");
+    }
+
+    outbound.close_with(None);
+    // The final flush is bounded: a peer that reads nothing cannot hold the task (or a
+    // shutdown) forever.
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(limits.write_timeout, writer).await.is_err() {
+        abort.abort();
+    }
+}
+
+/// Reads the HELLO and answers WELCOME. Returns the client's name, or `None` when the
+/// connection ended or was refused (the ERROR is already queued).
+async fn handshake<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+    outbound: &Arc<Outbound>,
+    shared: &Shared,
+    id: u64,
+) -> Option<String> {
+    let timeout = shared.config.limits.handshake_timeout;
+    let first = tokio::select! {
+        r = tokio::time::timeout(timeout, reader.read_frame()) => r,
+        () = outbound.ending().cancelled() => return None,
+    };
+    let refusal = match first {
+        Err(_elapsed) => Reject::new(
+            ErrorCode::HandshakeTimeout,
+            format!("no HELLO within {}", humantime::format_duration(timeout)),
+        ),
+        Ok(Ok(None) | Err(ReadError::Io(_) | ReadError::EofMidFrame)) => return None,
+        Ok(Err(ReadError::Decode(e))) => {
+            shared.count_protocol_error(&e);
+            Reject::new(e.code(), e.to_string())
+        }
+        Ok(Ok(Some(frame))) => match handler::hello::accept(shared, id, frame) {
+            Ok((hello, welcome)) => {
+                let mut wakes = Wakes::default();
+                outbound.push_control(&welcome, &mut wakes);
+                wakes.wake_all();
+                return Some(hello.name.to_string());
+            }
+            Err(reject) => reject,
+        },
+    };
+    tracing::debug!(reason = %refusal.message, "handshake refused");
+    outbound.close_with(Some(&ErrorFrame::new(0, refusal.code, refusal.message)));
+    None
+}
+
+impl Session {
+    /// Handles frames until the connection ends.
+    async fn run<R: tokio::io::AsyncRead + Unpin>(&mut self, reader: &mut FrameReader<R>) {
+        loop {
+            loop {
+                match reader.next_buffered() {
+                    Ok(Some(frame)) => self.handle(frame),
+                    Ok(None) => break,
+                    Err(e) => {
+                        let fatal = e.is_fatal();
+                        self.protocol_error(&e);
+                        if fatal {
+                            self.end_batch();
+                            return;
+                        }
+                    }
+                }
+            }
+            self.end_batch();
+            tokio::select! {
+                biased;
+                () = self.outbound.ending().cancelled() => {
+                    if self.shared.shutdown.is_cancelled() {
+                        self.outbound.close_with(Some(&ErrorFrame::new(
+                            0,
+                            ErrorCode::ShuttingDown,
+                            "the server is shutting down",
+                        )));
+                    }
+                    return;
+                }
+                read = reader.fill() => match read {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "read ended");
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn handle(&mut self, frame: Frame) {
+        let (id, result) = match frame {
+            Frame::Publish(p) => (p.id, handler::publish::handle(self, p)),
+            Frame::Subscribe(s) => (s.id, handler::subscribe::subscribe(self, s)),
+            Frame::Unsubscribe(u) => (u.id, handler::subscribe::unsubscribe(self, u)),
+            Frame::Ping(p) => {
+                self.reply(&Pong { id: p.id });
+                (p.id, Ok(()))
+            }
+            // Answers to our own pings: reading them is all that is needed.
+            Frame::Pong(_) => (0, Ok(())),
+            Frame::Hello(_) => (
+                0,
+                Err(Reject::new(
+                    ErrorCode::UnexpectedFrame,
+                    "HELLO was already received on this connection",
+                )),
+            ),
+            other @ (Frame::Welcome(_) | Frame::Ok(_) | Frame::Error(_) | Frame::Message(_)) => (
+                0,
+                Err(Reject::new(
+                    ErrorCode::UnexpectedFrame,
+                    format!("{} frames are sent by servers, not clients", other.frame_type()),
+                )),
+            ),
+        };
+        if let Err(reject) = result {
+            self.reply(&ErrorFrame::new(id, reject.code, reject.message));
+        }
+    }
+
+    /// Queues a reply on this connection.
+    pub fn reply(&mut self, frame: &impl Encode) {
+        self.outbound.push_control(frame, &mut self.wakes);
+    }
+
+    fn protocol_error(&mut self, e: &DecodeError) {
+        self.shared.count_protocol_error(e);
+        let frame = ErrorFrame::new(0, e.code(), e.to_string());
+        if e.is_fatal() {
+            tracing::warn!(error = %e, "protocol error; closing the connection");
+            self.outbound.close_with(Some(&frame));
+        } else {
+            tracing::debug!(error = %e, "protocol error");
+            self.reply(&frame);
+        }
+    }
+
+    fn end_batch(&mut self) {
+        self.wakes.wake_all();
+        self.counts.add_to(&self.shared.stats);
+    }
+
+    /// Removes every subscription of this connection from the router.
+    fn end(&mut self) {
+        for (_, sub) in self.subs.drain() {
+            self.shared.router.unsubscribe(&sub);
+        }
+        self.end_batch();
+    }
+}
