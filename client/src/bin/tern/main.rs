@@ -1,0 +1,94 @@
+//! `tern`: the tern command-line tool.
+//!
+//! Sub-commands mirror the client API. Scripts rely on this contract: errors are one
+//! line on standard error and a non-zero exit; `--json` prints exactly one JSON object
+//! per line on standard output.
+
+mod output;
+mod publish;
+mod subscribe;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tern_client::{Client, Headers};
+
+#[derive(Debug, Parser)]
+#[command(name = "tern", version, about = "Command-line client for the tern message broker")]
+struct Cli {
+    /// Server address (host:port)
+    #[arg(
+        long,
+        short = 's',
+        global = true,
+        env = "TERN_SERVER",
+        default_value = "127.0.0.1:7400",
+        value_name = "ADDR"
+    )]
+    server: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Publish messages on a subject
+    Pub(publish::Args),
+    /// Subscribe to a subject pattern and print what arrives
+    Sub(subscribe::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tern: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tern: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let connect = || async {
+        Client::builder()
+            .name("tern-cli")
+            .connect(cli.server.as_str())
+            .await
+    };
+    match cli.command {
+        Command::Pub(args) => publish::run(connect().await?, args).await,
+        Command::Sub(args) => subscribe::run(connect().await?, args).await,
+    }
+}
+
+/// Parses a `key=value` header argument.
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("'{s}' is not a header of the form key=value")),
+    }
+}
+
+fn headers(pairs: &[(String, String)]) -> Headers {
+    pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}

@@ -1,0 +1,330 @@
+//! The client handle and its options.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tern_codec::{Ping, Welcome, DEFAULT_MAX_FRAME_SIZE};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::{self, establish};
+use crate::outbound::{Link, WriteBuffer};
+use crate::publish::Publish;
+use crate::state::{Request, State};
+use crate::subscription::SubscribeBuilder;
+use crate::Error;
+
+/// How a client connects and behaves. Built with [`Client::builder`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    pub(crate) name: String,
+    pub(crate) reconnect: bool,
+    pub(crate) reconnect_delay_min: Duration,
+    pub(crate) reconnect_delay_max: Duration,
+    pub(crate) max_reconnects: Option<u32>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) ping_interval: Duration,
+    pub(crate) write_buffer: usize,
+    pub(crate) subscription_capacity: usize,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        Self {
+            name: "tern-client".into(),
+            reconnect: true,
+            reconnect_delay_min: Duration::from_millis(50),
+            reconnect_delay_max: Duration::from_secs(5),
+            max_reconnects: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(30),
+            write_buffer: 8 * 1024 * 1024,
+            subscription_capacity: 64 * 1024,
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// A name for the server's logs and connection list.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Whether to reconnect (and re-subscribe) after the connection drops. Default on.
+    pub fn reconnect(mut self, on: bool) -> Self {
+        self.reconnect = on;
+        self
+    }
+
+    /// Bounds of the exponential back-off between reconnect attempts.
+    /// Default 50 ms to 5 s.
+    pub fn reconnect_delay(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_delay_min = min;
+        self.reconnect_delay_max = max;
+        self
+    }
+
+    /// Give up (and close) after this many failed reconnect attempts in a row.
+    /// Default: never give up.
+    pub fn max_reconnects(mut self, attempts: u32) -> Self {
+        self.max_reconnects = Some(attempts);
+        self
+    }
+
+    /// Time allowed to connect and complete the handshake. Default 5 s.
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Time allowed for the server to answer a subscribe, unsubscribe or flush.
+    /// Default 10 s.
+    pub fn request_timeout(mut self, t: Duration) -> Self {
+        self.request_timeout = t;
+        self
+    }
+
+    /// How often to ping an otherwise quiet server; two silent intervals mean the
+    /// connection is dead. Default 30 s.
+    pub fn ping_interval(mut self, t: Duration) -> Self {
+        self.ping_interval = t;
+        self
+    }
+
+    /// Bytes of unsent frames to hold before `publish` waits (connected) or fails
+    /// with [`Error::Disconnected`] (while reconnecting). Default 8 MiB.
+    pub fn write_buffer(mut self, bytes: usize) -> Self {
+        self.write_buffer = bytes;
+        self
+    }
+
+    /// Messages each subscription holds for the application before it drops (and
+    /// counts, see [`crate::Subscription::dropped`]) further ones. Default 65,536.
+    pub fn subscription_capacity(mut self, messages: usize) -> Self {
+        self.subscription_capacity = messages.max(1);
+        self
+    }
+
+    /// Connects to `addr` (`host:port`) and completes the handshake.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] when the server cannot be reached, [`Error::Refused`] when it
+    /// refuses the handshake.
+    pub async fn connect(self, addr: impl Into<String>) -> Result<Client, Error> {
+        let inner = Arc::new(Inner {
+            addr: addr.into(),
+            out: WriteBuffer::new(self.write_buffer),
+            state: Mutex::new(State::default()),
+            next_id: AtomicU32::new(1),
+            next_sid: AtomicU32::new(1),
+            max_frame_size: AtomicU32::new(DEFAULT_MAX_FRAME_SIZE),
+            closing: CancellationToken::new(),
+            driver: Mutex::new(None),
+            options: self,
+        });
+        let conn = establish(&inner).await?;
+        inner.connected(&conn.welcome);
+        let driver = tokio::spawn(connection::drive(Arc::clone(&inner), conn));
+        *lock(&inner.driver) = Some(driver);
+        Ok(Client {
+            _guard: Arc::new(CloseOnDrop(inner.closing.clone())),
+            inner,
+        })
+    }
+}
+
+/// Shared by the [`Client`] handles and the connection driver.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub addr: String,
+    pub options: ClientBuilder,
+    pub out: WriteBuffer,
+    /// Requests in flight and subscriptions. A std `Mutex`: held for map updates only,
+    /// never across an `.await`.
+    state: Mutex<State>,
+    next_id: AtomicU32,
+    next_sid: AtomicU32,
+    /// The current server's limit, from its WELCOME.
+    max_frame_size: AtomicU32,
+    /// Cancelled by [`Client::close`] or when the last handle is dropped.
+    pub closing: CancellationToken,
+    driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update under these locks is a single map or field operation, so a poisoned
+    // lock still guards consistent data.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Inner {
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// A fresh correlation id; never 0, which means "no answer wanted".
+    pub fn next_id(&self) -> u32 {
+        loop {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    pub fn next_sid(&self) -> u32 {
+        self.next_sid.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn max_frame_size(&self) -> u32 {
+        self.max_frame_size.load(Ordering::Relaxed)
+    }
+
+    pub fn connected(&self, welcome: &Welcome) {
+        self.max_frame_size
+            .store(welcome.max_frame_size, Ordering::Relaxed);
+    }
+
+    /// The client is finished: nothing more can be sent, everything waiting fails.
+    pub fn shut(&self) {
+        self.closing.cancel();
+        self.out.set_link(Link::Closed);
+        self.state().close();
+    }
+
+    /// Sends a request frame and waits for its answer, within the request timeout.
+    pub async fn request(
+        &self,
+        frame: &impl tern_codec::Encode,
+        id: u32,
+        request: impl FnOnce(oneshot::Sender<Result<(), Error>>) -> Request,
+    ) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.state().add_request(id, request(tx));
+        if let Err(e) = self.out.push_control(frame) {
+            self.state().cancel_request(id);
+            return Err(e);
+        }
+        match tokio::time::timeout(self.options.request_timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_dropped)) => Err(Error::Closed),
+            Err(_elapsed) => {
+                self.state().cancel_request(id);
+                Err(Error::Timeout)
+            }
+        }
+    }
+}
+
+/// Closes the client when the last [`Client`] handle (including those held by
+/// subscriptions) is dropped. Not held by the driver, so it never keeps itself alive.
+#[derive(Debug)]
+struct CloseOnDrop(CancellationToken);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// A connection to a tern server. Cheap to clone; clones share the connection.
+///
+/// The connection is kept up in the background: when it drops, the client reconnects
+/// with back-off and re-establishes its subscriptions (see [`ClientBuilder`]).
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+    _guard: Arc<CloseOnDrop>,
+}
+
+impl Client {
+    /// Connects with default options.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClientBuilder::connect`].
+    pub async fn connect(addr: impl Into<String>) -> Result<Client, Error> {
+        ClientBuilder::default().connect(addr).await
+    }
+
+    /// Options for a new connection.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// Publishes `payload` on `subject` (at most once). Add headers or a reply-to on
+    /// the returned builder, then `.await` it.
+    ///
+    /// Awaiting it returns once the message is in the client's write buffer, which is
+    /// usually at once; it waits only while the buffer is full. Use [`Client::flush`]
+    /// to know the server has it.
+    pub fn publish<'a>(&'a self, subject: &'a str, payload: impl Into<bytes::Bytes>) -> Publish<'a> {
+        Publish::new(self, subject, payload.into())
+    }
+
+    /// Subscribes to `pattern`; `.group(..)` on the returned builder makes it a queue
+    /// subscription. Awaiting it returns once the server has the subscription, so
+    /// every message published after that is delivered to it.
+    pub fn subscribe<'a>(&'a self, pattern: &'a str) -> SubscribeBuilder<'a> {
+        SubscribeBuilder::new(self, pattern)
+    }
+
+    /// Subscribes as a member of queue group `group`: each message on `pattern` goes
+    /// to one member of the group.
+    ///
+    /// # Errors
+    ///
+    /// As [`SubscribeBuilder`].
+    pub async fn queue_subscribe(
+        &self,
+        pattern: &str,
+        group: &str,
+    ) -> Result<crate::Subscription, Error> {
+        self.subscribe(pattern).group(group).await
+    }
+
+    /// Waits until the server has processed everything sent before this call.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConnectionLost`] if the connection dropped first (what was buffered may
+    /// not have arrived), [`Error::Timeout`], or [`Error::Closed`].
+    pub async fn flush(&self) -> Result<(), Error> {
+        let id = self.inner.next_id();
+        self.inner
+            .request(&Ping { id }, id, Request::Ping)
+            .await
+    }
+
+    /// Sends what is buffered, waits for the server to process it, and closes the
+    /// connection. Subscriptions end. Other clones of this client are closed too.
+    ///
+    /// # Errors
+    ///
+    /// The final flush failed; the client is closed anyway.
+    pub async fn close(&self) -> Result<(), Error> {
+        let flushed = self.flush().await;
+        self.inner.closing.cancel();
+        let driver = lock(&self.inner.driver).take();
+        if let Some(driver) = driver {
+            let _ = driver.await;
+        }
+        self.inner.shut();
+        flushed
+    }
+
+    /// Whether the client has been closed (or gave up reconnecting).
+    pub fn is_closed(&self) -> bool {
+        self.inner.closing.is_cancelled()
+    }
+
+    /// The largest frame the server accepts, from its handshake.
+    pub fn max_frame_size(&self) -> u32 {
+        self.inner.max_frame_size()
+    }
+}

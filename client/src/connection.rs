@@ -1,0 +1,286 @@
+//! The connection driver: one task per client that owns the socket.
+//!
+//! It connects and greets, re-subscribes after a reconnect, then runs the reader and
+//! the writer until the connection ends; then it backs off and reconnects (unless told
+//! not to) until the client is closed. All decisions about requests and subscriptions
+//! are delegated to [`State`]; this module only moves bytes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tern_codec::{
+    Encode, Frame, Hello, Ping, Pong, Welcome, MAX_FRAME_SIZE_LIMIT, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::client::Inner;
+use crate::outbound::Link;
+use crate::state::{Backoff, Dispatch};
+use crate::Error;
+
+/// Bytes reserved for each socket read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A greeted connection, ready to run.
+pub(crate) struct Established {
+    stream: TcpStream,
+    /// Bytes read past the WELCOME (the server may already be sending).
+    leftover: BytesMut,
+    pub welcome: Welcome,
+}
+
+/// Connects to the server and performs the handshake.
+///
+/// # Errors
+///
+/// [`Error::Connect`] if the server cannot be reached or times out, [`Error::Refused`]
+/// if it answers the HELLO with an error, [`Error::Protocol`] if it answers nonsense.
+pub(crate) async fn establish(inner: &Inner) -> Result<Established, Error> {
+    let opts = &inner.options;
+    let addr = &inner.addr;
+    let connect_err = |reason: String| Error::Connect {
+        addr: addr.clone(),
+        reason,
+    };
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr.as_str())
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            name: opts.name.as_str().into(),
+            credentials: None,
+        };
+        let mut buf = BytesMut::with_capacity(hello.encoded_len());
+        hello.encode(&mut buf)?;
+        stream
+            .write_all(&buf)
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        buf.clear();
+        loop {
+            match Frame::decode(&mut buf, MAX_FRAME_SIZE_LIMIT) {
+                Ok(Some(Frame::Welcome(welcome))) => {
+                    return Ok(Established {
+                        stream,
+                        leftover: buf,
+                        welcome,
+                    })
+                }
+                Ok(Some(Frame::Error(e))) => {
+                    return Err(Error::Refused {
+                        addr: addr.clone(),
+                        code: e.code().map_or_else(|| e.raw_code.to_string(), |c| c.to_string()),
+                        message: e.message.to_string(),
+                    })
+                }
+                Ok(Some(other)) => {
+                    return Err(Error::Protocol(format!(
+                        "expected WELCOME, got {}",
+                        other.frame_type()
+                    )))
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Error::Protocol(e.to_string())),
+            }
+            buf.reserve(1024);
+            match stream.read_buf(&mut buf).await {
+                Ok(0) => return Err(connect_err("the server closed the connection during the handshake".into())),
+                Ok(_) => {}
+                Err(e) => return Err(connect_err(e.to_string())),
+            }
+        }
+    };
+    tokio::time::timeout(opts.connect_timeout, attempt)
+        .await
+        .map_err(|_| connect_err(format!("no answer within {:?}", opts.connect_timeout)))?
+}
+
+/// Runs connections until the client is closed or reconnecting is given up.
+pub(crate) async fn drive(inner: Arc<Inner>, mut conn: Established) {
+    let mut backoff = Backoff::new(inner.options.reconnect_delay_min, inner.options.reconnect_delay_max);
+    let mut resubscribe = BytesMut::new();
+    loop {
+        inner.connected(&conn.welcome);
+        let err = run(&inner, conn, std::mem::take(&mut resubscribe)).await;
+        inner.out.set_link(Link::Down);
+        inner.state().connection_lost();
+        if inner.closing.is_cancelled() || !inner.options.reconnect {
+            break;
+        }
+        tracing::warn!(addr = %inner.addr, error = %err, "connection lost; reconnecting");
+        conn = loop {
+            let delay = backoff.next_delay();
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = inner.closing.cancelled() => {
+                    inner.shut();
+                    return;
+                }
+            }
+            match establish(&inner).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    let attempts = backoff.attempts();
+                    if inner.options.max_reconnects.is_some_and(|max| attempts >= max) {
+                        tracing::error!(addr = %inner.addr, attempts, error = %e, "giving up reconnecting");
+                        inner.shut();
+                        return;
+                    }
+                    // Once per doubling, not once per attempt.
+                    if attempts.is_power_of_two() {
+                        tracing::debug!(addr = %inner.addr, attempts, error = %e, "reconnect failed");
+                    }
+                }
+            }
+        };
+        tracing::info!(addr = %inner.addr, attempts = backoff.attempts(), "reconnected");
+        backoff.reset();
+        for frame in inner.state().resubscribe(|| inner.next_id()) {
+            // A SUBSCRIBE that does not encode was refused when first sent.
+            let _ = frame.encode(&mut resubscribe);
+        }
+    }
+    inner.shut();
+}
+
+/// Runs one connection until it fails or the client closes. Returns why it ended.
+async fn run(inner: &Inner, conn: Established, resubscribe: BytesMut) -> Error {
+    let (rd, mut wr) = conn.stream.into_split();
+    // Re-subscriptions go out before anything buffered while disconnected, so that
+    // replies to requests published in the meantime find their subscription.
+    if !resubscribe.is_empty() {
+        if let Err(e) = wr.write_all(&resubscribe).await {
+            return Error::Connect {
+                addr: inner.addr.clone(),
+                reason: e.to_string(),
+            };
+        }
+    }
+    inner.out.set_link(Link::Up);
+    let last_read = std::sync::Mutex::new(Instant::now());
+    tokio::select! {
+        e = read_loop(inner, rd, conn.leftover, &last_read) => e,
+        e = write_loop(inner, &mut wr) => e,
+        e = keepalive(inner, &last_read) => e,
+        () = inner.closing.cancelled() => {
+            // Send what is already buffered before closing: close() promises it.
+            let mut rest = BytesMut::new();
+            inner.out.take_now(&mut rest);
+            let _ = wr.write_all(&rest).await;
+            let _ = wr.shutdown().await;
+            Error::Closed
+        }
+    }
+}
+
+async fn read_loop(
+    inner: &Inner,
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
+    last_read: &std::sync::Mutex<Instant>,
+) -> Error {
+    loop {
+        if let Err(e) = dispatch_buffered(inner, &mut buf) {
+            return e;
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => {
+                return Error::Connect {
+                    addr: inner.addr.clone(),
+                    reason: "the server closed the connection".into(),
+                }
+            }
+            Ok(_) => {
+                if let Ok(mut t) = last_read.lock() {
+                    *t = Instant::now();
+                }
+            }
+            Err(e) => {
+                return Error::Connect {
+                    addr: inner.addr.clone(),
+                    reason: e.to_string(),
+                }
+            }
+        }
+    }
+}
+
+/// Handles every whole frame in `buf`, holding the state lock once for the batch.
+fn dispatch_buffered(inner: &Inner, buf: &mut BytesMut) -> Result<(), Error> {
+    let mut state = inner.state();
+    loop {
+        let frame = match Frame::decode(buf, MAX_FRAME_SIZE_LIMIT) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(e) if !e.is_fatal() => {
+                tracing::debug!(error = %e, "ignoring a frame this client does not know");
+                continue;
+            }
+            Err(e) => return Err(Error::Protocol(e.to_string())),
+        };
+        match frame {
+            Frame::Message(m) => {
+                let sid = m.sid;
+                if state.on_message(m) == Dispatch::Dropped {
+                    tracing::debug!(sid, "subscription buffer full; message dropped");
+                }
+            }
+            Frame::Ok(ok) => state.on_ok(ok.id),
+            Frame::Pong(pong) => state.on_ok(pong.id),
+            Frame::Ping(ping) => {
+                // Ignored on failure: the client is closing.
+                let _ = inner.out.push_control(&Pong { id: ping.id });
+            }
+            Frame::Error(e) => {
+                if let Some(e) = state.on_error(e) {
+                    tracing::warn!(code = ?e.code(), message = %e.message, "server error");
+                }
+            }
+            other => {
+                return Err(Error::Protocol(format!(
+                    "unexpected {} frame from the server",
+                    other.frame_type()
+                )))
+            }
+        }
+    }
+}
+
+async fn write_loop(inner: &Inner, wr: &mut OwnedWriteHalf) -> Error {
+    let mut batch = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        inner.out.take(&mut batch).await;
+        if let Err(e) = wr.write_all(&batch).await {
+            return Error::Connect {
+                addr: inner.addr.clone(),
+                reason: e.to_string(),
+            };
+        }
+        batch.clear();
+    }
+}
+
+/// Pings the server every `ping_interval`; a connection that has been silent for two
+/// intervals is dead (a half-open TCP connection would otherwise hang forever).
+async fn keepalive(inner: &Inner, last_read: &std::sync::Mutex<Instant>) -> Error {
+    let every = inner.options.ping_interval;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        ticker.tick().await;
+        let silent = last_read.lock().map_or(Duration::ZERO, |t| t.elapsed());
+        if silent > every * 2 {
+            return Error::Timeout;
+        }
+        if inner.out.push_control(&Ping { id: 0 }).is_err() {
+            return Error::Closed;
+        }
+    }
+}

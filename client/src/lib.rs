@@ -1,0 +1,40 @@
+//! tern-client: the async client for the tern message broker.
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//!
+//! # async fn demo() -> Result<(), tern_client::Error> {
+//! let client = tern_client::Client::connect("127.0.0.1:7400").await?;
+//! let mut sub = client.subscribe("sensors.*.temp").await?;
+//! client.publish("sensors.kitchen.temp", "21.5").await?;
+//! let msg = sub.next().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! * [`Client`] and [`ClientBuilder`]: the handle and its options (`client`).
+//! * [`Publish`]: the publish builder; [`Subscription`]: a stream of messages.
+//! * `connection`: the driver task that owns the socket, reconnects and re-subscribes.
+//! * `state`: requests in flight and subscriptions, with no I/O (unit-tested).
+//! * `outbound`: the bounded write buffer publishers encode into.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
+mod client;
+mod connection;
+mod error;
+mod message;
+mod outbound;
+mod publish;
+mod state;
+mod subscription;
+
+pub use client::{Client, ClientBuilder};
+pub use error::Error;
+pub use message::Message;
+pub use publish::{Publish, PublishFuture};
+pub use subscription::{SubscribeBuilder, Subscription};
+pub use tern_codec::{ErrorCode, Headers, Pattern, Qos, Subject};
