@@ -309,12 +309,14 @@ impl Config {
     pub fn from_settings(s: Settings) -> Result<Self, ConfigError> {
         let d = Config::default();
         let l = s.limits;
-        let max_frame_size =
-            at_least("limits.max_frame_size", l.max_frame_size, 1024)?.unwrap_or(d.limits.max_frame_size);
+        let max_frame_size = at_least("limits.max_frame_size", l.max_frame_size, 1024)?
+            .unwrap_or(d.limits.max_frame_size);
         if max_frame_size > MAX_FRAME_SIZE_LIMIT {
             return Err(ConfigError::Invalid {
                 key: "limits.max_frame_size",
-                reason: format!("{max_frame_size} is above the maximum of {MAX_FRAME_SIZE_LIMIT} (64 MiB)"),
+                reason: format!(
+                    "{max_frame_size} is above the maximum of {MAX_FRAME_SIZE_LIMIT} (64 MiB)"
+                ),
             });
         }
         let max_pending_bytes = at_least("limits.max_pending_bytes", l.max_pending_bytes, 1024)?
@@ -339,8 +341,11 @@ impl Config {
                 },
                 max_pending_bytes,
                 slow_consumer: l.slow_consumer.unwrap_or(d.limits.slow_consumer),
-                handshake_timeout: nonzero_duration("limits.handshake_timeout", l.handshake_timeout)?
-                    .unwrap_or(d.limits.handshake_timeout),
+                handshake_timeout: nonzero_duration(
+                    "limits.handshake_timeout",
+                    l.handshake_timeout,
+                )?
+                .unwrap_or(d.limits.handshake_timeout),
                 write_timeout: nonzero_duration("limits.write_timeout", l.write_timeout)?
                     .unwrap_or(d.limits.write_timeout),
             },
@@ -398,7 +403,8 @@ mod tests {
 
     #[test]
     fn higher_layer_wins() {
-        let file = Settings::from_toml("listen = \"127.0.0.1:1\"\n[limits]\nmax_headers = 3").unwrap();
+        let file =
+            Settings::from_toml("listen = \"127.0.0.1:1\"\n[limits]\nmax_headers = 3").unwrap();
         let flags = Settings {
             listen: Some("127.0.0.1:2".parse().unwrap()),
             ..Settings::default()

@@ -318,7 +318,11 @@ mod tests {
             out.dropped(),
             results.iter().filter(|r| **r == Push::Dropped).count() as u64
         );
-        assert_eq!(wakes.0.len(), 1, "one wake for the empty-to-full transition");
+        assert_eq!(
+            wakes.0.len(),
+            1,
+            "one wake for the empty-to-full transition"
+        );
         assert!(!out.ending().is_cancelled());
     }
 
@@ -326,8 +330,14 @@ mod tests {
     fn oversized_message_goes_alone() {
         let out = outbound(1024, SlowConsumerPolicy::Drop);
         let mut wakes = Wakes::default();
-        assert_eq!(out.push_message(1, &ACTIVE, &envelope(4000), &mut wakes), Push::Queued);
-        assert_eq!(out.push_message(1, &ACTIVE, &envelope(10), &mut wakes), Push::Dropped);
+        assert_eq!(
+            out.push_message(1, &ACTIVE, &envelope(4000), &mut wakes),
+            Push::Queued
+        );
+        assert_eq!(
+            out.push_message(1, &ACTIVE, &envelope(10), &mut wakes),
+            Push::Dropped
+        );
     }
 
     #[test]
@@ -336,7 +346,10 @@ mod tests {
         let mut wakes = Wakes::default();
         while out.push_message(1, &ACTIVE, &envelope(100), &mut wakes) == Push::Queued {}
         assert!(out.ending().is_cancelled());
-        assert_eq!(out.push_message(1, &ACTIVE, &envelope(1), &mut wakes), Push::Closed);
+        assert_eq!(
+            out.push_message(1, &ACTIVE, &envelope(1), &mut wakes),
+            Push::Closed
+        );
         let mut buf = BytesMut::new();
         std::mem::swap(&mut out.lock().buf, &mut buf);
         match Frame::decode(&mut buf, 1 << 20) {
@@ -356,7 +369,10 @@ mod tests {
         for id in 0..CONTROL_HEADROOM as u32 {
             out.push_control(&Pong { id }, &mut wakes);
         }
-        assert!(out.ending().is_cancelled(), "a client that reads nothing is cut off");
+        assert!(
+            out.ending().is_cancelled(),
+            "a client that reads nothing is cut off"
+        );
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytestring::ByteString;
+use rustc_hash::FxHashMap;
 use tern_codec::{Envelope, Pattern};
 
 use crate::outbound::{Outbound, Push, Wakes};
@@ -136,7 +137,9 @@ impl Interest {
 #[derive(Debug, Default)]
 pub(crate) struct RouteCache {
     generation: u64,
-    routes: HashMap<Box<str>, Arc<Interest>>,
+    /// FxHash: this lookup runs for every publish, and its keys are subjects the
+    /// connection itself sent, so a flooding attack would only slow that connection.
+    routes: FxHashMap<Box<str>, Arc<Interest>>,
 }
 
 /// Every subscription on the server.
@@ -185,30 +188,32 @@ impl Router {
         self.read().len()
     }
 
-    /// Who wants `subject`, from `cache` when it is current.
-    pub fn interest(&self, cache: &mut RouteCache, subject: &str) -> Arc<Interest> {
+    /// Who wants `subject`, if `cache` remembers it for the current generation.
+    ///
+    /// A hit also means the subject was valid: it was checked before it was first
+    /// looked up, and the key is the same string.
+    pub fn cached(&self, cache: &mut RouteCache, subject: &str) -> Option<Arc<Interest>> {
         // Reading the generation without the lock is safe: it is bumped only after a
         // change is complete, and a route is always stored with the generation read
         // under the same lock as the match that built it.
         let generation = self.generation.load(Ordering::Acquire);
-        if cache.generation == generation {
-            if let Some(hit) = cache.routes.get(subject) {
-                return Arc::clone(hit);
-            }
-        } else {
+        if cache.generation != generation {
             cache.routes.clear();
+            return None;
         }
+        cache.routes.get(subject).cloned()
+    }
+
+    /// Who wants `subject`, matched through the sublist and remembered in `cache`.
+    pub fn lookup(&self, cache: &mut RouteCache, subject: &str) -> Arc<Interest> {
         let (generation, subs) = {
             let sl = self.read();
             (sl.generation(), sl.matches(subject))
         };
         let interest = Arc::new(Interest::new(&subs));
-        if cache.generation != generation {
+        if cache.generation != generation || cache.routes.len() >= ROUTE_CACHE_MAX {
             cache.routes.clear();
             cache.generation = generation;
-        }
-        if cache.routes.len() >= ROUTE_CACHE_MAX {
-            cache.routes.clear();
         }
         cache.routes.insert(subject.into(), Arc::clone(&interest));
         interest

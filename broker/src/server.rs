@@ -76,12 +76,16 @@ impl Shared {
     }
 
     pub fn register(&self, id: u64, entry: ConnectionEntry) {
-        self.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .connections_opened
+            .fetch_add(1, Ordering::Relaxed);
         self.connections().insert(id, entry);
     }
 
     pub fn deregister(&self, id: u64) {
-        self.stats.connections_closed.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .connections_closed
+            .fetch_add(1, Ordering::Relaxed);
         self.connections().remove(&id);
     }
 
@@ -181,7 +185,10 @@ impl Server {
                     tracker.spawn(session::serve(socket, peer, Arc::clone(shared), permit));
                 }
                 Err(_) => {
-                    shared.stats.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .stats
+                        .connections_rejected
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%peer, "connection refused: at the connection limit");
                     tracker.spawn(refuse(socket, shared.config.limits.max_connections));
                 }

@@ -6,10 +6,10 @@
 //! session wakes the writers it queued frames for and adds its counts to the server's,
 //! once per batch rather than once per frame.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
 use tern_codec::{DecodeError, Encode, ErrorCode, ErrorFrame, Frame, Pong};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -29,7 +29,7 @@ pub(crate) struct Session {
     pub shared: Arc<Shared>,
     pub outbound: Arc<Outbound>,
     /// This connection's subscriptions by the client's subscription id.
-    pub subs: HashMap<u32, Arc<Subscriber>>,
+    pub subs: FxHashMap<u32, Arc<Subscriber>>,
     pub routes: RouteCache,
     pub wakes: Wakes,
     pub counts: BatchCounts,
@@ -45,9 +45,7 @@ pub(crate) async fn serve(
 ) {
     let id = shared.next_connection_id();
     let span = tracing::info_span!("conn", id, %peer, client = tracing::field::Empty);
-    serve_inner(socket, peer, id, shared)
-        .instrument(span)
-        .await;
+    serve_inner(socket, peer, id, shared).instrument(span).await;
     drop(permit);
 }
 
@@ -80,7 +78,7 @@ async fn serve_inner(socket: TcpStream, peer: SocketAddr, id: u64, shared: Arc<S
             id,
             shared: Arc::clone(&shared),
             outbound: Arc::clone(&outbound),
-            subs: HashMap::new(),
+            subs: FxHashMap::default(),
             routes: RouteCache::default(),
             wakes: Wakes::default(),
             counts: BatchCounts::default(),
@@ -95,7 +93,10 @@ async fn serve_inner(socket: TcpStream, peer: SocketAddr, id: u64, shared: Arc<S
     // The final flush is bounded: a peer that reads nothing cannot hold the task (or a
     // shutdown) forever.
     let abort = writer.abort_handle();
-    if tokio::time::timeout(limits.write_timeout, writer).await.is_err() {
+    if tokio::time::timeout(limits.write_timeout, writer)
+        .await
+        .is_err()
+    {
         abort.abort();
     }
 }
@@ -203,7 +204,10 @@ impl Session {
                 0,
                 Err(Reject::new(
                     ErrorCode::UnexpectedFrame,
-                    format!("{} frames are sent by servers, not clients", other.frame_type()),
+                    format!(
+                        "{} frames are sent by servers, not clients",
+                        other.frame_type()
+                    ),
                 )),
             ),
         };

@@ -180,10 +180,11 @@ impl<T: Clone + PartialEq> Sublist<T> {
         if let Some(cache) = &self.cache {
             let mut cache = lock(cache);
             if cache.len() >= CACHE_MAX {
-                let evict: Vec<Box<str>> = cache.keys().skip(CACHE_KEEP).cloned().collect();
-                for k in evict {
-                    cache.remove(&k);
-                }
+                let mut keep = CACHE_KEEP;
+                cache.retain(|_, _| {
+                    keep = keep.saturating_sub(1);
+                    keep > 0
+                });
             }
             cache.insert(subject.into(), Arc::clone(&result));
         }
@@ -194,7 +195,12 @@ impl<T: Clone + PartialEq> Sublist<T> {
     fn changed(&mut self, pattern: &str) {
         if let Some(cache) = &mut self.cache {
             let cache = cache.get_mut().unwrap_or_else(|p| p.into_inner());
-            cache.retain(|subject, _| !tern_codec::subject::matches(pattern, subject));
+            if pattern.split('.').any(|t| t == "*" || t == ">") {
+                cache.retain(|subject, _| !tern_codec::subject::matches(pattern, subject));
+            } else {
+                // A literal pattern matches only the subject spelled the same.
+                cache.remove(pattern);
+            }
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
     }

@@ -263,7 +263,11 @@ impl Client {
     /// Awaiting it returns once the message is in the client's write buffer, which is
     /// usually at once; it waits only while the buffer is full. Use [`Client::flush`]
     /// to know the server has it.
-    pub fn publish<'a>(&'a self, subject: &'a str, payload: impl Into<bytes::Bytes>) -> Publish<'a> {
+    pub fn publish<'a>(
+        &'a self,
+        subject: &'a str,
+        payload: impl Into<bytes::Bytes>,
+    ) -> Publish<'a> {
         Publish::new(self, subject, payload.into())
     }
 
@@ -296,9 +300,7 @@ impl Client {
     /// not have arrived), [`Error::Timeout`], or [`Error::Closed`].
     pub async fn flush(&self) -> Result<(), Error> {
         let id = self.inner.next_id();
-        self.inner
-            .request(&Ping { id }, id, Request::Ping)
-            .await
+        self.inner.request(&Ping { id }, id, Request::Ping).await
     }
 
     /// Sends what is buffered, waits for the server to process it, and closes the

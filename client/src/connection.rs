@@ -18,7 +18,8 @@ use tokio::net::TcpStream;
 
 use crate::client::Inner;
 use crate::outbound::Link;
-use crate::state::{Backoff, Dispatch};
+use crate::queue::SubQueue;
+use crate::state::Backoff;
 use crate::Error;
 
 /// Bytes reserved for each socket read.
@@ -74,7 +75,9 @@ pub(crate) async fn establish(inner: &Inner) -> Result<Established, Error> {
                 Ok(Some(Frame::Error(e))) => {
                     return Err(Error::Refused {
                         addr: addr.clone(),
-                        code: e.code().map_or_else(|| e.raw_code.to_string(), |c| c.to_string()),
+                        code: e
+                            .code()
+                            .map_or_else(|| e.raw_code.to_string(), |c| c.to_string()),
                         message: e.message.to_string(),
                     })
                 }
@@ -89,7 +92,11 @@ pub(crate) async fn establish(inner: &Inner) -> Result<Established, Error> {
             }
             buf.reserve(1024);
             match stream.read_buf(&mut buf).await {
-                Ok(0) => return Err(connect_err("the server closed the connection during the handshake".into())),
+                Ok(0) => {
+                    return Err(connect_err(
+                        "the server closed the connection during the handshake".into(),
+                    ))
+                }
                 Ok(_) => {}
                 Err(e) => return Err(connect_err(e.to_string())),
             }
@@ -102,7 +109,10 @@ pub(crate) async fn establish(inner: &Inner) -> Result<Established, Error> {
 
 /// Runs connections until the client is closed or reconnecting is given up.
 pub(crate) async fn drive(inner: Arc<Inner>, mut conn: Established) {
-    let mut backoff = Backoff::new(inner.options.reconnect_delay_min, inner.options.reconnect_delay_max);
+    let mut backoff = Backoff::new(
+        inner.options.reconnect_delay_min,
+        inner.options.reconnect_delay_max,
+    );
     let mut resubscribe = BytesMut::new();
     loop {
         inner.connected(&conn.welcome);
@@ -126,7 +136,11 @@ pub(crate) async fn drive(inner: Arc<Inner>, mut conn: Established) {
                 Ok(c) => break c,
                 Err(e) => {
                     let attempts = backoff.attempts();
-                    if inner.options.max_reconnects.is_some_and(|max| attempts >= max) {
+                    if inner
+                        .options
+                        .max_reconnects
+                        .is_some_and(|max| attempts >= max)
+                    {
                         tracing::error!(addr = %inner.addr, attempts, error = %e, "giving up reconnecting");
                         inner.shut();
                         return;
@@ -213,8 +227,22 @@ async fn read_loop(
     }
 }
 
-/// Handles every whole frame in `buf`, holding the state lock once for the batch.
+/// Handles every whole frame in `buf`, holding the state lock once for the batch, then
+/// wakes each subscription that received its first message of the batch.
 fn dispatch_buffered(inner: &Inner, buf: &mut BytesMut) -> Result<(), Error> {
+    let mut wake = Vec::new();
+    let result = dispatch_frames(inner, buf, &mut wake);
+    for queue in wake {
+        queue.wake();
+    }
+    result
+}
+
+fn dispatch_frames(
+    inner: &Inner,
+    buf: &mut BytesMut,
+    wake: &mut Vec<Arc<SubQueue>>,
+) -> Result<(), Error> {
     let mut state = inner.state();
     loop {
         let frame = match Frame::decode(buf, MAX_FRAME_SIZE_LIMIT) {
@@ -227,12 +255,7 @@ fn dispatch_buffered(inner: &Inner, buf: &mut BytesMut) -> Result<(), Error> {
             Err(e) => return Err(Error::Protocol(e.to_string())),
         };
         match frame {
-            Frame::Message(m) => {
-                let sid = m.sid;
-                if state.on_message(m) == Dispatch::Dropped {
-                    tracing::debug!(sid, "subscription buffer full; message dropped");
-                }
-            }
+            Frame::Message(m) => wake.extend(state.on_message(m)),
             Frame::Ok(ok) => state.on_ok(ok.id),
             Frame::Pong(pong) => state.on_ok(pong.id),
             Frame::Ping(ping) => {

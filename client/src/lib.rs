@@ -29,6 +29,7 @@ mod error;
 mod message;
 mod outbound;
 mod publish;
+mod queue;
 mod state;
 mod subscription;
 

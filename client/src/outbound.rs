@@ -207,7 +207,10 @@ mod tests {
         ));
         wb.set_link(Link::Closed);
         wb.set_link(Link::Up);
-        assert!(matches!(wb.try_push(1, &bytes(1)), Err(Error::Closed)), "closed is final");
+        assert!(
+            matches!(wb.try_push(1, &bytes(1)), Err(Error::Closed)),
+            "closed is final"
+        );
     }
 
     #[tokio::test]

@@ -6,15 +6,16 @@
 //! socket (as rumqttc's `state.rs`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytestring::ByteString;
+use rustc_hash::FxHashMap;
 use tern_codec::{ErrorFrame, Message as MessageFrame, Subscribe};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use crate::{Error, Message};
+use crate::queue::{Pushed, SubQueue};
+use crate::Error;
 
 /// What an answer with a given correlation id completes.
 #[derive(Debug)]
@@ -34,28 +35,17 @@ pub(crate) struct SubEntry {
     pub pattern: ByteString,
     pub group: Option<ByteString>,
     pub filter: Option<ByteString>,
-    pub tx: mpsc::Sender<Message>,
+    pub queue: Arc<SubQueue>,
     /// Completed when the server first accepts (or refuses) the subscription.
     pub ready: Option<oneshot::Sender<Result<(), Error>>>,
-    /// Messages dropped because the application did not keep up.
-    pub dropped: Arc<AtomicU64>,
-}
-
-/// What happened to a delivered message.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Dispatch {
-    Delivered,
-    /// The subscription's buffer is full; the message was dropped and counted.
-    Dropped,
-    /// No such subscription (it was just unsubscribed); ignored.
-    Unknown,
 }
 
 /// Requests in flight and subscriptions, for one client across reconnects.
 #[derive(Debug, Default)]
 pub(crate) struct State {
     requests: HashMap<u32, Request>,
-    subs: HashMap<u32, SubEntry>,
+    /// FxHash: looked up for every delivered message, keyed by ids this client chose.
+    subs: FxHashMap<u32, SubEntry>,
 }
 
 impl State {
@@ -74,7 +64,13 @@ impl State {
 
     /// Removes a subscription; later messages for it are ignored.
     pub fn remove_subscription(&mut self, sid: u32) -> bool {
-        self.subs.remove(&sid).is_some()
+        match self.subs.remove(&sid) {
+            Some(sub) => {
+                sub.queue.close();
+                true
+            }
+            None => false,
+        }
     }
 
     /// An OK or PONG for `id`.
@@ -102,7 +98,11 @@ impl State {
             }
             Some(Request::Subscribe(sid)) => {
                 // Refused: the subscription ends; its stream will see the end.
-                match self.subs.remove(&sid).and_then(|s| s.ready) {
+                let sub = self.subs.remove(&sid);
+                if let Some(sub) = &sub {
+                    sub.queue.close();
+                }
+                match sub.and_then(|s| s.ready) {
                     Some(tx) => {
                         let _ = tx.send(Err(e.into()));
                         None
@@ -114,19 +114,14 @@ impl State {
         }
     }
 
-    /// A MESSAGE. Never waits: a subscription whose buffer is full loses the message
+    /// A MESSAGE. Never waits: a subscription whose queue is full loses the message
     /// (and counts it) rather than stalling every other subscription on the connection.
-    pub fn on_message(&mut self, m: MessageFrame) -> Dispatch {
-        let Some(sub) = self.subs.get(&m.sid) else {
-            return Dispatch::Unknown;
-        };
-        match sub.tx.try_send(m.envelope.into()) {
-            Ok(()) => Dispatch::Delivered,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                sub.dropped.fetch_add(1, Ordering::Relaxed);
-                Dispatch::Dropped
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Dispatch::Unknown,
+    /// Returns the queue when its reader must be woken (it was empty).
+    pub fn on_message(&mut self, m: MessageFrame) -> Option<Arc<SubQueue>> {
+        let sub = self.subs.get(&m.sid)?;
+        match sub.queue.push(m.envelope.into()) {
+            Pushed::First => Some(Arc::clone(&sub.queue)),
+            Pushed::Queued | Pushed::Dropped | Pushed::Closed => None,
         }
     }
 
@@ -159,6 +154,7 @@ impl State {
             }
         }
         for (_, sub) in self.subs.drain() {
+            sub.queue.close();
             if let Some(tx) = sub.ready {
                 let _ = tx.send(Err(Error::Closed));
             }
@@ -241,8 +237,12 @@ mod tests {
         }
     }
 
-    fn sub(state: &mut State, sid: u32, cap: usize) -> (mpsc::Receiver<Message>, oneshot::Receiver<Result<(), Error>>) {
-        let (tx, rx) = mpsc::channel(cap);
+    fn sub(
+        state: &mut State,
+        sid: u32,
+        cap: usize,
+    ) -> (Arc<SubQueue>, oneshot::Receiver<Result<(), Error>>) {
+        let queue = Arc::new(SubQueue::new(cap));
         let (ready_tx, ready_rx) = oneshot::channel();
         state.add_subscription(
             sid,
@@ -250,33 +250,42 @@ mod tests {
                 pattern: "a".into(),
                 group: None,
                 filter: None,
-                tx,
+                queue: Arc::clone(&queue),
                 ready: Some(ready_tx),
-                dropped: Arc::default(),
             },
         );
-        (rx, ready_rx)
+        (queue, ready_rx)
+    }
+
+    fn drain(q: &SubQueue) -> usize {
+        let mut v = std::collections::VecDeque::new();
+        q.try_take(&mut v);
+        v.len()
     }
 
     #[test]
     fn subscribe_ok_and_messages() {
         let mut st = State::default();
-        let (mut rx, mut ready) = sub(&mut st, 1, 2);
+        let (queue, mut ready) = sub(&mut st, 1, 2);
         st.add_request(10, Request::Subscribe(1));
         st.on_ok(10);
         assert!(matches!(ready.try_recv(), Ok(Ok(()))));
-        assert_eq!(st.on_message(message(1)), Dispatch::Delivered);
-        assert_eq!(st.on_message(message(1)), Dispatch::Delivered);
-        assert_eq!(st.on_message(message(1)), Dispatch::Dropped, "buffer of 2 is full");
-        assert_eq!(st.on_message(message(9)), Dispatch::Unknown);
-        assert!(rx.try_recv().is_ok());
-        assert_eq!(st.subs[&1].dropped.load(Ordering::Relaxed), 1);
+        assert!(
+            st.on_message(message(1)).is_some(),
+            "first one wakes the reader"
+        );
+        assert!(st.on_message(message(1)).is_none(), "reader already woken");
+        assert!(st.on_message(message(1)).is_none(), "queue of 2 is full");
+        assert!(st.on_message(message(9)).is_none(), "unknown sid");
+        assert_eq!(queue.dropped(), 1);
+        assert_eq!(drain(&queue), 2);
+        assert!(st.on_message(message(1)).is_some(), "empty again: wakes");
     }
 
     #[test]
     fn subscribe_refused_removes_it() {
         let mut st = State::default();
-        let (_rx, mut ready) = sub(&mut st, 1, 2);
+        let (_queue, mut ready) = sub(&mut st, 1, 2);
         st.add_request(10, Request::Subscribe(1));
         let left = st.on_error(ErrorFrame::new(10, ErrorCode::InvalidPattern, "bad"));
         assert!(left.is_none());
@@ -301,7 +310,7 @@ mod tests {
         let (unsub_tx, mut unsub_rx) = oneshot::channel();
         st.add_request(1, Request::Ping(ping_tx));
         st.add_request(2, Request::Unsubscribe(unsub_tx));
-        let (_rx, mut ready) = sub(&mut st, 7, 1);
+        let (_queue, mut ready) = sub(&mut st, 7, 1);
         st.add_request(3, Request::Subscribe(7));
         st.connection_lost();
         assert!(matches!(ping_rx.try_recv(), Ok(Err(Error::ConnectionLost))));
@@ -323,11 +332,13 @@ mod tests {
         let mut st = State::default();
         let (ping_tx, mut ping_rx) = oneshot::channel();
         st.add_request(1, Request::Ping(ping_tx));
-        let (mut rx, mut ready) = sub(&mut st, 7, 1);
+        let (queue, mut ready) = sub(&mut st, 7, 1);
         st.close();
         assert!(matches!(ping_rx.try_recv(), Ok(Err(Error::Closed))));
         assert!(matches!(ready.try_recv(), Ok(Err(Error::Closed))));
-        assert!(rx.try_recv().is_err(), "stream ended");
+        let waker = futures_util::task::noop_waker();
+        let mut v = std::collections::VecDeque::new();
+        assert_eq!(queue.poll_take(&mut v, &waker), Some(false), "stream ended");
     }
 
     #[test]
@@ -339,7 +350,10 @@ mod tests {
             let cap = Duration::from_millis(100)
                 .saturating_mul(1u32.checked_shl(attempt).unwrap_or(u32::MAX))
                 .min(Duration::from_secs(2));
-            assert!(d <= cap && d >= cap / 2, "attempt {attempt}: {d:?} vs {cap:?}");
+            assert!(
+                d <= cap && d >= cap / 2,
+                "attempt {attempt}: {d:?} vs {cap:?}"
+            );
             assert!(cap >= last_cap);
             last_cap = cap;
         }

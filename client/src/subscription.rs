@@ -1,15 +1,16 @@
 //! Subscriptions: a stream of messages on a pattern.
 
+use std::collections::VecDeque;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytestring::ByteString;
-use tern_codec::{Pattern, Subscribe, SubjectLimits, Unsubscribe};
-use tokio::sync::{mpsc, oneshot};
+use tern_codec::{Pattern, SubjectLimits, Subscribe, Unsubscribe};
+use tokio::sync::oneshot;
 
+use crate::queue::SubQueue;
 use crate::state::{Request, SubEntry};
 use crate::{Client, Error, Message};
 
@@ -51,9 +52,8 @@ impl<'a> SubscribeBuilder<'a> {
         let inner = &self.client.inner;
         let sid = inner.next_sid();
         let id = inner.next_id();
-        let (tx, rx) = mpsc::channel(inner.options.subscription_capacity);
+        let queue = Arc::new(SubQueue::new(inner.options.subscription_capacity));
         let (ready_tx, ready_rx) = oneshot::channel();
-        let dropped = Arc::new(AtomicU64::new(0));
         let pattern: ByteString = pattern.into_inner();
         let group: Option<ByteString> = self.group.map(Into::into);
         let filter: Option<ByteString> = self.filter.map(Into::into);
@@ -73,18 +73,17 @@ impl<'a> SubscribeBuilder<'a> {
                     pattern,
                     group,
                     filter,
-                    tx,
+                    queue: Arc::clone(&queue),
                     ready: Some(ready_tx),
-                    dropped: Arc::clone(&dropped),
                 },
             );
             state.add_request(id, Request::Subscribe(sid));
         }
         let mut subscription = Subscription {
             sid,
-            rx,
+            queue,
+            local: VecDeque::new(),
             client: self.client.clone(),
-            dropped,
             active: true,
         };
         inner.out.push_control(&frame)?;
@@ -119,9 +118,10 @@ impl<'a> IntoFuture for SubscribeBuilder<'a> {
 #[derive(Debug)]
 pub struct Subscription {
     sid: u32,
-    rx: mpsc::Receiver<Message>,
+    queue: Arc<SubQueue>,
+    /// Messages taken from `queue` in one swap and not yet handed out.
+    local: VecDeque<Message>,
     client: Client,
-    dropped: Arc<AtomicU64>,
     /// Whether the server may still hold this subscription (and `Drop` must remove it).
     active: bool,
 }
@@ -133,12 +133,26 @@ impl Subscription {
     ///
     /// Cancel safe: a message is never lost by dropping this future.
     pub async fn next(&mut self) -> Option<Message> {
-        self.rx.recv().await
+        std::future::poll_fn(|cx| self.poll_message(cx)).await
     }
 
     /// The next message if one has already arrived, without waiting.
     pub fn try_next(&mut self) -> Option<Message> {
-        self.rx.try_recv().ok()
+        if self.local.is_empty() {
+            self.queue.try_take(&mut self.local);
+        }
+        self.local.pop_front()
+    }
+
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        if let Some(m) = self.local.pop_front() {
+            return Poll::Ready(Some(m));
+        }
+        match self.queue.poll_take(&mut self.local, cx.waker()) {
+            Some(true) => Poll::Ready(self.local.pop_front()),
+            Some(false) => Poll::Ready(None),
+            None => Poll::Pending,
+        }
     }
 
     /// The subscription id used on the wire.
@@ -149,7 +163,7 @@ impl Subscription {
     /// Messages dropped because this subscription's buffer was full (the application
     /// did not read fast enough).
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.queue.dropped()
     }
 
     /// Ends the subscription and waits for the server to confirm: no message arrives
@@ -173,7 +187,7 @@ impl futures_core::Stream for Subscription {
     type Item = Message;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.rx.poll_recv(cx)
+        self.poll_message(cx)
     }
 }
 

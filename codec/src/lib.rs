@@ -39,8 +39,8 @@ pub use bytestring::ByteString;
 pub use codes::{ErrorCode, FrameType};
 pub use error::{DecodeError, EncodeError};
 pub use frame::{
-    Credentials, Encode, Envelope, EnvelopeRef, ErrorFrame, Frame, Hello, Message, Ok, Ping, Pong, Publish,
-    Qos, Subscribe, Unsubscribe, Welcome,
+    Credentials, Encode, Envelope, EnvelopeRef, ErrorFrame, Frame, Hello, Message, Ok, Ping, Pong,
+    Publish, Qos, Subscribe, Unsubscribe, Welcome,
 };
 pub use headers::Headers;
 pub use subject::{Pattern, Subject, SubjectError, SubjectLimits};

@@ -46,7 +46,9 @@ pub enum SubjectError {
     Whitespace { position: usize },
     #[error("token {position} is a wildcard; a published subject must be literal")]
     Wildcard { position: usize },
-    #[error("token {position} mixes a wildcard with other characters; '*' and '>' must be whole tokens")]
+    #[error(
+        "token {position} mixes a wildcard with other characters; '*' and '>' must be whole tokens"
+    )]
     PartialWildcard { position: usize },
     #[error("'>' may only be the last token")]
     TailNotLast,
@@ -67,32 +69,43 @@ fn validate(s: &str, limits: &SubjectLimits, wildcards: bool) -> Result<(), Subj
             max: limits.max_len,
         });
     }
+    // One pass over the bytes: this runs for every publish, so ASCII is checked byte by
+    // byte and only tokens with non-ASCII bytes pay for decoding characters. Splitting
+    // on the ASCII '.' never cuts a UTF-8 sequence.
     let mut count = 0;
     let mut tail_seen = false;
-    for (i, token) in tokens(s).enumerate() {
+    for (i, token) in s.as_bytes().split(|&b| b == b'.').enumerate() {
         let position = i + 1;
         count = position;
         if tail_seen {
             return Err(SubjectError::TailNotLast);
         }
-        if token.is_empty() {
-            return Err(SubjectError::EmptyToken { position });
-        }
-        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(SubjectError::Whitespace { position });
-        }
         match token {
-            "*" | ">" if !wildcards => return Err(SubjectError::Wildcard { position }),
-            "*" => {}
-            ">" => tail_seen = true,
-            _ if token.contains(['*', '>']) => {
-                return Err(if wildcards {
-                    SubjectError::PartialWildcard { position }
-                } else {
-                    SubjectError::Wildcard { position }
-                })
+            [] => return Err(SubjectError::EmptyToken { position }),
+            b"*" | b">" if !wildcards => return Err(SubjectError::Wildcard { position }),
+            b"*" => continue,
+            b">" => {
+                tail_seen = true;
+                continue;
             }
             _ => {}
+        }
+        let mut non_ascii = false;
+        for &b in token {
+            match b {
+                0..=b' ' | 0x7f => return Err(SubjectError::Whitespace { position }),
+                b'*' | b'>' if wildcards => return Err(SubjectError::PartialWildcard { position }),
+                b'*' | b'>' => return Err(SubjectError::Wildcard { position }),
+                0x80.. => non_ascii = true,
+                _ => {}
+            }
+        }
+        if non_ascii
+            && String::from_utf8_lossy(token)
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(SubjectError::Whitespace { position });
         }
     }
     if count > limits.max_tokens {
@@ -306,6 +319,17 @@ mod tests {
             validate_subject("a.\tb", &l),
             Err(SubjectError::Whitespace { position: 2 })
         );
+        assert_eq!(
+            validate_subject("a.b\u{00a0}c", &l),
+            Err(SubjectError::Whitespace { position: 2 }),
+            "non-ASCII whitespace"
+        );
+        assert_eq!(
+            validate_subject("a.\u{0085}", &l),
+            Err(SubjectError::Whitespace { position: 2 }),
+            "non-ASCII control"
+        );
+        assert!(validate_subject("capteurs.température.salle-à-manger", &l).is_ok());
         let long = "a".repeat(1025);
         assert_eq!(
             validate_subject(&long, &l),
@@ -331,7 +355,10 @@ mod tests {
         for ok in ["a", "*", ">", "a.*", "a.>", "*.*.>", "a.*.c"] {
             assert!(validate_pattern(ok, &l).is_ok(), "{ok}");
         }
-        assert_eq!(validate_pattern("a.>.b", &l), Err(SubjectError::TailNotLast));
+        assert_eq!(
+            validate_pattern("a.>.b", &l),
+            Err(SubjectError::TailNotLast)
+        );
         assert_eq!(
             validate_pattern("a*", &l),
             Err(SubjectError::PartialWildcard { position: 1 })

@@ -14,9 +14,16 @@ use crate::session::Session;
 /// this server does not offer.
 pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reject> {
     let limits = &session.shared.config.limits;
+    let router = &session.shared.router;
     let env = &publish.envelope;
-    validate_subject(&env.subject, &limits.subject)
-        .map_err(|e| invalid_subject("subject", &env.subject, &e))?;
+    let interest = match router.cached(&mut session.routes, &env.subject) {
+        Some(interest) => interest,
+        None => {
+            validate_subject(&env.subject, &limits.subject)
+                .map_err(|e| invalid_subject("subject", &env.subject, &e))?;
+            router.lookup(&mut session.routes, &env.subject)
+        }
+    };
     if let Some(reply_to) = &env.reply_to {
         validate_subject(reply_to, &limits.subject)
             .map_err(|e| invalid_subject("reply-to subject", reply_to, &e))?;
@@ -49,10 +56,6 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
 
     session.counts.messages_in += 1;
     session.counts.bytes_in += env.payload.len() as u64;
-    let interest = session
-        .shared
-        .router
-        .interest(&mut session.routes, &env.subject);
     let (delivered, dropped) = interest.deliver(env, &mut session.wakes);
     session.counts.messages_out += delivered;
     session.counts.drops += dropped;

@@ -26,8 +26,7 @@ pub(crate) fn subscribe(session: &mut Session, sub: Subscribe) -> Result<(), Rej
         )
     })?;
     if let Some(group) = &sub.group {
-        if group.len() > MAX_GROUP_LEN
-            || group.chars().any(|c| c.is_whitespace() || c.is_control())
+        if group.len() > MAX_GROUP_LEN || group.chars().any(|c| c.is_whitespace() || c.is_control())
         {
             return Err(Reject::new(
                 ErrorCode::InvalidQueueGroup,
@@ -46,7 +45,10 @@ pub(crate) fn subscribe(session: &mut Session, sub: Subscribe) -> Result<(), Rej
     if session.subs.contains_key(&sub.sid) {
         return Err(Reject::new(
             ErrorCode::SubscriptionIdInUse,
-            format!("subscription id {} is already in use on this connection", sub.sid),
+            format!(
+                "subscription id {} is already in use on this connection",
+                sub.sid
+            ),
         ));
     }
     if session.subs.len() >= limits.max_subscriptions {

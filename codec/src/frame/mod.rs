@@ -215,7 +215,17 @@ macro_rules! into_frame {
         })*
     };
 }
-into_frame!(Hello, Welcome, Ping, Pong, Ok, Publish, Message, Subscribe, Unsubscribe);
+into_frame!(
+    Hello,
+    Welcome,
+    Ping,
+    Pong,
+    Ok,
+    Publish,
+    Message,
+    Subscribe,
+    Unsubscribe
+);
 
 impl From<ErrorFrame> for Frame {
     fn from(f: ErrorFrame) -> Frame {

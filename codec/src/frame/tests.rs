@@ -650,30 +650,29 @@ fn fuzz_corpus_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/decode")
 }
 
+/// The seed corpus is the golden frames. With `TERN_BLESS=1` in the environment the
+/// files are rewritten from them instead (after a deliberate wire change):
+/// `TERN_BLESS=1 cargo test -p tern-codec fuzz_seed_files`.
 #[test]
 fn fuzz_seed_files_match_golden_frames() {
     let dir = fuzz_corpus_dir();
+    let bless = std::env::var_os("TERN_BLESS").is_some();
+    if bless {
+        std::fs::create_dir_all(&dir).unwrap();
+    }
     for (name, bytes) in fuzz_seeds() {
         let path = dir.join(&name);
+        if bless {
+            std::fs::write(&path, &bytes).unwrap();
+            continue;
+        }
         let on_disk = std::fs::read(&path).unwrap_or_else(|e| {
             panic!(
-                "{}: {e}; run `cargo test -p tern-codec -- --ignored write_fuzz_seed_files`",
+                "{}: {e}; run `TERN_BLESS=1 cargo test -p tern-codec fuzz_seed_files`",
                 path.display()
             )
         });
         assert_eq!(on_disk, bytes, "{} is stale", path.display());
-    }
-}
-
-/// Rewrites `codec/fuzz/corpus/decode/` from the golden frames. Run by hand:
-/// `cargo test -p tern-codec -- --ignored write_fuzz_seed_files`.
-#[test]
-#[ignore = "writes files into the source tree"]
-fn write_fuzz_seed_files() {
-    let dir = fuzz_corpus_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, bytes) in fuzz_seeds() {
-        std::fs::write(dir.join(name), bytes).unwrap();
     }
 }
 

@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 use tern_client::{Client, Headers};
 
 #[derive(Debug, Parser)]
-#[command(name = "tern", version, about = "Command-line client for the tern message broker")]
+#[command(
+    name = "tern",
+    version,
+    about = "Command-line client for the tern message broker"
+)]
 struct Cli {
     /// Server address (host:port)
     #[arg(
@@ -90,5 +94,8 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
 }
 
 fn headers(pairs: &[(String, String)]) -> Headers {
-    pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
 }

@@ -50,6 +50,9 @@ pub async fn run(client: Client, args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    client.close().await.context("the server did not confirm the messages")?;
+    client
+        .close()
+        .await
+        .context("the server did not confirm the messages")?;
     Ok(())
 }

@@ -46,7 +46,9 @@ pub async fn run(client: Client, args: Args) -> anyhow::Result<()> {
             }
         };
         seen += 1;
-        printer.print(&mut out, seen, &msg).context("writing to standard output")?;
+        printer
+            .print(&mut out, seen, &msg)
+            .context("writing to standard output")?;
     }
     out.flush().context("writing to standard output")?;
     drop(out);
