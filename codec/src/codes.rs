@@ -18,10 +18,24 @@ pub enum FrameType {
     Pong = 0x04,
     Ok = 0x05,
     Error = 0x06,
+    Done = 0x07,
     Publish = 0x10,
     Message = 0x11,
     Subscribe = 0x12,
     Unsubscribe = 0x13,
+    Confirm = 0x20,
+    Consume = 0x30,
+    Delivery = 0x31,
+    Ack = 0x32,
+    Nack = 0x33,
+    Received = 0x34,
+    Cancel = 0x35,
+    QueueDeclare = 0x40,
+    QueueDelete = 0x41,
+    QueueQuery = 0x42,
+    QueueInfo = 0x43,
+    QueuePurge = 0x44,
+    QueueMove = 0x45,
 }
 
 /// `(code, name)` for every frame type, for logs and the specification.
@@ -32,10 +46,24 @@ pub const FRAME_TYPES: &[(FrameType, &str)] = &[
     (FrameType::Pong, "PONG"),
     (FrameType::Ok, "OK"),
     (FrameType::Error, "ERROR"),
+    (FrameType::Done, "DONE"),
     (FrameType::Publish, "PUBLISH"),
     (FrameType::Message, "MESSAGE"),
     (FrameType::Subscribe, "SUBSCRIBE"),
     (FrameType::Unsubscribe, "UNSUBSCRIBE"),
+    (FrameType::Confirm, "CONFIRM"),
+    (FrameType::Consume, "CONSUME"),
+    (FrameType::Delivery, "DELIVERY"),
+    (FrameType::Ack, "ACK"),
+    (FrameType::Nack, "NACK"),
+    (FrameType::Received, "RECEIVED"),
+    (FrameType::Cancel, "CANCEL"),
+    (FrameType::QueueDeclare, "QUEUE_DECLARE"),
+    (FrameType::QueueDelete, "QUEUE_DELETE"),
+    (FrameType::QueueQuery, "QUEUE_QUERY"),
+    (FrameType::QueueInfo, "QUEUE_INFO"),
+    (FrameType::QueuePurge, "QUEUE_PURGE"),
+    (FrameType::QueueMove, "QUEUE_MOVE"),
 ];
 
 impl FrameType {
@@ -96,18 +124,40 @@ pub enum ErrorCode {
     TooManySubscriptions = 105,
     /// A header key is empty or a message has more headers than allowed.
     InvalidHeaders = 106,
-    /// The publish asked for a quality of service this server cannot give yet.
+    /// The publish asked for a quality of service it cannot have: QoS 1 or 2 without a
+    /// request id, or QoS 2 without a producer sequence.
     UnsupportedQos = 107,
     /// A content filter does not parse, or filters are not available.
     InvalidFilter = 108,
+    /// A producer id is empty or too long.
+    InvalidProducer = 109,
     /// The client does not read fast enough; the server closes the connection.
     SlowConsumer = 200,
     /// The server is at its connection limit.
     TooManyConnections = 201,
+    /// No queue has this name.
+    QueueNotFound = 400,
+    /// A queue of this name exists with other bindings or options.
+    QueueExists = 401,
+    /// The queue is at its `max_length` and its overflow policy is `reject`.
+    QueueFull = 402,
+    /// A mandatory publish was taken by no subscriber and no queue.
+    NoRoute = 403,
+    /// An ACK, NACK or RECEIVED for a delivery attempt that is no longer outstanding
+    /// (it timed out and was redelivered, or was settled already).
+    StaleDelivery = 404,
+    /// A settle or CANCEL named a consumer id that is not active on this connection.
+    UnknownConsumer = 405,
+    /// A queue name, binding or option, or a consumer's prefetch or name, is not valid.
+    InvalidQueue = 406,
+    /// A CONSUME reused a consumer id that is still active on this connection.
+    ConsumerIdInUse = 407,
     /// The server is shutting down.
     ShuttingDown = 500,
     /// An unexpected server-side failure; the message says what.
     Internal = 501,
+    /// The store could not write (disk full, I/O error); the message was not stored.
+    StorageFailed = 502,
 }
 
 /// `(code, name)` for every error code, for logs and the specification.
@@ -127,10 +177,20 @@ pub const ERROR_CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::InvalidHeaders, "invalid_headers"),
     (ErrorCode::UnsupportedQos, "unsupported_qos"),
     (ErrorCode::InvalidFilter, "invalid_filter"),
+    (ErrorCode::InvalidProducer, "invalid_producer"),
     (ErrorCode::SlowConsumer, "slow_consumer"),
     (ErrorCode::TooManyConnections, "too_many_connections"),
+    (ErrorCode::QueueNotFound, "queue_not_found"),
+    (ErrorCode::QueueExists, "queue_exists"),
+    (ErrorCode::QueueFull, "queue_full"),
+    (ErrorCode::NoRoute, "no_route"),
+    (ErrorCode::StaleDelivery, "stale_delivery"),
+    (ErrorCode::UnknownConsumer, "unknown_consumer"),
+    (ErrorCode::InvalidQueue, "invalid_queue"),
+    (ErrorCode::ConsumerIdInUse, "consumer_id_in_use"),
     (ErrorCode::ShuttingDown, "shutting_down"),
     (ErrorCode::Internal, "internal"),
+    (ErrorCode::StorageFailed, "storage_failed"),
 ];
 
 impl ErrorCode {

@@ -72,6 +72,9 @@ pub enum EncodeError {
     /// More headers than the 16-bit count can say.
     #[error("{count} headers; the limit is 65535")]
     TooManyHeaders { count: usize },
+    /// More bindings than the 16-bit count can say.
+    #[error("{count} bindings; the limit is 65535")]
+    TooManyBindings { count: usize },
     /// The whole frame is longer than the 32-bit length prefix can say.
     #[error("frame of {len} bytes does not fit a 32-bit length")]
     FrameTooLarge { len: usize },

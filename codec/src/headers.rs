@@ -35,6 +35,11 @@ impl Headers {
         self.0.push((key, value.into()));
     }
 
+    /// Removes every value of `key`.
+    pub fn remove(&mut self, key: &str) {
+        self.0.retain(|(k, _)| k != key);
+    }
+
     /// The first value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0

@@ -11,6 +11,7 @@
 //! * [`subject`]: [`Subject`] and [`Pattern`], validated once at the edge, and the naive
 //!   [`subject::matches`] that the broker's trie is tested against.
 //! * [`headers`]: ordered message headers.
+//! * [`names`]: queue and durable consumer names.
 //!
 //! Every frame on the wire is:
 //!
@@ -31,6 +32,7 @@ pub mod codes;
 mod error;
 pub mod frame;
 pub mod headers;
+pub mod names;
 pub mod subject;
 mod wire;
 
@@ -39,8 +41,10 @@ pub use bytestring::ByteString;
 pub use codes::{ErrorCode, FrameType};
 pub use error::{DecodeError, EncodeError};
 pub use frame::{
-    Credentials, Encode, Envelope, EnvelopeRef, ErrorFrame, Frame, Hello, Message, Ok, Ping, Pong,
-    Publish, Qos, Subscribe, Unsubscribe, Welcome,
+    Ack, AckMode, Binding, Cancel, Confirm, Consume, Credentials, Delivery, DeliveryHead, Done,
+    Encode, Envelope, EnvelopeRef, ErrorFrame, Frame, Hello, Message, Nack, Ok, Overflow, Ping,
+    Pong, ProducerSeq, Publish, PublishHead, Qos, QueueDeclare, QueueDelete, QueueInfo, QueueMove,
+    QueueOptions, QueuePurge, QueueQuery, QueueStats, Received, Subscribe, Unsubscribe, Welcome,
 };
 pub use headers::Headers;
 pub use subject::{Pattern, Subject, SubjectError, SubjectLimits};

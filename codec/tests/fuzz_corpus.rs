@@ -65,9 +65,10 @@ fn fuzz_corpus_replays_cleanly() {
         let data = std::fs::read(path).unwrap();
         frames += check(&data);
     }
-    // The conversation seed alone holds thirteen frames.
+    // The conversation seed holds thirteen frames, the queue session fifteen, and
+    // there is a golden seed of one frame for every frame type.
     assert!(
-        frames >= 13 + 13,
+        frames >= 13 + 15 + tern_codec::codes::FRAME_TYPES.len(),
         "only {frames} frames decoded from the corpus"
     );
 }
@@ -98,6 +99,38 @@ fn conversation_seed_is_the_worked_example() {
             "OK",
             "PING",
             "PONG",
+        ]
+    );
+}
+
+#[test]
+fn queue_session_seed_holds_every_queue_frame() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/decode/queue_session");
+    let data = std::fs::read(path).unwrap();
+    let mut buf = BytesMut::from(&data[..]);
+    let mut types = Vec::new();
+    while let Some(frame) = Frame::decode(&mut buf, MAX_FRAME_SIZE).unwrap() {
+        types.push(frame.frame_type().name());
+    }
+    assert!(buf.is_empty());
+    assert_eq!(
+        types,
+        [
+            "QUEUE_DECLARE",
+            "QUEUE_QUERY",
+            "QUEUE_INFO",
+            "DONE",
+            "PUBLISH",
+            "CONFIRM",
+            "CONSUME",
+            "DELIVERY",
+            "RECEIVED",
+            "ACK",
+            "NACK",
+            "CANCEL",
+            "QUEUE_PURGE",
+            "QUEUE_MOVE",
+            "QUEUE_DELETE",
         ]
     );
 }

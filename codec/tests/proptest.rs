@@ -10,9 +10,11 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use tern_codec::subject::{self, validate_pattern, validate_subject};
 use tern_codec::{
-    ByteString, Bytes, BytesMut, Credentials, DecodeError, Encode, Envelope, ErrorFrame, Frame,
-    Headers, Hello, Message, Ok, Ping, Pong, Publish, Qos, SubjectLimits, Subscribe, Unsubscribe,
-    Welcome, DEFAULT_MAX_FRAME_SIZE, FRAME_HEADER_LEN,
+    Ack, AckMode, Binding, ByteString, Bytes, BytesMut, Cancel, Confirm, Consume, Credentials,
+    DecodeError, Delivery, DeliveryHead, Done, Encode, Envelope, ErrorFrame, Frame, Headers, Hello,
+    Message, Nack, Ok, Overflow, Ping, Pong, ProducerSeq, Publish, Qos, QueueDeclare, QueueDelete,
+    QueueInfo, QueueMove, QueueOptions, QueuePurge, QueueQuery, QueueStats, Received,
+    SubjectLimits, Subscribe, Unsubscribe, Welcome, DEFAULT_MAX_FRAME_SIZE, FRAME_HEADER_LEN,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -66,6 +68,104 @@ fn qos() -> impl Strategy<Value = Qos> {
     prop::sample::select(vec![Qos::AtMostOnce, Qos::AtLeastOnce, Qos::ExactlyOnce])
 }
 
+/// No producer (no IDEMPOTENT flag), or any producer id (empty included: it is a plain
+/// string on the wire) with any sequence.
+fn producer() -> impl Strategy<Value = Option<ProducerSeq>> {
+    proptest::option::of(
+        (text(24), any::<u64>())
+            .prop_map(|(producer, sequence)| ProducerSeq { producer, sequence }),
+    )
+}
+
+fn publish() -> impl Strategy<Value = Publish> {
+    (any::<u32>(), qos(), any::<bool>(), producer(), envelope()).prop_map(
+        |(id, qos, mandatory, producer, envelope)| Publish {
+            id,
+            qos,
+            mandatory,
+            producer,
+            envelope,
+        },
+    )
+}
+
+fn delivery_head() -> impl Strategy<Value = DeliveryHead> {
+    (
+        any::<u32>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u32>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(cid, delivery_id, seq, delivery_count, received_before)| DeliveryHead {
+                cid,
+                delivery_id,
+                seq,
+                delivery_count,
+                received_before,
+            },
+        )
+}
+
+fn ack_mode() -> impl Strategy<Value = AckMode> {
+    prop::sample::select(vec![AckMode::Manual, AckMode::Auto, AckMode::ExactlyOnce])
+}
+
+fn bindings() -> impl Strategy<Value = Vec<Binding>> {
+    vec(
+        (text(40), opt_text(40)).prop_map(|(pattern, filter)| Binding { pattern, filter }),
+        0..=6,
+    )
+}
+
+fn queue_options() -> impl Strategy<Value = QueueOptions> {
+    (
+        any::<u32>(),
+        any::<u32>(),
+        opt_text(40),
+        any::<u64>(),
+        any::<u64>(),
+        prop::sample::select(vec![Overflow::DropHead, Overflow::Reject]),
+    )
+        .prop_map(
+            |(max_deliver, ack_timeout_ms, dead_letter, ttl_ms, max_length, overflow)| {
+                QueueOptions {
+                    max_deliver,
+                    ack_timeout_ms,
+                    dead_letter,
+                    ttl_ms,
+                    max_length,
+                    overflow,
+                }
+            },
+        )
+}
+
+fn queue_stats() -> impl Strategy<Value = QueueStats> {
+    (
+        (any::<u64>(), any::<u64>(), any::<u32>()),
+        vec(any::<u64>(), 7),
+    )
+        .prop_map(|((ready, unacked, consumers), counters)| QueueStats {
+            ready,
+            unacked,
+            consumers,
+            published: counters[0],
+            delivered: counters[1],
+            acked: counters[2],
+            redelivered: counters[3],
+            dead_lettered: counters[4],
+            expired: counters[5],
+            dropped: counters[6],
+        })
+}
+
+/// `(id, cid, delivery_id)`: the fields of ACK and RECEIVED.
+fn settle() -> impl Strategy<Value = (u32, u32, u64)> {
+    (any::<u32>(), any::<u32>(), any::<u64>())
+}
+
 fn credentials() -> impl Strategy<Value = Option<Credentials>> {
     prop_oneof![
         Just(None),
@@ -105,8 +205,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                 message,
             })
         }),
-        (any::<u32>(), qos(), envelope())
-            .prop_map(|(id, qos, envelope)| { Frame::Publish(Publish { id, qos, envelope }) }),
+        publish().prop_map(Frame::Publish),
         (any::<u32>(), envelope())
             .prop_map(|(sid, envelope)| Frame::Message(Message { sid, envelope })),
         (
@@ -127,6 +226,85 @@ fn frame() -> impl Strategy<Value = Frame> {
             ),
         (any::<u32>(), any::<u32>())
             .prop_map(|(id, sid)| Frame::Unsubscribe(Unsubscribe { id, sid })),
+        // Durable queues.
+        (any::<u32>(), any::<u64>()).prop_map(|(id, count)| Frame::Done(Done { id, count })),
+        (any::<u32>(), any::<u16>(), any::<bool>()).prop_map(|(id, queues, duplicate)| {
+            Frame::Confirm(Confirm {
+                id,
+                queues,
+                duplicate,
+            })
+        }),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            text(40),
+            any::<u32>(),
+            ack_mode(),
+            opt_text(24)
+        )
+            .prop_map(|(id, cid, queue, prefetch, mode, name)| {
+                Frame::Consume(Consume {
+                    id,
+                    cid,
+                    queue,
+                    prefetch,
+                    mode,
+                    name,
+                })
+            }),
+        (delivery_head(), envelope())
+            .prop_map(|(head, envelope)| Frame::Delivery(Delivery { head, envelope })),
+        settle().prop_map(|(id, cid, delivery_id)| Frame::Ack(Ack {
+            id,
+            cid,
+            delivery_id
+        })),
+        (settle(), any::<bool>(), any::<u32>()).prop_map(
+            |((id, cid, delivery_id), requeue, delay_ms)| Frame::Nack(Nack {
+                id,
+                cid,
+                delivery_id,
+                requeue,
+                delay_ms,
+            })
+        ),
+        settle().prop_map(|(id, cid, delivery_id)| Frame::Received(Received {
+            id,
+            cid,
+            delivery_id
+        })),
+        (any::<u32>(), any::<u32>()).prop_map(|(id, cid)| Frame::Cancel(Cancel { id, cid })),
+        (any::<u32>(), text(40), bindings(), queue_options()).prop_map(
+            |(id, name, bindings, options)| Frame::QueueDeclare(QueueDeclare {
+                id,
+                name,
+                bindings,
+                options,
+            })
+        ),
+        (any::<u32>(), text(40))
+            .prop_map(|(id, name)| Frame::QueueDelete(QueueDelete { id, name })),
+        (any::<u32>(), text(40)).prop_map(|(id, name)| Frame::QueueQuery(QueueQuery { id, name })),
+        (
+            any::<u32>(),
+            text(40),
+            bindings(),
+            queue_options(),
+            queue_stats()
+        )
+            .prop_map(|(id, name, bindings, options, stats)| {
+                Frame::QueueInfo(QueueInfo {
+                    id,
+                    name,
+                    bindings,
+                    options,
+                    stats,
+                })
+            }),
+        (any::<u32>(), text(40)).prop_map(|(id, name)| Frame::QueuePurge(QueuePurge { id, name })),
+        (any::<u32>(), text(40), text(40), any::<u64>())
+            .prop_map(|(id, from, to, max)| { Frame::QueueMove(QueueMove { id, from, to, max }) }),
     ]
 }
 
@@ -299,16 +477,37 @@ proptest! {
     #[test]
     fn encode_parts_match_the_owned_frames(
         n in any::<u32>(),
-        qos in qos(),
-        envelope in envelope(),
+        publish in publish(),
+        head in delivery_head(),
     ) {
+        let envelope = publish.envelope.clone();
         let mut parts = BytesMut::new();
-        Publish::encode_parts(n, qos, envelope.as_ref(), &mut parts).unwrap();
-        prop_assert_eq!(Publish::parts_len(envelope.as_ref()), parts.len());
+        Publish::encode_parts(&publish.head(), envelope.as_ref(), &mut parts).unwrap();
+        prop_assert_eq!(Publish::parts_len(&publish.head(), envelope.as_ref()), parts.len());
         let mut whole = BytesMut::new();
-        let publish = Publish { id: n, qos, envelope: envelope.clone() };
-        Frame::Publish(publish).encode(&mut whole).unwrap();
+        Frame::Publish(publish.clone()).encode(&mut whole).unwrap();
         prop_assert_eq!(&parts, &whole);
+
+        let mut parts = BytesMut::new();
+        Delivery::encode_parts(&head, envelope.as_ref(), &mut parts).unwrap();
+        prop_assert_eq!(Delivery::parts_len(envelope.as_ref()), parts.len());
+        let mut whole = BytesMut::new();
+        Frame::Delivery(Delivery { head, envelope: envelope.clone() })
+            .encode(&mut whole)
+            .unwrap();
+        prop_assert_eq!(&parts, &whole);
+
+        // The bare envelope is the tail of both, and decodes back on its own (as a
+        // store that keeps envelopes in wire form reads them).
+        let mut raw = BytesMut::new();
+        envelope.as_ref().encode(&mut raw).unwrap();
+        prop_assert_eq!(envelope.as_ref().encoded_len(), raw.len());
+        prop_assert!(whole.ends_with(&raw));
+        let mut wire = BytesMut::new();
+        Delivery::encode_wire(&head, &raw, &mut wire).unwrap();
+        prop_assert_eq!(Delivery::wire_len(&raw), wire.len());
+        prop_assert_eq!(&wire, &whole);
+        prop_assert_eq!(Envelope::decode_bytes(raw.freeze()).unwrap(), envelope.clone());
 
         let mut parts = BytesMut::new();
         Message::encode_parts(n, envelope.as_ref(), &mut parts).unwrap();

@@ -1,8 +1,10 @@
 //! Frames: the unit of the tern protocol.
 //!
-//! One module per frame family holds the frame types, their body layout, encode, decode
-//! and tests: [`hello`] (handshake), [`control`] (ping, pong, ok), [`error`],
-//! [`publish`] (publish and message delivery), [`subscribe`] (subscribe, unsubscribe).
+//! One module per frame family holds the frame types, their body layout, encode and
+//! decode: `hello` (handshake), `control` (ping, pong, ok, done), `error`, `publish`
+//! (publish, message delivery, confirm), `subscribe` (subscribe, unsubscribe),
+//! `consume` (consuming from queues and settling deliveries), `queue` (queue
+//! administration).
 //!
 //! Decoding is two-phase (as in mini-redis and rumqttd): the 5-byte header is read
 //! first, a length over the maximum is rejected before anything is reserved for the
@@ -10,18 +12,27 @@
 //! body split off (`split_to(..).freeze()`), so strings and payloads are zero-copy
 //! slices of the read buffer.
 
+mod consume;
 mod control;
 mod error;
 mod hello;
 mod publish;
+mod queue;
 mod subscribe;
 
 use bytes::{Buf, BufMut, BytesMut};
 
-pub use control::{Ok, Ping, Pong};
+pub use consume::{Ack, AckMode, Cancel, Consume, Delivery, DeliveryHead, Nack, Received};
+pub use control::{Done, Ok, Ping, Pong};
 pub use error::ErrorFrame;
 pub use hello::{Credentials, Hello, Welcome};
-pub use publish::{Envelope, EnvelopeRef, Message, Publish, Qos};
+pub use publish::{
+    Confirm, Envelope, EnvelopeRef, Message, ProducerSeq, Publish, PublishHead, Qos,
+};
+pub use queue::{
+    Binding, Overflow, QueueDeclare, QueueDelete, QueueInfo, QueueMove, QueueOptions, QueuePurge,
+    QueueQuery, QueueStats,
+};
 pub use subscribe::{Subscribe, Unsubscribe};
 
 use crate::codes::FrameType;
@@ -94,6 +105,7 @@ pub(crate) fn encode_with(
 }
 
 /// Every frame of protocol version 1.
+#[allow(clippy::large_enum_variant)] // frames are decoded into and handled in place, not stored
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     Hello(Hello),
@@ -102,10 +114,24 @@ pub enum Frame {
     Pong(Pong),
     Ok(Ok),
     Error(ErrorFrame),
+    Done(Done),
     Publish(Publish),
     Message(Message),
     Subscribe(Subscribe),
     Unsubscribe(Unsubscribe),
+    Confirm(Confirm),
+    Consume(Consume),
+    Delivery(Delivery),
+    Ack(Ack),
+    Nack(Nack),
+    Received(Received),
+    Cancel(Cancel),
+    QueueDeclare(QueueDeclare),
+    QueueDelete(QueueDelete),
+    QueueQuery(QueueQuery),
+    QueueInfo(QueueInfo),
+    QueuePurge(QueuePurge),
+    QueueMove(QueueMove),
 }
 
 macro_rules! each_frame {
@@ -117,10 +143,24 @@ macro_rules! each_frame {
             Frame::Pong($f) => $e,
             Frame::Ok($f) => $e,
             Frame::Error($f) => $e,
+            Frame::Done($f) => $e,
             Frame::Publish($f) => $e,
             Frame::Message($f) => $e,
             Frame::Subscribe($f) => $e,
             Frame::Unsubscribe($f) => $e,
+            Frame::Confirm($f) => $e,
+            Frame::Consume($f) => $e,
+            Frame::Delivery($f) => $e,
+            Frame::Ack($f) => $e,
+            Frame::Nack($f) => $e,
+            Frame::Received($f) => $e,
+            Frame::Cancel($f) => $e,
+            Frame::QueueDeclare($f) => $e,
+            Frame::QueueDelete($f) => $e,
+            Frame::QueueQuery($f) => $e,
+            Frame::QueueInfo($f) => $e,
+            Frame::QueuePurge($f) => $e,
+            Frame::QueueMove($f) => $e,
         }
     };
 }
@@ -138,12 +178,12 @@ impl Frame {
     /// See [`DecodeError`]; [`DecodeError::is_fatal`] says whether the stream can go on.
     /// After a non-fatal error the bad frame has been consumed.
     pub fn decode(src: &mut BytesMut, max_frame_size: u32) -> Result<Option<Frame>, DecodeError> {
-        let Some(header) = src.get(..FRAME_HEADER_LEN) else {
+        // The length alone is judged as soon as it has arrived: a bad one is refused
+        // without waiting for any more bytes.
+        let Some(mut prefix) = src.get(..4) else {
             return Result::Ok(None);
         };
-        let mut header = header;
-        let len = header.get_u32();
-        let code = header.get_u8();
+        let len = prefix.get_u32();
         if len == 0 {
             return Err(DecodeError::EmptyFrame);
         }
@@ -153,6 +193,9 @@ impl Frame {
                 max: max_frame_size,
             });
         }
+        let Some(&code) = src.get(4) else {
+            return Result::Ok(None);
+        };
         // `len <= max_frame_size <= u32::MAX`, which fits usize on every supported target.
         let total = 4 + usize::try_from(len).map_err(|_| DecodeError::FrameTooLarge {
             len,
@@ -177,10 +220,24 @@ impl Frame {
             FrameType::Pong => Frame::Pong(Body::decode_body(&mut r)?),
             FrameType::Ok => Frame::Ok(Body::decode_body(&mut r)?),
             FrameType::Error => Frame::Error(Body::decode_body(&mut r)?),
+            FrameType::Done => Frame::Done(Body::decode_body(&mut r)?),
             FrameType::Publish => Frame::Publish(Body::decode_body(&mut r)?),
             FrameType::Message => Frame::Message(Body::decode_body(&mut r)?),
             FrameType::Subscribe => Frame::Subscribe(Body::decode_body(&mut r)?),
             FrameType::Unsubscribe => Frame::Unsubscribe(Body::decode_body(&mut r)?),
+            FrameType::Confirm => Frame::Confirm(Body::decode_body(&mut r)?),
+            FrameType::Consume => Frame::Consume(Body::decode_body(&mut r)?),
+            FrameType::Delivery => Frame::Delivery(Body::decode_body(&mut r)?),
+            FrameType::Ack => Frame::Ack(Body::decode_body(&mut r)?),
+            FrameType::Nack => Frame::Nack(Body::decode_body(&mut r)?),
+            FrameType::Received => Frame::Received(Body::decode_body(&mut r)?),
+            FrameType::Cancel => Frame::Cancel(Body::decode_body(&mut r)?),
+            FrameType::QueueDeclare => Frame::QueueDeclare(Body::decode_body(&mut r)?),
+            FrameType::QueueDelete => Frame::QueueDelete(Body::decode_body(&mut r)?),
+            FrameType::QueueQuery => Frame::QueueQuery(Body::decode_body(&mut r)?),
+            FrameType::QueueInfo => Frame::QueueInfo(Body::decode_body(&mut r)?),
+            FrameType::QueuePurge => Frame::QueuePurge(Body::decode_body(&mut r)?),
+            FrameType::QueueMove => Frame::QueueMove(Body::decode_body(&mut r)?),
         };
         r.finish()?;
         Result::Ok(Some(frame))
@@ -221,10 +278,24 @@ into_frame!(
     Ping,
     Pong,
     Ok,
+    Done,
     Publish,
     Message,
     Subscribe,
-    Unsubscribe
+    Unsubscribe,
+    Confirm,
+    Consume,
+    Delivery,
+    Ack,
+    Nack,
+    Received,
+    Cancel,
+    QueueDeclare,
+    QueueDelete,
+    QueueQuery,
+    QueueInfo,
+    QueuePurge,
+    QueueMove
 );
 
 impl From<ErrorFrame> for Frame {
