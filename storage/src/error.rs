@@ -22,6 +22,8 @@ pub enum StorageError {
     },
     #[error("the store at {path} is corrupt: {detail}")]
     Corrupt { path: PathBuf, detail: String },
+    #[error("the store refused to write: {detail}")]
+    Refused { detail: String },
     #[error("store I/O failed: {0}")]
     Io(#[from] sled::Error),
 }

@@ -5,18 +5,144 @@
 //! written by an incompatible version, is refused with a clear error instead of being
 //! silently reused or wiped.
 //!
-//! sled is the engine. Nothing outside this crate sees a `sled::Tree`: callers use domain
-//! operations only.
+//! # Layout
+//!
+//! The broker writes through one [`Commit`] per group commit: every message appended to
+//! a queue in that commit goes into one *chunk* value, keyed by queue and first
+//! sequence number, so the engine does a handful of writes per commit rather than one
+//! per message (the difference between ~150k and ~800k messages/s on sled with an fsync
+//! per commit). Settled messages are recorded in a per-chunk bitmap; a chunk whose
+//! messages are all settled is deleted. Per-message metadata (delivery counts after a
+//! redelivery, exactly-once holds) is written only when it changes.
+//!
+//! ```text
+//! key                                   value
+//! "q" queue_id:u32                      QueueRecord (name, opaque definition)
+//! "n" queue_id:u32                      next sequence number of the queue: u64
+//! "c" queue_id:u32 first_seq:u64        chunk: count:u32, then records
+//! "a" queue_id:u32 first_seq:u64        settled bitmap of that chunk
+//! "m" queue_id:u32 seq:u64              MessageMeta
+//! "d" at_ms:u64 n:u64                   dedup entries written together
+//! ```
+//!
+//! Integers in keys are big-endian, so key order is numeric order. Nothing outside this
+//! crate sees a `sled::Tree`: callers use the [`Store`] operations only.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
 mod error;
+mod record;
 mod sled_store;
 
 pub use error::StorageError;
+pub use record::{DedupEntry, MessageMeta, QueueRecord, StoredMessage};
 pub use sled_store::SledStore;
 
 /// The on-disk format this version writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// A queue's number in the store, assigned by the broker when the queue is created.
+pub type QueueId = u32;
+
+/// Everything one group commit writes, applied atomically.
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// Queues created or changed.
+    pub put_queues: Vec<QueueRecord>,
+    /// Queues deleted, with every message, bitmap and meta of theirs.
+    pub delete_queues: Vec<QueueId>,
+    /// New chunks: the messages appended to one queue in this commit, in seq order.
+    pub chunks: Vec<(QueueId, Vec<StoredMessage>)>,
+    /// Each queue's next sequence number, kept so that numbers are never reused even
+    /// when every chunk of a queue has been settled and deleted.
+    pub next_seqs: Vec<(QueueId, u64)>,
+    /// Settled-bitmap changes: `None` deletes the chunk (all of it is settled).
+    pub settled: Vec<(QueueId, u64, Option<Vec<u8>>)>,
+    /// Per-message metadata: `None` deletes it.
+    pub metas: Vec<(QueueId, u64, Option<MessageMeta>)>,
+    /// Deduplication entries to remember.
+    pub dedup: Vec<DedupEntry>,
+    /// Forget deduplication entries recorded before this time (ms since the epoch).
+    pub dedup_forget_before: Option<u64>,
+}
+
+impl Commit {
+    pub fn is_empty(&self) -> bool {
+        self.put_queues.is_empty()
+            && self.delete_queues.is_empty()
+            && self.chunks.is_empty()
+            && self.next_seqs.is_empty()
+            && self.settled.is_empty()
+            && self.metas.is_empty()
+            && self.dedup.is_empty()
+            && self.dedup_forget_before.is_none()
+    }
+}
+
+/// One chunk as found at recovery.
+#[derive(Debug)]
+pub struct RecoveredChunk {
+    pub queue: QueueId,
+    pub first_seq: u64,
+    /// Number of records the chunk was written with.
+    pub len: u32,
+    /// Settled bitmap (bit `i` = record `i` is settled); empty when nothing is.
+    pub settled: Vec<u8>,
+    /// The records not yet settled.
+    pub live: Vec<StoredMessage>,
+}
+
+/// Receives what the store holds, at start.
+pub trait Recover {
+    fn queue(&mut self, record: QueueRecord);
+    fn next_seq(&mut self, queue: QueueId, next: u64);
+    fn chunk(&mut self, chunk: RecoveredChunk);
+    fn meta(&mut self, queue: QueueId, seq: u64, meta: MessageMeta);
+    fn dedup(&mut self, entry: DedupEntry);
+}
+
+/// What the broker needs from a store. Every method blocks on I/O: call them from a
+/// dedicated thread or `spawn_blocking`.
+pub trait Store: std::fmt::Debug + Send + Sync + 'static {
+    /// Streams everything the store holds to `into`, in this order: queues, their next
+    /// sequence numbers, message metas, chunks (one at a time, so that recovery never
+    /// needs the whole store in memory), dedup entries.
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be read or holds something undecodable (corrupt).
+    fn recover(&self, into: &mut dyn Recover) -> Result<(), StorageError>;
+
+    /// Applies `commit` atomically (all of it or none of it). Not durable until
+    /// [`Store::flush`].
+    ///
+    /// # Errors
+    ///
+    /// The engine refused the write (disk full, I/O error).
+    fn apply(&self, commit: &Commit) -> Result<(), StorageError>;
+
+    /// Makes everything applied so far durable (fsync).
+    ///
+    /// # Errors
+    ///
+    /// The disk refused the flush.
+    fn flush(&self) -> Result<(), StorageError>;
+
+    /// Reads one message back (for a queue that keeps only part of its messages in
+    /// memory). `None` if it is not stored (settled, or never was).
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be read or the chunk is corrupt.
+    fn read_message(&self, queue: QueueId, seq: u64)
+        -> Result<Option<StoredMessage>, StorageError>;
+
+    /// Bytes the store occupies on disk.
+    ///
+    /// # Errors
+    ///
+    /// The directory could not be measured.
+    fn size_on_disk(&self) -> Result<u64, StorageError>;
+}
