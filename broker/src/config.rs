@@ -24,11 +24,12 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path}")]
+    #[error("config file {path}, line {line} column {column}: {message}")]
     Parse {
         path: PathBuf,
-        #[source]
-        source: Box<toml::de::Error>,
+        line: usize,
+        column: usize,
+        message: String,
     },
     #[error("invalid value for `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
@@ -43,6 +44,54 @@ pub enum SlowConsumerPolicy {
     Drop,
     /// Send `slow_consumer` and close the connection.
     Disconnect,
+}
+
+/// When the store is made durable (fsync'd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Before any confirm: a confirmed message survives a crash or power cut. Writes
+    /// from many publishers share each fsync (group commit).
+    Always,
+    /// At most this long after a write. Confirms go out before the fsync: a crash can
+    /// lose what was confirmed in the last interval.
+    Interval(Duration),
+    /// Never explicitly; the operating system writes back when it likes. A crash can
+    /// lose confirmed messages.
+    Never,
+}
+
+impl FromStr for SyncPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(SyncPolicy::Always),
+            "never" => Ok(SyncPolicy::Never),
+            _ => match s.strip_prefix("interval:") {
+                Some(d) => HumanDuration::from_str(d)
+                    .and_then(|HumanDuration(d)| {
+                        if d.is_zero() {
+                            Err("the interval must be longer than 0".to_string())
+                        } else {
+                            Ok(SyncPolicy::Interval(d))
+                        }
+                    }),
+                None => Err(format!(
+                    "'{s}' is not a sync policy: use always, never or interval:<duration> (e.g. interval:100ms)"
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Display for SyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SyncPolicy::Always => f.write_str("always"),
+            SyncPolicy::Never => f.write_str("never"),
+            SyncPolicy::Interval(d) => write!(f, "interval:{}", humantime::format_duration(*d)),
+        }
+    }
 }
 
 /// A listen address, or `off`.
@@ -99,7 +148,7 @@ macro_rules! deserialize_from_str {
         })*
     };
 }
-deserialize_from_str!(Listen, HumanDuration);
+deserialize_from_str!(Listen, HumanDuration, SyncPolicy);
 
 /// Settings as given: every field optional, so that layers can be merged.
 #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
@@ -124,6 +173,64 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(default)]
     pub limits: LimitSettings,
+
+    #[command(flatten)]
+    #[serde(default)]
+    pub store: StoreSettings,
+
+    #[command(flatten)]
+    #[serde(default)]
+    pub queues: QueueSettings,
+}
+
+/// The `[store]` table.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// When to fsync: always, interval:<duration> or never [default: always]
+    #[arg(long, env = "TERN_SYNC", value_name = "POLICY")]
+    pub sync: Option<SyncPolicy>,
+
+    /// Most (producer, sequence) pairs remembered for exactly-once publishing [default: 1000000]
+    #[arg(long, env = "TERN_DEDUP_WINDOW", value_name = "N")]
+    pub dedup_window: Option<usize>,
+
+    /// How long a (producer, sequence) pair is remembered [default: 10m]
+    #[arg(long, env = "TERN_DEDUP_AGE", value_name = "DURATION")]
+    pub dedup_age: Option<HumanDuration>,
+}
+
+/// The `[queues]` table: defaults for queues declared without these options.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    /// Delivery attempts before a message is dead-lettered [default: 5]
+    #[arg(
+        long = "queue-max-deliver",
+        env = "TERN_QUEUE_MAX_DELIVER",
+        value_name = "N"
+    )]
+    pub max_deliver: Option<u32>,
+
+    /// Time a consumer has to settle a delivery before it is redelivered [default: 30s]
+    #[arg(
+        long = "queue-ack-timeout",
+        env = "TERN_QUEUE_ACK_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub ack_timeout: Option<HumanDuration>,
+
+    /// Bytes of message bodies each queue keeps in memory; the rest is read back from the store when delivered [default: 33554432]
+    #[arg(long = "queue-memory", env = "TERN_QUEUE_MEMORY", value_name = "BYTES")]
+    pub memory: Option<usize>,
+
+    /// Largest prefetch (unsettled deliveries) a consumer may ask for [default: 10000]
+    #[arg(
+        long = "queue-max-prefetch",
+        env = "TERN_QUEUE_MAX_PREFETCH",
+        value_name = "N"
+    )]
+    pub max_prefetch: Option<u32>,
 }
 
 /// The `[limits]` table.
@@ -182,9 +289,19 @@ impl Settings {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
+        Self::from_toml(&text).map_err(|e| {
+            // toml's own message spans several lines (a snippet with a caret); one
+            // line with the position reads better in a terminal and in a log.
+            let offset = e.span().map_or(0, |s| s.start);
+            let before = text.get(..offset).unwrap_or_default();
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
         })
     }
 
@@ -199,25 +316,44 @@ impl Settings {
 
     /// `self` where set, `lower` elsewhere.
     pub fn over(self, lower: Settings) -> Settings {
-        let (l, ll) = (self.limits, lower.limits);
-        Settings {
-            listen: self.listen.or(lower.listen),
-            data_dir: self.data_dir.or(lower.data_dir),
-            metrics_listen: self.metrics_listen.or(lower.metrics_listen),
-            shutdown_timeout: self.shutdown_timeout.or(lower.shutdown_timeout),
-            limits: LimitSettings {
-                max_frame_size: l.max_frame_size.or(ll.max_frame_size),
-                max_connections: l.max_connections.or(ll.max_connections),
-                max_subscriptions: l.max_subscriptions.or(ll.max_subscriptions),
-                max_headers: l.max_headers.or(ll.max_headers),
-                max_subject_len: l.max_subject_len.or(ll.max_subject_len),
-                max_subject_tokens: l.max_subject_tokens.or(ll.max_subject_tokens),
-                max_pending_bytes: l.max_pending_bytes.or(ll.max_pending_bytes),
-                slow_consumer: l.slow_consumer.or(ll.slow_consumer),
-                handshake_timeout: l.handshake_timeout.or(ll.handshake_timeout),
-                write_timeout: l.write_timeout.or(ll.write_timeout),
-            },
+        macro_rules! over {
+            ($hi:expr, $lo:expr, $($field:ident),*) => {
+                $( $hi.$field = $hi.$field.or($lo.$field); )*
+            };
         }
+        let mut hi = self;
+        over!(
+            hi,
+            lower,
+            listen,
+            data_dir,
+            metrics_listen,
+            shutdown_timeout
+        );
+        over!(
+            hi.limits,
+            lower.limits,
+            max_frame_size,
+            max_connections,
+            max_subscriptions,
+            max_headers,
+            max_subject_len,
+            max_subject_tokens,
+            max_pending_bytes,
+            slow_consumer,
+            handshake_timeout,
+            write_timeout
+        );
+        over!(hi.store, lower.store, sync, dedup_window, dedup_age);
+        over!(
+            hi.queues,
+            lower.queues,
+            max_deliver,
+            ack_timeout,
+            memory,
+            max_prefetch
+        );
+        hi
     }
 }
 
@@ -229,6 +365,46 @@ pub struct Config {
     pub metrics_listen: Listen,
     pub shutdown_timeout: Duration,
     pub limits: Limits,
+    pub store: StoreConfig,
+    pub queues: QueueDefaults,
+}
+
+/// How the store is written.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub sync: SyncPolicy,
+    pub dedup_window: usize,
+    pub dedup_age: Duration,
+}
+
+/// Defaults and limits for queues.
+#[derive(Debug, Clone)]
+pub struct QueueDefaults {
+    pub max_deliver: u32,
+    pub ack_timeout: Duration,
+    pub memory: usize,
+    pub max_prefetch: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            sync: SyncPolicy::Always,
+            dedup_window: 1_000_000,
+            dedup_age: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Default for QueueDefaults {
+    fn default() -> Self {
+        Self {
+            max_deliver: 5,
+            ack_timeout: Duration::from_secs(30),
+            memory: 32 * 1024 * 1024,
+            max_prefetch: 10_000,
+        }
+    }
 }
 
 /// Resource limits. Every buffer a peer can fill is bounded by one of these.
@@ -253,6 +429,8 @@ impl Default for Config {
             metrics_listen: Listen::On(SocketAddr::from(([127, 0, 0, 1], 9464))),
             shutdown_timeout: Duration::from_secs(5),
             limits: Limits::default(),
+            store: StoreConfig::default(),
+            queues: QueueDefaults::default(),
         }
     }
 }
@@ -308,7 +486,7 @@ impl Config {
     /// A value out of range, naming its key.
     pub fn from_settings(s: Settings) -> Result<Self, ConfigError> {
         let d = Config::default();
-        let l = s.limits;
+        let l = s.limits.clone();
         let max_frame_size = at_least("limits.max_frame_size", l.max_frame_size, 1024)?
             .unwrap_or(d.limits.max_frame_size);
         if max_frame_size > MAX_FRAME_SIZE_LIMIT {
@@ -348,6 +526,22 @@ impl Config {
                 .unwrap_or(d.limits.handshake_timeout),
                 write_timeout: nonzero_duration("limits.write_timeout", l.write_timeout)?
                     .unwrap_or(d.limits.write_timeout),
+            },
+            store: StoreConfig {
+                sync: s.store.sync.unwrap_or(d.store.sync),
+                dedup_window: at_least("store.dedup_window", s.store.dedup_window, 1)?
+                    .unwrap_or(d.store.dedup_window),
+                dedup_age: nonzero_duration("store.dedup_age", s.store.dedup_age)?
+                    .unwrap_or(d.store.dedup_age),
+            },
+            queues: QueueDefaults {
+                max_deliver: at_least("queues.max_deliver", s.queues.max_deliver, 1)?
+                    .unwrap_or(d.queues.max_deliver),
+                ack_timeout: nonzero_duration("queues.ack_timeout", s.queues.ack_timeout)?
+                    .unwrap_or(d.queues.ack_timeout),
+                memory: s.queues.memory.unwrap_or(d.queues.memory),
+                max_prefetch: at_least("queues.max_prefetch", s.queues.max_prefetch, 1)?
+                    .unwrap_or(d.queues.max_prefetch),
             },
         })
     }
@@ -390,6 +584,21 @@ mod tests {
     }
 
     #[test]
+    fn file_errors_are_one_line_with_a_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1\"\n[limits]\nmax_frame_sise = 5\n",
+        )
+        .unwrap();
+        let err = Settings::from_file(&path).unwrap_err().to_string();
+        assert!(!err.contains('\n'), "{err}");
+        assert!(err.contains("line 3 column 1"), "{err}");
+        assert!(err.contains("max_frame_sise"), "{err}");
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let err = Settings::from_toml("metrics_listen = \"nowhere\"").unwrap_err();
         assert!(err.to_string().contains("nowhere"), "{err}");
@@ -399,6 +608,21 @@ mod tests {
         let s = Settings::from_toml("[limits]\nwrite_timeout = \"0s\"").unwrap();
         let err = Config::from_settings(s).unwrap_err();
         assert!(err.to_string().contains("limits.write_timeout"), "{err}");
+    }
+
+    #[test]
+    fn sync_policies_parse() {
+        let s = Settings::from_toml("[store]\nsync = \"interval:250ms\"").unwrap();
+        assert_eq!(
+            Config::from_settings(s).unwrap().store.sync,
+            SyncPolicy::Interval(Duration::from_millis(250))
+        );
+        for bad in ["sometimes", "interval:", "interval:0s", "interval:fast"] {
+            let err = Settings::from_toml(&format!("[store]\nsync = \"{bad}\"")).unwrap_err();
+            assert!(err.to_string().contains("sync"), "{bad}: {err}");
+        }
+        let c = Config::from_settings(Settings::default()).unwrap();
+        assert_eq!(c.store.sync, SyncPolicy::Always);
     }
 
     #[test]

@@ -87,6 +87,8 @@ mod tests {
             Publish {
                 id: 0,
                 qos: Qos::AtMostOnce,
+                mandatory: false,
+                producer: None,
                 envelope: tern_codec::Envelope {
                     subject: "a.b".into(),
                     reply_to: Some("r".into()),

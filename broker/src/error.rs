@@ -21,6 +21,8 @@ pub enum Error {
     },
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("shutdown: {0}")]
+    Shutdown(String),
 }
 
 /// Why reading a frame from a connection failed.

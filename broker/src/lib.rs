@@ -20,9 +20,12 @@
 
 pub mod config;
 mod connection;
+mod dedup;
 mod error;
 mod handler;
+mod journal;
 mod outbound;
+mod queue;
 mod router;
 pub mod server;
 mod session;

@@ -7,7 +7,7 @@
 //! atomic load and one hash lookup: publishes do not contend on a lock.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytestring::ByteString;
@@ -15,6 +15,7 @@ use rustc_hash::FxHashMap;
 use tern_codec::{Envelope, Pattern};
 
 use crate::outbound::{Outbound, Push, Wakes};
+use crate::queue::QueueHandle;
 use crate::sublist::Sublist;
 
 /// Most subjects one connection's [`RouteCache`] remembers.
@@ -63,20 +64,49 @@ impl Subscriber {
     }
 }
 
-/// The subscribers of one subject, grouped for delivery.
+/// What a sublist entry routes to: a live subscription, or a durable queue bound to
+/// the pattern.
+#[derive(Debug, Clone)]
+pub(crate) enum Route {
+    Subscriber(Arc<Subscriber>),
+    Queue(Arc<QueueHandle>),
+}
+
+impl PartialEq for Route {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Route::Subscriber(a), Route::Subscriber(b)) => a == b,
+            (Route::Queue(a), Route::Queue(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// Who takes messages on one subject, grouped for delivery.
 #[derive(Debug, Default)]
 pub(crate) struct Interest {
     /// Subscribers without a queue group: each gets every message.
     plain: Vec<Arc<Subscriber>>,
     /// Members of each queue group: one member per group gets each message.
     groups: Vec<Vec<Arc<Subscriber>>>,
+    /// Durable queues bound to the subject, each once however many bindings match.
+    pub queues: Vec<Arc<QueueHandle>>,
 }
 
 impl Interest {
-    fn new(subs: &[Arc<Subscriber>]) -> Self {
+    fn new(routes: &[Route]) -> Self {
         let mut interest = Interest::default();
         let mut by_group: HashMap<&str, usize> = HashMap::new();
-        for s in subs {
+        for route in routes {
+            let s = match route {
+                Route::Subscriber(s) => s,
+                Route::Queue(q) => {
+                    if !interest.queues.iter().any(|have| have.id == q.id) {
+                        interest.queues.push(Arc::clone(q));
+                    }
+                    continue;
+                }
+            };
             match &s.group {
                 None => interest.plain.push(Arc::clone(s)),
                 Some(g) => {
@@ -93,6 +123,11 @@ impl Interest {
         interest
     }
 
+    /// Whether nobody at all takes the message: no subscriber and no queue.
+    pub fn is_empty(&self) -> bool {
+        self.plain.is_empty() && self.groups.is_empty() && self.queues.is_empty()
+    }
+
     /// Delivers to every plain subscriber and to one member of each group.
     ///
     /// A group member is picked at random; if it refuses (full or closing), the next
@@ -103,13 +138,18 @@ impl Interest {
         for s in &self.plain {
             match s.deliver(envelope, wakes) {
                 Push::Queued => delivered += 1,
-                Push::Dropped => dropped += 1,
+                Push::Dropped => {
+                    s.outbound.count_drop();
+                    dropped += 1;
+                }
                 Push::Closed => {}
             }
         }
         for members in &self.groups {
             let start = fastrand::usize(..members.len());
-            let mut any_dropped = false;
+            // The first member that refused for lack of room is charged with the drop,
+            // but only if no other member took the message.
+            let mut first_full = None;
             let taken = members
                 .iter()
                 .cycle()
@@ -118,14 +158,15 @@ impl Interest {
                 .any(|s| match s.deliver(envelope, wakes) {
                     Push::Queued => true,
                     Push::Dropped => {
-                        any_dropped = true;
+                        first_full.get_or_insert(s);
                         false
                     }
                     Push::Closed => false,
                 });
             if taken {
                 delivered += 1;
-            } else if any_dropped {
+            } else if let Some(s) = first_full {
+                s.outbound.count_drop();
                 dropped += 1;
             }
         }
@@ -145,9 +186,10 @@ pub(crate) struct RouteCache {
 /// Every subscription on the server.
 #[derive(Debug)]
 pub(crate) struct Router {
-    subs: RwLock<Sublist<Arc<Subscriber>>>,
+    subs: RwLock<Sublist<Route>>,
     /// The sublist's generation, readable without the lock.
     generation: Arc<AtomicU64>,
+    subscriptions: AtomicUsize,
 }
 
 impl Default for Router {
@@ -157,6 +199,7 @@ impl Default for Router {
         Self {
             subs: RwLock::new(subs),
             generation,
+            subscriptions: AtomicUsize::new(0),
         }
     }
 }
@@ -164,28 +207,51 @@ impl Default for Router {
 impl Router {
     // Sublist operations leave the trie consistent at every step, so a poisoned lock
     // still guards good data.
-    fn read(&self) -> RwLockReadGuard<'_, Sublist<Arc<Subscriber>>> {
+    fn read(&self) -> RwLockReadGuard<'_, Sublist<Route>> {
         self.subs.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Sublist<Arc<Subscriber>>> {
+    fn write(&self) -> RwLockWriteGuard<'_, Sublist<Route>> {
         self.subs.write().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn subscribe(&self, sub: Arc<Subscriber>) {
         let pattern = sub.pattern.clone();
-        self.write().insert(&pattern, sub);
+        self.write().insert(&pattern, Route::Subscriber(sub));
+        self.subscriptions.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Removes `sub`; no message is delivered on it once this returns.
     pub fn unsubscribe(&self, sub: &Arc<Subscriber>) {
         sub.outbound.deactivate(&sub.active);
-        self.write().remove(&sub.pattern, sub);
+        let pattern = sub.pattern.clone();
+        if self
+            .write()
+            .remove(&pattern, &Route::Subscriber(Arc::clone(sub)))
+        {
+            self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
-    /// Number of subscriptions on the server.
+    /// Routes messages on the queue's binding patterns to it.
+    pub fn bind_queue(&self, queue: &Arc<QueueHandle>) {
+        let mut sl = self.write();
+        for b in &queue.def.bindings {
+            sl.insert(&b.pattern, Route::Queue(Arc::clone(queue)));
+        }
+    }
+
+    /// Stops routing messages to the queue.
+    pub fn unbind_queue(&self, queue: &Arc<QueueHandle>) {
+        let mut sl = self.write();
+        for b in &queue.def.bindings {
+            sl.remove(&b.pattern, &Route::Queue(Arc::clone(queue)));
+        }
+    }
+
+    /// Number of live subscriptions on the server (queue bindings not counted).
     pub fn subscription_count(&self) -> usize {
-        self.read().len()
+        self.subscriptions.load(Ordering::Relaxed)
     }
 
     /// Who wants `subject`, if `cache` remembers it for the current generation.

@@ -13,15 +13,22 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tern_codec::{DecodeError, Encode, ErrorCode, ErrorFrame};
-use tern_storage::SledStore;
+use tern_storage::{
+    DedupEntry, MessageMeta, QueueId, QueueRecord, Recover, RecoveredChunk, SledStore, Store,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, SyncPolicy};
+use crate::dedup::DedupWindow;
+use crate::journal::{ChunkSummary, Journal, Op, Writer};
 use crate::outbound::Outbound;
+use crate::queue::def::QueueDef;
+use crate::queue::state::QueueState;
+use crate::queue::{QueueHandle, QueueInput, QueueTask, Queues};
 use crate::router::Router;
 use crate::session;
 use crate::stats::{Stats, StatsSnapshot};
@@ -35,7 +42,16 @@ pub(crate) struct Shared {
     pub stats: Arc<Stats>,
     /// Random per process; sent in WELCOME.
     pub server_id: String,
-    pub store: SledStore,
+    pub store: Arc<dyn Store>,
+    pub journal: Journal,
+    pub queues: Arc<Queues>,
+    /// The exactly-once window. A std `Mutex`: one hash-set operation per QoS 2
+    /// publish, never held across an `.await`.
+    pub dedup: Arc<Mutex<DedupWindow>>,
+    /// Queue tasks, to wait for at shutdown.
+    queue_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The journal thread, joined at shutdown.
+    journal_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Cancelled once, when the server starts shutting down. Every connection's token
     /// is a child of it.
     pub shutdown: CancellationToken,
@@ -92,6 +108,125 @@ impl Shared {
     pub fn count_protocol_error(&self, _e: &DecodeError) {
         self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Starts a queue's task, routes its bindings to it and registers it.
+    pub fn start_queue(
+        &self,
+        id: QueueId,
+        def: Arc<QueueDef>,
+        tx: mpsc::Sender<QueueInput>,
+        rx: mpsc::Receiver<QueueInput>,
+        state: QueueState,
+    ) -> Arc<QueueHandle> {
+        let handle = Arc::new(QueueHandle { id, def, tx });
+        let task = QueueTask {
+            id,
+            state,
+            journal: self.journal.clone(),
+            store: Arc::clone(&self.store),
+            queues: Arc::clone(&self.queues),
+        };
+        let join = crate::queue::spawn(task, rx);
+        lock(&self.queue_tasks).push(join);
+        self.queues.insert(Arc::clone(&handle));
+        self.router.bind_queue(&handle);
+        handle
+    }
+
+    /// Stops every queue task, then the journal (which commits what it was sent and
+    /// flushes the store).
+    async fn stop_storage(&self) -> Result<(), Error> {
+        for queue in self.queues.all() {
+            let _ = queue.tx.send(QueueInput::Stop).await;
+        }
+        let tasks = std::mem::take(&mut *lock(&self.queue_tasks));
+        for task in tasks {
+            let _ = task.await;
+        }
+        let flushed = self.journal.shutdown().await;
+        let thread = lock(&self.journal_thread).take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        flushed.map_err(|e| Error::Shutdown(format!("final store flush failed: {e}")))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each of these is changed by single pushes and takes: a poisoned lock still
+    // guards consistent data.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the store holds, gathered at start into queue states and journal bookkeeping.
+struct Recovery {
+    memory: usize,
+    queues: HashMap<QueueId, (Arc<QueueDef>, QueueState)>,
+    next_seqs: HashMap<QueueId, u64>,
+    chunks: HashMap<QueueId, Vec<ChunkSummary>>,
+    metas: HashMap<(QueueId, u64), MessageMeta>,
+    dedup: Vec<DedupEntry>,
+    errors: Vec<String>,
+}
+
+impl Recover for Recovery {
+    fn queue(&mut self, record: QueueRecord) {
+        match QueueDef::from_bytes(&record.definition) {
+            Ok(def) => {
+                let def = Arc::new(def);
+                let state = QueueState::new(Arc::clone(&def), self.memory);
+                self.queues.insert(record.id, (def, state));
+            }
+            Err(e) => self.errors.push(format!(
+                "queue {} ('{}') has an unreadable definition: {e}",
+                record.id, record.name
+            )),
+        }
+    }
+
+    fn next_seq(&mut self, queue: QueueId, next: u64) {
+        self.next_seqs.insert(queue, next);
+    }
+
+    fn meta(&mut self, queue: QueueId, seq: u64, meta: MessageMeta) {
+        self.metas.insert((queue, seq), meta);
+    }
+
+    fn chunk(&mut self, chunk: RecoveredChunk) {
+        let Some((_, state)) = self.queues.get_mut(&chunk.queue) else {
+            return;
+        };
+        let live = u32::try_from(chunk.live.len()).unwrap_or(u32::MAX);
+        let end = chunk.first_seq + u64::from(chunk.len);
+        let next = self.next_seqs.entry(chunk.queue).or_insert(0);
+        *next = (*next).max(end);
+        for m in chunk.live {
+            // A message that would not decode would be sent to consumers as a frame
+            // they reject: refuse the store instead.
+            if let Err(e) = tern_codec::Envelope::decode_bytes(m.envelope.clone()) {
+                self.errors.push(format!(
+                    "queue {} message {} is unreadable: {e}",
+                    chunk.queue, m.seq
+                ));
+                continue;
+            }
+            let meta = self.metas.remove(&(chunk.queue, m.seq));
+            state.recover(m, meta);
+        }
+        self.chunks
+            .entry(chunk.queue)
+            .or_default()
+            .push(ChunkSummary {
+                first_seq: chunk.first_seq,
+                len: chunk.len,
+                settled: chunk.settled,
+                live,
+            });
+    }
+
+    fn dedup(&mut self, entry: DedupEntry) {
+        self.dedup.push(entry);
+    }
 }
 
 /// A broker: its store, router and counters. Cheap to clone; clones share everything.
@@ -101,28 +236,90 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the data directory and builds the broker's state. Serves nothing yet.
+    /// Opens the data directory, recovers every queue from it and starts the journal.
+    /// Serves nothing yet.
     ///
-    /// Blocks on file I/O while the store opens.
+    /// Blocks the calling thread on file I/O while the store is read.
     ///
     /// # Errors
     ///
-    /// The store cannot be opened (see [`tern_storage::StorageError`]).
-    pub fn open(config: Config) -> Result<Self, Error> {
-        let store = SledStore::open(&config.data_dir)?;
-        let server_id = format!("{:016x}", fastrand::u64(..));
-        Ok(Self {
-            shared: Arc::new(Shared {
-                config,
-                router: Router::default(),
-                stats: Arc::default(),
-                server_id,
-                store,
-                shutdown: CancellationToken::new(),
-                next_connection_id: AtomicU64::new(1),
-                connections: Mutex::new(HashMap::new()),
-            }),
-        })
+    /// The store cannot be opened or read (see [`tern_storage::StorageError`]).
+    pub async fn open(config: Config) -> Result<Self, Error> {
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
+        match config.store.sync {
+            SyncPolicy::Always => {}
+            other => tracing::warn!(
+                "sync = {other}: confirmed messages can be lost if the broker is killed or the machine loses power"
+            ),
+        }
+        let mut recovery = Recovery {
+            memory: config.queues.memory,
+            queues: HashMap::new(),
+            next_seqs: HashMap::new(),
+            chunks: HashMap::new(),
+            metas: HashMap::new(),
+            dedup: Vec::new(),
+            errors: Vec::new(),
+        };
+        store.recover(&mut recovery)?;
+        if !recovery.errors.is_empty() {
+            return Err(Error::Storage(tern_storage::StorageError::Corrupt {
+                path: config.data_dir.clone(),
+                detail: recovery.errors.join("; "),
+            }));
+        }
+        let store_config = &config.store;
+        let mut window = DedupWindow::new(
+            store_config.dedup_window,
+            u64::try_from(store_config.dedup_age.as_millis()).unwrap_or(u64::MAX),
+        );
+        for e in &recovery.dedup {
+            window.restore(e);
+        }
+        let dedup = Arc::new(Mutex::new(window));
+        let mut writer = Writer::new(Arc::clone(&store), store_config.sync, Arc::clone(&dedup));
+        let mut started = Vec::new();
+        for (id, (def, state)) in recovery.queues {
+            let (tx, rx) = crate::queue::channel();
+            let next_seq = recovery.next_seqs.get(&id).copied().unwrap_or(0);
+            let chunks = recovery.chunks.remove(&id).unwrap_or_default();
+            writer.recover_queue(id, Arc::clone(&def), tx.clone(), next_seq, chunks);
+            started.push((id, def, tx, rx, state));
+        }
+        let (journal, journal_thread) = writer.spawn()?;
+        // Metas left over belong to messages settled before a crash cut their clean-up
+        // short; forget them now.
+        for ((queue, seq), _) in recovery.metas {
+            journal.send(Op::Meta {
+                queue,
+                seq,
+                meta: None,
+                done: None,
+            });
+        }
+        let shared = Arc::new(Shared {
+            config,
+            router: Router::default(),
+            stats: Arc::default(),
+            server_id: format!("{:016x}", fastrand::u64(..)),
+            store,
+            journal,
+            queues: Arc::default(),
+            dedup,
+            queue_tasks: Mutex::new(Vec::new()),
+            journal_thread: Mutex::new(Some(journal_thread)),
+            shutdown: CancellationToken::new(),
+            next_connection_id: AtomicU64::new(1),
+            connections: Mutex::new(HashMap::new()),
+        });
+        let recovered = started.len();
+        for (id, def, tx, rx, state) in started {
+            shared.start_queue(id, def, tx, rx, state);
+        }
+        if recovered > 0 {
+            tracing::info!(queues = recovered, "recovered queues from the store");
+        }
+        Ok(Self { shared })
     }
 
     /// Counters since start.
@@ -148,6 +345,11 @@ impl Server {
     /// Number of subscriptions on the server.
     pub fn subscription_count(&self) -> usize {
         self.shared.router.subscription_count()
+    }
+
+    /// Number of queues on the server.
+    pub fn queue_count(&self) -> usize {
+        self.shared.queues.len()
     }
 
     /// Serves `listener` until `shutdown` completes, then shuts down gracefully.
@@ -207,7 +409,7 @@ impl Server {
                 humantime::format_duration(shared.config.shutdown_timeout)
             );
         }
-        shared.store.flush().await?;
+        shared.stop_storage().await?;
         tracing::info!("shut down");
         Ok(())
     }
@@ -238,5 +440,5 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             addr: config.listen,
             source,
         })?;
-    Server::open(config)?.serve(listener, shutdown).await
+    Server::open(config).await?.serve(listener, shutdown).await
 }

@@ -3,8 +3,10 @@
 //! The session task reads; a second task writes the connection's [`Outbound`] queue.
 //! Frames are handled synchronously in the order they arrive, which is what lets a
 //! client pipeline requests and match the answers by id. After each read batch the
-//! session wakes the writers it queued frames for and adds its counts to the server's,
-//! once per batch rather than once per frame.
+//! session wakes the writers it queued frames for, adds its counts to the server's,
+//! and hands what it gathered for the journal and for queue tasks over — waiting if
+//! they are full, which stops it reading from a client that sends faster than the disk
+//! or a queue can take.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,13 +14,17 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use tern_codec::{DecodeError, Encode, ErrorCode, ErrorFrame, Frame, Pong};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use crate::connection::FrameReader;
 use crate::error::ReadError;
 use crate::handler::{self, Reject};
+use crate::journal::PublishOp;
 use crate::outbound::{Outbound, Wakes};
+use crate::queue::state::ConsumerKey;
+use crate::queue::{QueueHandle, QueueInput};
 use crate::router::{RouteCache, Subscriber};
 use crate::server::{ConnectionEntry, Shared};
 use crate::stats::BatchCounts;
@@ -33,6 +39,12 @@ pub(crate) struct Session {
     pub routes: RouteCache,
     pub wakes: Wakes,
     pub counts: BatchCounts,
+    /// This connection's consumers by the client's consumer id.
+    pub consumers: FxHashMap<u32, Arc<QueueHandle>>,
+    /// Messages for the journal, gathered during a read batch.
+    pub publishes: Vec<PublishOp>,
+    /// Inputs for queue tasks, gathered during a read batch.
+    pub queue_inputs: Vec<(Arc<QueueHandle>, QueueInput)>,
 }
 
 /// Serves one accepted socket until it closes, the peer misbehaves, or the server
@@ -82,9 +94,12 @@ async fn serve_inner(socket: TcpStream, peer: SocketAddr, id: u64, shared: Arc<S
             routes: RouteCache::default(),
             wakes: Wakes::default(),
             counts: BatchCounts::default(),
+            consumers: FxHashMap::default(),
+            publishes: Vec::new(),
+            queue_inputs: Vec::new(),
         };
         session.run(&mut reader).await;
-        session.end();
+        session.end().await;
         shared.deregister(id);
         tracing::debug!("disconnected");
     }
@@ -151,13 +166,13 @@ impl Session {
                         let fatal = e.is_fatal();
                         self.protocol_error(&e);
                         if fatal {
-                            self.end_batch();
+                            self.end_batch().await;
                             return;
                         }
                     }
                 }
             }
-            self.end_batch();
+            self.end_batch().await;
             tokio::select! {
                 biased;
                 () = self.outbound.ending().cancelled() => {
@@ -187,6 +202,16 @@ impl Session {
             Frame::Publish(p) => (p.id, handler::publish::handle(self, p)),
             Frame::Subscribe(s) => (s.id, handler::subscribe::subscribe(self, s)),
             Frame::Unsubscribe(u) => (u.id, handler::subscribe::unsubscribe(self, u)),
+            Frame::Consume(c) => (c.id, handler::consume::consume(self, c)),
+            Frame::Ack(a) => (a.id, handler::consume::ack(self, a)),
+            Frame::Nack(n) => (n.id, handler::consume::nack(self, n)),
+            Frame::Received(r) => (r.id, handler::consume::received(self, r)),
+            Frame::Cancel(c) => (c.id, handler::consume::cancel(self, c)),
+            Frame::QueueDeclare(d) => (d.id, handler::queue::declare(self, d)),
+            Frame::QueueDelete(d) => (d.id, handler::queue::delete(self, d)),
+            Frame::QueueQuery(q) => (q.id, handler::queue::query(self, q)),
+            Frame::QueuePurge(p) => (p.id, handler::queue::purge(self, p)),
+            Frame::QueueMove(m) => (m.id, handler::queue::move_messages(self, m)),
             Frame::Ping(p) => {
                 self.reply(&Pong { id: p.id });
                 (p.id, Ok(()))
@@ -200,7 +225,14 @@ impl Session {
                     "HELLO was already received on this connection",
                 )),
             ),
-            other @ (Frame::Welcome(_) | Frame::Ok(_) | Frame::Error(_) | Frame::Message(_)) => (
+            other @ (Frame::Welcome(_)
+            | Frame::Ok(_)
+            | Frame::Done(_)
+            | Frame::Error(_)
+            | Frame::Message(_)
+            | Frame::Confirm(_)
+            | Frame::Delivery(_)
+            | Frame::QueueInfo(_)) => (
                 0,
                 Err(Reject::new(
                     ErrorCode::UnexpectedFrame,
@@ -233,16 +265,68 @@ impl Session {
         }
     }
 
-    fn end_batch(&mut self) {
-        self.wakes.wake_all();
-        self.counts.add_to(&self.shared.stats);
+    /// The consumer `cid` of this connection, as queues know it.
+    pub fn key(&self, cid: u32) -> ConsumerKey {
+        ConsumerKey { conn: self.id, cid }
     }
 
-    /// Removes every subscription of this connection from the router.
-    fn end(&mut self) {
+    /// Queues an input for a queue task, sent at the end of the read batch.
+    pub fn tell_queue(&mut self, queue: &Arc<QueueHandle>, input: QueueInput) {
+        self.queue_inputs.push((Arc::clone(queue), input));
+    }
+
+    /// Wakes writers, adds counts, and hands the batch's work to the journal and the
+    /// queue tasks, waiting while they are full.
+    async fn end_batch(&mut self) {
+        self.wakes.wake_all();
+        self.counts.add_to(&self.shared.stats);
+        for op in self.publishes.drain(..) {
+            if let Err(op) = self.shared.journal.publish(op).await {
+                if let Some(c) = op.confirm {
+                    c.outbound.push_control(
+                        &ErrorFrame::new(
+                            c.id,
+                            ErrorCode::ShuttingDown,
+                            "the server is shutting down",
+                        ),
+                        &mut self.wakes,
+                    );
+                }
+            }
+        }
+        for (queue, input) in self.queue_inputs.drain(..) {
+            if let Err(mpsc::error::SendError(input)) = queue.tx.send(input).await {
+                if let Some((outbound, id)) = input.reply_to() {
+                    outbound.push_control(
+                        &ErrorFrame::new(
+                            *id,
+                            ErrorCode::QueueNotFound,
+                            format!("queue '{}' was deleted", queue.def.name),
+                        ),
+                        &mut self.wakes,
+                    );
+                }
+            }
+        }
+        self.wakes.wake_all();
+    }
+
+    /// Removes every subscription of this connection from the router and detaches its
+    /// consumers (their unsettled deliveries go back to their queues).
+    async fn end(&mut self) {
         for (_, sub) in self.subs.drain() {
             self.shared.router.unsubscribe(&sub);
         }
-        self.end_batch();
+        let mut queues: Vec<Arc<QueueHandle>> = Vec::new();
+        for (_, q) in self.consumers.drain() {
+            if !queues.iter().any(|have| have.id == q.id) {
+                queues.push(q);
+            }
+        }
+        for q in queues {
+            self.queue_inputs
+                .push((q, QueueInput::ConnectionClosed { conn: self.id }));
+        }
+        self.end_batch().await;
     }
 }

@@ -18,6 +18,7 @@ pub struct Stats {
     pub slow_consumer_drops: AtomicU64,
     pub slow_consumer_disconnects: AtomicU64,
     pub protocol_errors: AtomicU64,
+    pub duplicates: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -33,6 +34,8 @@ pub struct StatsSnapshot {
     pub slow_consumer_drops: u64,
     pub slow_consumer_disconnects: u64,
     pub protocol_errors: u64,
+    /// Exactly-once publishes recognised as duplicates and not stored again.
+    pub duplicates: u64,
 }
 
 impl Stats {
@@ -49,6 +52,7 @@ impl Stats {
             slow_consumer_drops: self.slow_consumer_drops.load(Relaxed),
             slow_consumer_disconnects: self.slow_consumer_disconnects.load(Relaxed),
             protocol_errors: self.protocol_errors.load(Relaxed),
+            duplicates: self.duplicates.load(Relaxed),
         }
     }
 }
@@ -60,6 +64,7 @@ pub(crate) struct BatchCounts {
     pub bytes_in: u64,
     pub messages_out: u64,
     pub drops: u64,
+    pub duplicates: u64,
 }
 
 impl BatchCounts {
@@ -70,6 +75,7 @@ impl BatchCounts {
             (&stats.bytes_in, b.bytes_in),
             (&stats.messages_out, b.messages_out),
             (&stats.slow_consumer_drops, b.drops),
+            (&stats.duplicates, b.duplicates),
         ] {
             if n > 0 {
                 counter.fetch_add(n, Relaxed);

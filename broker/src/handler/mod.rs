@@ -4,8 +4,10 @@
 //! never wait. A handler's `Err(Reject)` becomes an ERROR frame with the request's id;
 //! the connection stays open.
 
+pub(crate) mod consume;
 pub(crate) mod hello;
 pub(crate) mod publish;
+pub(crate) mod queue;
 pub(crate) mod subscribe;
 
 use tern_codec::ErrorCode;

@@ -1,17 +1,27 @@
-//! PUBLISH: validate, route, deliver.
+//! PUBLISH: validate, deduplicate, route to subscribers and queues, confirm.
+//!
+//! QoS 0 goes to live subscribers at once and to queues through the journal, with no
+//! confirm. QoS 1 and 2 are confirmed only once the message is durable in every queue
+//! it was routed to (the journal sends the CONFIRM after its group commit). An
+//! exactly-once pair (producer, sequence) is recorded in the dedup window before
+//! anything is delivered, so a retried publish reaches nobody twice.
 
+use bytes::BytesMut;
 use tern_codec::subject::{validate_subject, SubjectError};
-use tern_codec::{ErrorCode, Ok as OkFrame, Publish, Qos};
+use tern_codec::{Confirm, ErrorCode, Ok as OkFrame, Publish, Qos};
+use tern_storage::DedupEntry;
 
 use super::Reject;
+use crate::dedup::MAX_PRODUCER_LEN;
+use crate::journal::{self, now_ms, ConfirmTo, PublishOp};
 use crate::session::Session;
 
-/// Routes a publish to every interested subscriber.
+/// Routes a publish to every interested subscriber and queue.
 ///
 /// # Errors
 ///
-/// An invalid subject or reply-to, too many headers, an empty header key, or a QoS
-/// this server does not offer.
+/// An invalid subject, reply-to, header or producer id; QoS 1/2 without an id, QoS 2
+/// without a producer sequence; a mandatory publish nobody takes.
 pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reject> {
     let limits = &session.shared.config.limits;
     let router = &session.shared.router;
@@ -44,12 +54,55 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
             "a header key is empty",
         ));
     }
-    if publish.qos != Qos::AtMostOnce {
+    let confirmed = publish.qos != Qos::AtMostOnce;
+    if confirmed && publish.id == 0 {
         return Err(Reject::new(
             ErrorCode::UnsupportedQos,
+            "QoS 1 and 2 publishes need a non-zero id for their confirm",
+        ));
+    }
+    if publish.qos == Qos::ExactlyOnce && publish.producer.is_none() {
+        return Err(Reject::new(
+            ErrorCode::UnsupportedQos,
+            "QoS 2 publishes carry a producer id and sequence number (the IDEMPOTENT flag)",
+        ));
+    }
+
+    let now = now_ms();
+    let mut dedup = None;
+    if let Some(p) = &publish.producer {
+        if p.producer.is_empty() || p.producer.len() > MAX_PRODUCER_LEN {
+            return Err(Reject::new(
+                ErrorCode::InvalidProducer,
+                format!("producer ids are 1 to {MAX_PRODUCER_LEN} bytes"),
+            ));
+        }
+        if !journal::lock(&session.shared.dedup).insert(&p.producer, p.sequence, now) {
+            session.counts.duplicates += 1;
+            if publish.id != 0 {
+                session.reply(&Confirm {
+                    id: publish.id,
+                    queues: 0,
+                    duplicate: true,
+                });
+            }
+            return Ok(());
+        }
+        dedup = Some(DedupEntry {
+            producer: p.producer.to_string(),
+            sequence: p.sequence,
+            at_ms: now,
+        });
+    }
+    if publish.mandatory && interest.is_empty() {
+        if let Some(d) = &dedup {
+            journal::lock(&session.shared.dedup).remove(&d.producer, d.sequence);
+        }
+        return Err(Reject::new(
+            ErrorCode::NoRoute,
             format!(
-                "QoS {} needs a durable queue, which this server version does not offer yet",
-                publish.qos as u8
+                "no subscriber and no queue takes messages on '{}'",
+                env.subject
             ),
         ));
     }
@@ -60,9 +113,38 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
     session.counts.messages_out += delivered;
     session.counts.drops += dropped;
 
-    if publish.id != 0 {
+    if interest.queues.is_empty() && dedup.is_none() {
+        if confirmed {
+            session.reply(&Confirm {
+                id: publish.id,
+                queues: 0,
+                duplicate: false,
+            });
+        } else if publish.id != 0 {
+            session.reply(&OkFrame { id: publish.id });
+        }
+        return Ok(());
+    }
+    // The message is copied out of the read buffer into one allocation of its own:
+    // a queue may keep it for long, and must not pin the whole buffer it came in.
+    let wire = env.as_ref();
+    let mut envelope = BytesMut::with_capacity(wire.encoded_len());
+    wire.encode(&mut envelope)
+        .map_err(|e| Reject::new(ErrorCode::Internal, e.to_string()))?;
+    if !confirmed && publish.id != 0 {
         session.reply(&OkFrame { id: publish.id });
     }
+    session.publishes.push(PublishOp {
+        queues: interest.queues.iter().map(|q| q.id).collect(),
+        envelope: envelope.freeze(),
+        enqueued_ms: now,
+        deadline_ms: None,
+        dedup,
+        confirm: confirmed.then(|| ConfirmTo {
+            outbound: session.outbound.clone(),
+            id: publish.id,
+        }),
+    });
     Ok(())
 }
 

@@ -1,0 +1,262 @@
+//! Queue administration: declare, delete, query, purge, move.
+//!
+//! Validation happens at once, in the session. The rest waits on the journal or on
+//! queue tasks, so it runs as a task of its own and answers the connection when done;
+//! the session goes on reading meanwhile.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tern_codec::{
+    Done, ErrorCode, ErrorFrame, Ok as OkFrame, QueueDeclare, QueueDelete, QueueInfo, QueueMove,
+    QueuePurge, QueueQuery,
+};
+use tern_storage::QueueRecord;
+use tokio::sync::oneshot;
+
+use super::Reject;
+use crate::journal::Op;
+use crate::outbound::{Outbound, Wakes};
+use crate::queue::def::{validate_name, QueueDef};
+use crate::queue::state::QueueState;
+use crate::queue::{QueueHandle, QueueInput};
+use crate::server::Shared;
+use crate::session::Session;
+
+/// What an admin request answers with.
+enum Answer {
+    Ok,
+    Info(QueueInfo),
+    /// Every queue's info, then DONE with their number.
+    List(Vec<QueueInfo>),
+    Done(u64),
+}
+
+/// Runs `work` in the background and sends its answer (with `id`) on the connection.
+fn run<F>(session: &Session, id: u32, work: impl FnOnce(Arc<Shared>) -> F)
+where
+    F: Future<Output = Result<Answer, Reject>> + Send + 'static,
+{
+    let outbound = Arc::clone(&session.outbound);
+    let fut = work(Arc::clone(&session.shared));
+    tokio::spawn(async move {
+        let answer = fut.await;
+        let mut wakes = Wakes::default();
+        send(&outbound, id, answer, &mut wakes);
+        wakes.wake_all();
+    });
+}
+
+fn send(outbound: &Arc<Outbound>, id: u32, answer: Result<Answer, Reject>, wakes: &mut Wakes) {
+    match answer {
+        Ok(Answer::Ok) => outbound.push_control(&OkFrame { id }, wakes),
+        Ok(Answer::Info(info)) => outbound.push_control(&info, wakes),
+        Ok(Answer::List(infos)) => {
+            let count = infos.len() as u64;
+            for info in infos {
+                outbound.push_control(&info, wakes);
+            }
+            outbound.push_control(&Done { id, count }, wakes);
+        }
+        Ok(Answer::Done(count)) => outbound.push_control(&Done { id, count }, wakes),
+        Err(r) => outbound.push_control(&ErrorFrame::new(id, r.code, r.message), wakes),
+    }
+}
+
+fn not_found(name: &str) -> Reject {
+    Reject::new(ErrorCode::QueueNotFound, format!("no queue named '{name}'"))
+}
+
+fn gone(name: &str) -> Reject {
+    Reject::new(
+        ErrorCode::QueueNotFound,
+        format!("queue '{name}' was deleted meanwhile"),
+    )
+}
+
+async fn info(id: u32, queue: &QueueHandle) -> Result<QueueInfo, Reject> {
+    let stats = queue.stats().await.ok_or_else(|| gone(&queue.def.name))?;
+    Ok(QueueInfo {
+        id,
+        name: queue.def.name.as_str().into(),
+        bindings: queue.def.wire_bindings(),
+        options: queue.def.wire_options(),
+        stats,
+    })
+}
+
+/// Waits for a journal operation built around `done`.
+async fn journal(
+    shared: &Shared,
+    op: impl FnOnce(crate::journal::Done) -> Op,
+) -> Result<(), Reject> {
+    let (tx, rx) = oneshot::channel();
+    shared.journal.send(op(Box::new(move |r| {
+        let _ = tx.send(r);
+    })));
+    match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Reject::new(ErrorCode::StorageFailed, e)),
+        Err(_) => Err(Reject::new(
+            ErrorCode::ShuttingDown,
+            "the server is shutting down",
+        )),
+    }
+}
+
+/// # Errors
+///
+/// An invalid definition (the rest is answered later).
+pub(crate) fn declare(session: &mut Session, d: QueueDeclare) -> Result<(), Reject> {
+    let config = &session.shared.config;
+    let def = QueueDef::from_declare(&d, &config.queues, &config.limits.subject)?;
+    run(session, d.id, move |shared| async move {
+        // Held across the journal round trip: two declares of one name must not both
+        // create it.
+        let _admin = shared.queues.admin.lock().await;
+        if let Some(existing) = shared.queues.get(&def.name) {
+            if *existing.def != def {
+                return Err(Reject::new(
+                    ErrorCode::QueueExists,
+                    format!(
+                        "queue '{}' exists with other bindings or options; delete it first to change them",
+                        def.name
+                    ),
+                ));
+            }
+            return info(d.id, &existing).await.map(Answer::Info);
+        }
+        let id = shared.queues.next_id();
+        let def = Arc::new(def);
+        let record = QueueRecord {
+            id,
+            name: def.name.clone(),
+            definition: def.to_bytes(),
+        };
+        let (tx, rx) = crate::queue::channel();
+        let queue_def = Arc::clone(&def);
+        let tasks = tx.clone();
+        journal(&shared, move |done| Op::PutQueue {
+            record,
+            def: queue_def,
+            tasks,
+            next_seq: 0,
+            done,
+        })
+        .await?;
+        let state = QueueState::new(Arc::clone(&def), shared.config.queues.memory);
+        let handle = shared.start_queue(id, def, tx, rx, state);
+        tracing::info!(queue = %handle.def.name, "queue created");
+        info(d.id, &handle).await.map(Answer::Info)
+    });
+    Ok(())
+}
+
+/// # Errors
+///
+/// Never at once; the queue's absence is answered later.
+pub(crate) fn delete(session: &mut Session, d: QueueDelete) -> Result<(), Reject> {
+    run(session, d.id, move |shared| async move {
+        let _admin = shared.queues.admin.lock().await;
+        let queue = shared
+            .queues
+            .remove(&d.name)
+            .ok_or_else(|| not_found(&d.name))?;
+        shared.router.unbind_queue(&queue);
+        let _ = queue.tx.send(QueueInput::Stop).await;
+        let id = queue.id;
+        journal(&shared, move |done| Op::DeleteQueue { queue: id, done }).await?;
+        tracing::info!(queue = %d.name, "queue deleted");
+        Ok(Answer::Ok)
+    });
+    Ok(())
+}
+
+/// # Errors
+///
+/// Never at once; an unknown name is answered later.
+pub(crate) fn query(session: &mut Session, q: QueueQuery) -> Result<(), Reject> {
+    run(session, q.id, move |shared| async move {
+        if q.name.is_empty() {
+            let mut infos = Vec::new();
+            for queue in shared.queues.all() {
+                // A queue deleted while listing is simply left out.
+                if let Ok(i) = info(q.id, &queue).await {
+                    infos.push(i);
+                }
+            }
+            return Ok(Answer::List(infos));
+        }
+        let queue = shared
+            .queues
+            .get(&q.name)
+            .ok_or_else(|| not_found(&q.name))?;
+        info(q.id, &queue).await.map(Answer::Info)
+    });
+    Ok(())
+}
+
+/// # Errors
+///
+/// Never at once; an unknown name is answered later.
+pub(crate) fn purge(session: &mut Session, p: QueuePurge) -> Result<(), Reject> {
+    run(session, p.id, move |shared| async move {
+        let queue = shared
+            .queues
+            .get(&p.name)
+            .ok_or_else(|| not_found(&p.name))?;
+        let (reply, rx) = oneshot::channel();
+        queue
+            .tx
+            .send(QueueInput::Purge { reply })
+            .await
+            .map_err(|_| gone(&p.name))?;
+        let n = rx.await.map_err(|_| gone(&p.name))?;
+        shared
+            .journal
+            .barrier()
+            .await
+            .map_err(|e| Reject::new(ErrorCode::StorageFailed, e))?;
+        Ok(Answer::Done(n))
+    });
+    Ok(())
+}
+
+/// # Errors
+///
+/// Invalid names, or moving a queue into itself.
+pub(crate) fn move_messages(session: &mut Session, m: QueueMove) -> Result<(), Reject> {
+    for name in [&m.from, &m.to] {
+        validate_name(name).map_err(|e| Reject::new(ErrorCode::InvalidQueue, e))?;
+    }
+    if m.from == m.to {
+        return Err(Reject::new(
+            ErrorCode::InvalidQueue,
+            "cannot move messages from a queue into itself",
+        ));
+    }
+    run(session, m.id, move |shared| async move {
+        let from = shared
+            .queues
+            .get(&m.from)
+            .ok_or_else(|| not_found(&m.from))?;
+        let to = shared.queues.get(&m.to).ok_or_else(|| not_found(&m.to))?;
+        let (reply, rx) = oneshot::channel();
+        from.tx
+            .send(QueueInput::MoveTo {
+                to: to.id,
+                max: m.max,
+                reply,
+            })
+            .await
+            .map_err(|_| gone(&m.from))?;
+        let n = rx.await.map_err(|_| gone(&m.from))?;
+        shared
+            .journal
+            .barrier()
+            .await
+            .map_err(|e| Reject::new(ErrorCode::StorageFailed, e))?;
+        Ok(Answer::Done(n))
+    });
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! Durable queues: the registry, one task per queue, and what they exchange.
+//!
+//! * [`def`]: validated definitions (name, bindings, options).
+//! * [`state`]: one queue's messages and consumers, with no I/O.
+//! * `task`: the task that owns a [`state::QueueState`] and carries out its actions.
+//!
+//! A queue's messages reach it through the journal (durable first, then
+//! [`QueueInput::Appended`]); consumers' requests reach it from their sessions. Each
+//! queue is a task of its own, so queues never contend with each other, and its state
+//! needs no lock.
+
+pub(crate) mod def;
+pub(crate) mod state;
+pub(crate) mod task;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tern_codec::QueueStats;
+use tern_storage::{QueueId, StoredMessage};
+use tokio::sync::{mpsc, oneshot};
+
+use self::def::QueueDef;
+use self::state::{Consumer, ConsumerKey};
+use crate::outbound::Outbound;
+
+pub(crate) use task::{spawn, QueueTask};
+
+/// Inputs waiting for a queue task. Bounded: senders wait, which throttles them.
+const INPUT_CAPACITY: usize = 4096;
+
+/// Where to answer a request, and its id (0: answer only errors).
+pub(crate) type ReplyTo = (Arc<Outbound>, u32);
+
+/// What a queue task is told.
+#[derive(Debug)]
+pub(crate) enum QueueInput {
+    /// Messages the journal made durable.
+    Appended(Vec<StoredMessage>),
+    Attach {
+        consumer: Consumer,
+        reply: ReplyTo,
+    },
+    Cancel {
+        key: ConsumerKey,
+        reply: ReplyTo,
+    },
+    /// Every consumer of this connection is gone.
+    ConnectionClosed {
+        conn: u64,
+    },
+    Ack {
+        key: ConsumerKey,
+        delivery_id: u64,
+        reply: ReplyTo,
+    },
+    Nack {
+        key: ConsumerKey,
+        delivery_id: u64,
+        requeue: bool,
+        delay_ms: u32,
+        reply: ReplyTo,
+    },
+    Received {
+        key: ConsumerKey,
+        delivery_id: u64,
+        reply: ReplyTo,
+    },
+    Stats {
+        reply: oneshot::Sender<QueueStats>,
+    },
+    Purge {
+        reply: oneshot::Sender<u64>,
+    },
+    /// Move up to `max` waiting messages (0: all) to another queue.
+    MoveTo {
+        to: QueueId,
+        max: u64,
+        reply: oneshot::Sender<u64>,
+    },
+    /// The queue was deleted: tell the consumers and stop.
+    Stop,
+}
+
+impl QueueInput {
+    /// Where the input's answer goes, for inputs that are answered on a connection.
+    pub fn reply_to(&self) -> Option<&ReplyTo> {
+        match self {
+            QueueInput::Attach { reply, .. }
+            | QueueInput::Cancel { reply, .. }
+            | QueueInput::Ack { reply, .. }
+            | QueueInput::Nack { reply, .. }
+            | QueueInput::Received { reply, .. } => Some(reply),
+            _ => None,
+        }
+    }
+}
+
+/// A queue, as the rest of the broker holds it.
+#[derive(Debug)]
+pub(crate) struct QueueHandle {
+    pub id: QueueId,
+    pub def: Arc<QueueDef>,
+    pub tx: mpsc::Sender<QueueInput>,
+}
+
+impl QueueHandle {
+    /// The queue's counters, or `None` if its task has stopped.
+    pub async fn stats(&self) -> Option<QueueStats> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(QueueInput::Stats { reply }).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+/// Every queue on the server, by name.
+#[derive(Debug, Default)]
+pub(crate) struct Queues {
+    /// A std `RwLock`: read on every CONSUME and admin request, written when a queue
+    /// is created or deleted, never held across an `.await`.
+    by_name: RwLock<HashMap<String, Arc<QueueHandle>>>,
+    /// Serializes declares and deletes, so that two racing declares of one name cannot
+    /// both create it. Held across the journal round trip, hence tokio's.
+    pub admin: tokio::sync::Mutex<()>,
+    next_id: AtomicU32,
+}
+
+impl Queues {
+    pub fn get(&self, name: &str) -> Option<Arc<QueueHandle>> {
+        self.read().get(name).cloned()
+    }
+
+    /// Every queue, ordered by name.
+    pub fn all(&self) -> Vec<Arc<QueueHandle>> {
+        let mut all: Vec<_> = self.read().values().cloned().collect();
+        all.sort_by(|a, b| a.def.name.cmp(&b.def.name));
+        all
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn insert(&self, handle: Arc<QueueHandle>) {
+        self.next_id.fetch_max(handle.id + 1, Ordering::Relaxed);
+        self.write().insert(handle.def.name.clone(), handle);
+    }
+
+    pub fn remove(&self, name: &str) -> Option<Arc<QueueHandle>> {
+        self.write().remove(name)
+    }
+
+    /// A number for a new queue.
+    pub fn next_id(&self) -> QueueId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    // The map is changed by single inserts and removes: a poisoned lock still guards
+    // a whole map.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<QueueHandle>>> {
+        self.by_name.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<QueueHandle>>> {
+        self.by_name.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A new queue input channel.
+pub(crate) fn channel() -> (mpsc::Sender<QueueInput>, mpsc::Receiver<QueueInput>) {
+    mpsc::channel(INPUT_CAPACITY)
+}
