@@ -5,10 +5,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tern_codec::{Ping, Welcome, DEFAULT_MAX_FRAME_SIZE};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{self, establish};
+use crate::consumer::ConsumeBuilder;
 use crate::outbound::{Link, WriteBuffer};
 use crate::publish::Publish;
 use crate::state::{Request, State};
@@ -28,6 +29,7 @@ pub struct ClientBuilder {
     pub(crate) ping_interval: Duration,
     pub(crate) write_buffer: usize,
     pub(crate) subscription_capacity: usize,
+    pub(crate) max_inflight: usize,
 }
 
 impl Default for ClientBuilder {
@@ -43,6 +45,7 @@ impl Default for ClientBuilder {
             ping_interval: Duration::from_secs(30),
             write_buffer: 8 * 1024 * 1024,
             subscription_capacity: 64 * 1024,
+            max_inflight: 16 * 1024,
         }
     }
 }
@@ -109,6 +112,13 @@ impl ClientBuilder {
         self
     }
 
+    /// Most confirmed (QoS 1/2) publishes awaiting their confirm at once; a further
+    /// publish waits for a slot. Default 16,384.
+    pub fn max_inflight(mut self, publishes: usize) -> Self {
+        self.max_inflight = publishes.max(1);
+        self
+    }
+
     /// Connects to `addr` (`host:port`) and completes the handshake.
     ///
     /// # Errors
@@ -123,6 +133,7 @@ impl ClientBuilder {
             next_id: AtomicU32::new(1),
             next_sid: AtomicU32::new(1),
             max_frame_size: AtomicU32::new(DEFAULT_MAX_FRAME_SIZE),
+            inflight: Arc::new(Semaphore::new(self.max_inflight)),
             closing: CancellationToken::new(),
             driver: Mutex::new(None),
             options: self,
@@ -151,6 +162,8 @@ pub(crate) struct Inner {
     next_sid: AtomicU32,
     /// The current server's limit, from its WELCOME.
     max_frame_size: AtomicU32,
+    /// Slots for unconfirmed publishes.
+    pub inflight: Arc<Semaphore>,
     /// Cancelled by [`Client::close`] or when the last handle is dropped.
     pub closing: CancellationToken,
     driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -193,17 +206,18 @@ impl Inner {
     /// The client is finished: nothing more can be sent, everything waiting fails.
     pub fn shut(&self) {
         self.closing.cancel();
+        self.inflight.close();
         self.out.set_link(Link::Closed);
         self.state().close();
     }
 
     /// Sends a request frame and waits for its answer, within the request timeout.
-    pub async fn request(
+    pub async fn request<T>(
         &self,
         frame: &impl tern_codec::Encode,
         id: u32,
-        request: impl FnOnce(oneshot::Sender<Result<(), Error>>) -> Request,
-    ) -> Result<(), Error> {
+        request: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Request,
+    ) -> Result<T, Error> {
         let (tx, rx) = oneshot::channel();
         self.state().add_request(id, request(tx));
         if let Err(e) = self.out.push_control(frame) {
@@ -290,6 +304,12 @@ impl Client {
         group: &str,
     ) -> Result<crate::Subscription, Error> {
         self.subscribe(pattern).group(group).await
+    }
+
+    /// Consumes from a durable queue; set the prefetch or the acknowledgement mode on
+    /// the returned builder, then `.await` it.
+    pub fn consume<'a>(&'a self, queue: &'a str) -> ConsumeBuilder<'a> {
+        ConsumeBuilder::new(self, queue)
     }
 
     /// Waits until the server has processed everything sent before this call.

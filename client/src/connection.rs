@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 
 use crate::client::Inner;
 use crate::outbound::Link;
-use crate::queue::SubQueue;
+use crate::queue::Wake;
 use crate::state::Backoff;
 use crate::Error;
 
@@ -154,9 +154,13 @@ pub(crate) async fn drive(inner: Arc<Inner>, mut conn: Established) {
         };
         tracing::info!(addr = %inner.addr, attempts = backoff.attempts(), "reconnected");
         backoff.reset();
-        for frame in inner.state().resubscribe(|| inner.next_id()) {
-            // A SUBSCRIBE that does not encode was refused when first sent.
+        let (frames, publishes) = inner.state().reestablish(|| inner.next_id());
+        for frame in frames {
+            // A frame that does not encode was refused when first sent.
             let _ = frame.encode(&mut resubscribe);
+        }
+        for publish in publishes {
+            resubscribe.extend_from_slice(&publish);
         }
     }
     inner.shut();
@@ -165,8 +169,9 @@ pub(crate) async fn drive(inner: Arc<Inner>, mut conn: Established) {
 /// Runs one connection until it fails or the client closes. Returns why it ended.
 async fn run(inner: &Inner, conn: Established, resubscribe: BytesMut) -> Error {
     let (rd, mut wr) = conn.stream.into_split();
-    // Re-subscriptions go out before anything buffered while disconnected, so that
-    // replies to requests published in the meantime find their subscription.
+    // Re-subscriptions, consumers and unconfirmed publishes go out before anything
+    // buffered while disconnected, so that replies to requests published in the
+    // meantime find their subscription.
     if !resubscribe.is_empty() {
         if let Err(e) = wr.write_all(&resubscribe).await {
             return Error::Connect {
@@ -228,7 +233,7 @@ async fn read_loop(
 }
 
 /// Handles every whole frame in `buf`, holding the state lock once for the batch, then
-/// wakes each subscription that received its first message of the batch.
+/// wakes each subscription or consumer that received its first message of the batch.
 fn dispatch_buffered(inner: &Inner, buf: &mut BytesMut) -> Result<(), Error> {
     let mut wake = Vec::new();
     let result = dispatch_frames(inner, buf, &mut wake);
@@ -241,7 +246,7 @@ fn dispatch_buffered(inner: &Inner, buf: &mut BytesMut) -> Result<(), Error> {
 fn dispatch_frames(
     inner: &Inner,
     buf: &mut BytesMut,
-    wake: &mut Vec<Arc<SubQueue>>,
+    wake: &mut Vec<Arc<dyn Wake>>,
 ) -> Result<(), Error> {
     let mut state = inner.state();
     loop {
@@ -254,23 +259,21 @@ fn dispatch_frames(
             }
             Err(e) => return Err(Error::Protocol(e.to_string())),
         };
-        match frame {
-            Frame::Message(m) => wake.extend(state.on_message(m)),
-            Frame::Ok(ok) => state.on_ok(ok.id),
-            Frame::Pong(pong) => state.on_ok(pong.id),
-            Frame::Ping(ping) => {
-                // Ignored on failure: the client is closing.
-                let _ = inner.out.push_control(&Pong { id: ping.id });
-            }
-            Frame::Error(e) => {
-                if let Some(e) = state.on_error(e) {
+        if let Frame::Ping(ping) = frame {
+            // Ignored on failure: the client is closing.
+            let _ = inner.out.push_control(&Pong { id: ping.id });
+            continue;
+        }
+        match state.on_frame(frame) {
+            Ok(handled) => {
+                wake.extend(handled.wake);
+                if let Some(e) = handled.unanswered {
                     tracing::warn!(code = ?e.code(), message = %e.message, "server error");
                 }
             }
-            other => {
+            Err(kind) => {
                 return Err(Error::Protocol(format!(
-                    "unexpected {} frame from the server",
-                    other.frame_type()
+                    "unexpected {kind} frame from the server"
                 )))
             }
         }

@@ -53,6 +53,9 @@ pub enum Error {
     /// The operation did not complete in time.
     #[error("timed out")]
     Timeout,
+    /// The API was used in a way that cannot work; the message says how to fix it.
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl From<ErrorFrame> for Error {

@@ -14,7 +14,9 @@
 //! # Layout
 //!
 //! * [`Client`] and [`ClientBuilder`]: the handle and its options (`client`).
-//! * [`Publish`]: the publish builder; [`Subscription`]: a stream of messages.
+//! * [`Publish`]: the publish builder (QoS 0/1/2, pipelined confirms);
+//!   [`Subscription`]: a stream of messages; [`Consumer`]: a stream of deliveries from
+//!   a durable queue, settled with ack/nack; `admin`: queue administration.
 //! * `connection`: the driver task that owns the socket, reconnects and re-subscribes.
 //! * `state`: requests in flight and subscriptions, with no I/O (unit-tested).
 //! * `outbound`: the bounded write buffer publishers encode into.
@@ -23,8 +25,10 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+mod admin;
 mod client;
 mod connection;
+mod consumer;
 mod error;
 mod message;
 mod outbound;
@@ -33,9 +37,15 @@ mod queue;
 mod state;
 mod subscription;
 
+pub use admin::QueueConfig;
 pub use client::{Client, ClientBuilder};
+pub use consumer::{ConsumeBuilder, Consumer, Delivery};
 pub use error::Error;
 pub use message::Message;
-pub use publish::{Publish, PublishFuture};
+pub use publish::{PendingConfirm, Publish, PublishFuture};
+pub use state::Confirmation;
 pub use subscription::{SubscribeBuilder, Subscription};
-pub use tern_codec::{ErrorCode, Headers, Pattern, Qos, Subject};
+pub use tern_codec::{
+    Binding, ErrorCode, Headers, Overflow, Pattern, Qos, QueueInfo, QueueOptions, QueueStats,
+    Subject,
+};

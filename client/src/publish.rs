@@ -2,23 +2,38 @@
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tern_codec::subject::validate_subject;
-use tern_codec::{EnvelopeRef, Headers, Publish as PublishFrame, Qos, SubjectLimits};
+use tern_codec::{EnvelopeRef, Headers, Publish as PublishFrame, PublishHead, Qos, SubjectLimits};
+use tokio::sync::oneshot;
 
+use crate::state::{Confirmation, Request};
 use crate::{Client, Error};
 
-/// A message about to be published. Set headers or a reply-to, then `.await` it.
+/// A message about to be published. Set headers, a reply-to or a quality of service,
+/// then `.await` it.
 ///
 /// ```no_run
 /// # async fn f(client: tern_client::Client) -> Result<(), tern_client::Error> {
-/// client
-///     .publish("orders.created", "{\"id\": 7}")
-///     .header("content-type", "application/json")
-///     .reply_to("orders.replies")
-///     .await?;
+/// use tern_client::Qos;
+///
+/// // At most once: returns as soon as the message is buffered.
+/// client.publish("orders.created", "{\"id\": 7}").header("source", "web").await?;
+///
+/// // At least once: returns when the broker confirms the message is durable.
+/// client.publish("orders.created", "{\"id\": 8}").qos(Qos::AtLeastOnce).await?;
+///
+/// // Many in flight at once: send now, collect the confirms later.
+/// let mut pending = Vec::new();
+/// for i in 0..1000 {
+///     pending.push(client.publish("metrics", format!("{i}")).qos(Qos::AtLeastOnce).send().await?);
+/// }
+/// for confirm in pending {
+///     confirm.await?;
+/// }
 /// # Ok(()) }
 /// ```
 #[must_use = "a publish does nothing until it is awaited"]
@@ -29,6 +44,9 @@ pub struct Publish<'a> {
     reply_to: Option<&'a str>,
     headers: Headers,
     payload: Bytes,
+    qos: Qos,
+    mandatory: bool,
+    producer: Option<(&'a str, u64)>,
 }
 
 impl<'a> Publish<'a> {
@@ -39,6 +57,9 @@ impl<'a> Publish<'a> {
             reply_to: None,
             headers: Headers::new(),
             payload,
+            qos: Qos::AtMostOnce,
+            mandatory: false,
+            producer: None,
         }
     }
 
@@ -60,6 +81,31 @@ impl<'a> Publish<'a> {
         self
     }
 
+    /// The delivery guarantee. With [`Qos::AtLeastOnce`] or [`Qos::ExactlyOnce`],
+    /// awaiting the publish waits for the broker's confirm that the message is durable
+    /// in every queue it routed to. [`Qos::ExactlyOnce`] also needs
+    /// [`Publish::idempotent`].
+    pub fn qos(mut self, qos: Qos) -> Self {
+        self.qos = qos;
+        self
+    }
+
+    /// Fail with `no_route` if no subscriber and no queue takes the message.
+    pub fn mandatory(mut self) -> Self {
+        self.mandatory = true;
+        self
+    }
+
+    /// Exactly-once publishing: the broker remembers `(producer, sequence)` for a
+    /// while (its dedup window) and stores a retry of the same pair only once. A
+    /// producer id names one publisher; give each message a new sequence number and
+    /// reuse it only to retry that message. Sets QoS 2.
+    pub fn idempotent(mut self, producer: &'a str, sequence: u64) -> Self {
+        self.producer = Some((producer, sequence));
+        self.qos = Qos::ExactlyOnce;
+        self
+    }
+
     fn envelope(&self) -> EnvelopeRef<'_> {
         EnvelopeRef {
             subject: self.subject,
@@ -67,6 +113,20 @@ impl<'a> Publish<'a> {
             headers: &self.headers,
             payload: &self.payload,
         }
+    }
+
+    fn head(&self, id: u32) -> PublishHead<'a> {
+        PublishHead {
+            id,
+            qos: self.qos,
+            mandatory: self.mandatory,
+            producer: self.producer,
+        }
+    }
+
+    /// Whether the broker answers this publish (and so it needs an id).
+    fn answered(&self) -> bool {
+        self.qos != Qos::AtMostOnce || self.mandatory
     }
 
     /// Checks everything that can be checked before sending.
@@ -77,18 +137,105 @@ impl<'a> Publish<'a> {
         if let Some(r) = self.reply_to {
             validate_subject(r, &limits).map_err(|e| Error::invalid("reply-to subject", r, e))?;
         }
-        let len = PublishFrame::parts_len(self.envelope());
+        if self.qos == Qos::ExactlyOnce && self.producer.is_none() {
+            return Err(Error::Usage(
+                "QoS 2 needs a producer id and sequence: use Publish::idempotent".into(),
+            ));
+        }
+        let len = PublishFrame::parts_len(&self.head(1), self.envelope());
         let max = self.client.inner.max_frame_size();
         if len - tern_codec::FRAME_HEADER_LEN + 1 > max as usize {
             return Err(Error::TooLarge { size: len, max });
         }
         Ok(len)
     }
+
+    /// Sends the message and returns without waiting for the broker's answer: await
+    /// the returned [`PendingConfirm`] for it. This is how many confirmed publishes are
+    /// kept in flight at once. Waits only while the write buffer is full or the
+    /// client's limit of unconfirmed publishes is reached.
+    ///
+    /// Unconfirmed publishes survive a reconnect: they are sent again on the new
+    /// connection (a QoS 2 retry is deduplicated by the broker; a QoS 1 retry may be
+    /// stored twice).
+    ///
+    /// # Errors
+    ///
+    /// An invalid subject, a message over the server's frame size, a closed client.
+    pub async fn send(self) -> Result<PendingConfirm, Error> {
+        let len = self.validate()?;
+        let inner = &self.client.inner;
+        if !self.answered() {
+            let encode = |dst: &mut BytesMut| {
+                PublishFrame::encode_parts(&self.head(0), self.envelope(), dst)
+            };
+            inner.out.push(len, &encode).await?;
+            return Ok(PendingConfirm(Pending::Ready(Some(Ok(Confirmation {
+                queues: 0,
+                duplicate: false,
+            })))));
+        }
+        let slot = Arc::clone(&inner.inflight)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Closed)?;
+        let id = inner.next_id();
+        let mut frame = BytesMut::with_capacity(len);
+        PublishFrame::encode_parts(&self.head(id), self.envelope(), &mut frame)?;
+        let frame = frame.freeze();
+        let (reply, rx) = oneshot::channel();
+        // Registered before sending, so that a quick answer finds it.
+        inner.state().add_request(
+            id,
+            Request::Publish {
+                frame: frame.clone(),
+                reply,
+                _slot: slot,
+            },
+        );
+        let copy = |dst: &mut BytesMut| {
+            dst.extend_from_slice(&frame);
+            Ok(())
+        };
+        match inner.out.push(frame.len(), &copy).await {
+            // While disconnected the request itself is the copy that matters: it is
+            // sent again on the next connection.
+            Ok(()) | Err(Error::Disconnected) => Ok(PendingConfirm(Pending::Waiting(rx))),
+            Err(e) => {
+                inner.state().cancel_request(id);
+                Err(e)
+            }
+        }
+    }
 }
 
-/// The future of an awaited [`Publish`]. When the write buffer has room — the usual
-/// case — the message is buffered without any allocation and the future is ready at
-/// once; only a full buffer makes it wait.
+/// A publish's answer from the broker, to await.
+#[must_use = "await it to learn whether the broker stored the message"]
+#[derive(Debug)]
+pub struct PendingConfirm(Pending);
+
+#[derive(Debug)]
+enum Pending {
+    Ready(Option<Result<Confirmation, Error>>),
+    Waiting(oneshot::Receiver<Result<Confirmation, Error>>),
+}
+
+impl Future for PendingConfirm {
+    type Output = Result<Confirmation, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            Pending::Ready(r) => Poll::Ready(r.take().unwrap_or(Err(Error::Closed))),
+            Pending::Waiting(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(Error::Closed))),
+        }
+    }
+}
+
+/// The future of an awaited [`Publish`]. For a QoS 0 publish with room in the write
+/// buffer — the usual case — the message is buffered without any allocation and the
+/// future is ready at once; otherwise it waits for room or for the broker's confirm.
 pub struct PublishFuture<'a>(PublishState<'a>);
 
 enum PublishState<'a> {
@@ -106,24 +253,25 @@ impl<'a> IntoFuture for Publish<'a> {
     type Output = Result<(), Error>;
     type IntoFuture = PublishFuture<'a>;
 
-    /// Buffers the message right away if there is room.
+    /// Buffers a QoS 0 message right away if there is room.
     fn into_future(self) -> PublishFuture<'a> {
+        if self.answered() {
+            return PublishFuture(PublishState::Waiting(Box::pin(async move {
+                self.send().await?.await.map(|_| ())
+            })));
+        }
         let len = match self.validate() {
             Ok(len) => len,
             Err(e) => return PublishFuture(PublishState::Ready(Some(Err(e)))),
         };
         let out = &self.client.inner.out;
-        let encode = |dst: &mut bytes::BytesMut| {
-            PublishFrame::encode_parts(0, Qos::AtMostOnce, self.envelope(), dst)
-        };
+        let encode =
+            |dst: &mut BytesMut| PublishFrame::encode_parts(&self.head(0), self.envelope(), dst);
         match out.try_push(len, &encode) {
             Ok(true) => PublishFuture(PublishState::Ready(Some(Ok(())))),
             Err(e) => PublishFuture(PublishState::Ready(Some(Err(e)))),
             Ok(false) => PublishFuture(PublishState::Waiting(Box::pin(async move {
-                let encode = |dst: &mut bytes::BytesMut| {
-                    PublishFrame::encode_parts(0, Qos::AtMostOnce, self.envelope(), dst)
-                };
-                self.client.inner.out.push(len, &encode).await
+                self.send().await.map(|_| ())
             }))),
         }
     }

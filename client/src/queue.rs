@@ -1,4 +1,5 @@
-//! A subscription's message queue, between the connection driver and the application.
+//! A subscription's (or consumer's) message queue, between the connection driver and
+//! the application.
 //!
 //! The driver pushes every message of a read batch under the lock it already holds for
 //! the batch and wakes the reader once per batch; the reader takes everything queued in
@@ -14,8 +15,6 @@ use std::task::Waker;
 
 use futures_util::task::AtomicWaker;
 
-use crate::Message;
-
 /// What happened to a pushed message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pushed {
@@ -29,37 +28,51 @@ pub(crate) enum Pushed {
     Closed,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    messages: VecDeque<Message>,
+#[derive(Debug)]
+struct Inner<T> {
+    messages: VecDeque<T>,
     closed: bool,
 }
 
 #[derive(Debug)]
-pub(crate) struct SubQueue {
+pub(crate) struct SubQueue<T> {
     /// A std `Mutex`: held for a push or a swap, never across an `.await`.
-    inner: Mutex<Inner>,
+    inner: Mutex<Inner<T>>,
     waker: AtomicWaker,
     capacity: usize,
     dropped: AtomicU64,
 }
 
-impl SubQueue {
+/// A queue whose reader can be woken, whatever it holds.
+pub(crate) trait Wake: Send + Sync {
+    fn wake(&self);
+}
+
+impl<T: Send> Wake for SubQueue<T> {
+    fn wake(&self) {
+        self.waker.wake();
+    }
+}
+
+impl<T> SubQueue<T> {
     pub fn new(capacity: usize) -> Self {
         Self {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                messages: VecDeque::new(),
+                closed: false,
+            }),
             waker: AtomicWaker::new(),
             capacity: capacity.max(1),
             dropped: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
         // Pushes and swaps leave the queue whole; a poisoned lock guards good data.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn push(&self, message: Message) -> Pushed {
+    pub fn push(&self, message: T) -> Pushed {
         let mut q = self.lock();
         if q.closed {
             return Pushed::Closed;
@@ -76,11 +89,6 @@ impl SubQueue {
         }
     }
 
-    /// Wakes the reader (after a batch of pushes).
-    pub fn wake(&self) {
-        self.waker.wake();
-    }
-
     /// Ends the queue: the reader gets what is queued, then the end.
     pub fn close(&self) {
         self.lock().closed = true;
@@ -88,7 +96,7 @@ impl SubQueue {
     }
 
     /// Moves every queued message to `into` (empty). `false` once closed and drained.
-    fn take_all(&self, into: &mut VecDeque<Message>) -> bool {
+    fn take_all(&self, into: &mut VecDeque<T>) -> bool {
         let mut q = self.lock();
         std::mem::swap(&mut q.messages, into);
         !(into.is_empty() && q.closed)
@@ -96,7 +104,7 @@ impl SubQueue {
 
     /// Moves queued messages to `into`, or registers `waker` to be woken when some
     /// arrive. `Some(false)` means the queue is closed and drained.
-    pub fn poll_take(&self, into: &mut VecDeque<Message>, waker: &Waker) -> Option<bool> {
+    pub fn poll_take(&self, into: &mut VecDeque<T>, waker: &Waker) -> Option<bool> {
         if !self.take_all(into) {
             return Some(false);
         }
@@ -111,7 +119,7 @@ impl SubQueue {
         (!into.is_empty()).then_some(true)
     }
 
-    pub fn try_take(&self, into: &mut VecDeque<Message>) {
+    pub fn try_take(&self, into: &mut VecDeque<T>) {
         self.take_all(into);
     }
 

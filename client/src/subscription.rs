@@ -118,7 +118,7 @@ impl<'a> IntoFuture for SubscribeBuilder<'a> {
 #[derive(Debug)]
 pub struct Subscription {
     sid: u32,
-    queue: Arc<SubQueue>,
+    queue: Arc<SubQueue<Message>>,
     /// Messages taken from `queue` in one swap and not yet handed out.
     local: VecDeque<Message>,
     client: Client,
@@ -178,7 +178,7 @@ impl Subscription {
         inner.state().remove_subscription(self.sid);
         let id = inner.next_id();
         inner
-            .request(&Unsubscribe { id, sid: self.sid }, id, Request::Unsubscribe)
+            .request(&Unsubscribe { id, sid: self.sid }, id, Request::Release)
             .await
     }
 }

@@ -4,8 +4,10 @@
 //! line on standard error and a non-zero exit; `--json` prints exactly one JSON object
 //! per line on standard output.
 
+mod consume;
 mod output;
 mod publish;
+mod queue;
 mod subscribe;
 
 use std::process::ExitCode;
@@ -41,6 +43,11 @@ enum Command {
     Pub(publish::Args),
     /// Subscribe to a subject pattern and print what arrives
     Sub(subscribe::Args),
+    /// Manage durable queues
+    #[command(subcommand)]
+    Queue(queue::Command),
+    /// Consume from a durable queue, printing and acknowledging each delivery
+    Consume(consume::Args),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +89,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Pub(args) => publish::run(connect().await?, args).await,
         Command::Sub(args) => subscribe::run(connect().await?, args).await,
+        Command::Queue(command) => queue::run(connect().await?, command).await,
+        Command::Consume(args) => consume::run(connect().await?, args).await,
     }
 }
 

@@ -21,11 +21,27 @@ impl Printer {
     }
 
     pub fn print(&mut self, out: &mut impl Write, n: u64, msg: &Message) -> io::Result<()> {
+        self.print_with(out, n, msg, &[])
+    }
+
+    /// Prints a message with extra fields (a delivery's count, say): added to the JSON
+    /// object, or to the first line of the human form.
+    pub fn print_with(
+        &mut self,
+        out: &mut impl Write,
+        n: u64,
+        msg: &Message,
+        extra: &[(&str, Value)],
+    ) -> io::Result<()> {
         if self.json {
-            let line = serde_json::to_string(&Value::Object(to_json(msg)))?;
+            let mut obj = to_json(msg);
+            for (k, v) in extra {
+                obj.insert((*k).to_string(), v.clone());
+            }
+            let line = serde_json::to_string(&Value::Object(obj))?;
             writeln!(out, "{line}")
         } else {
-            print_human(out, n, msg)
+            print_human(out, n, msg, extra)
         }
     }
 }
@@ -65,10 +81,18 @@ fn headers_json(headers: &Headers) -> Map<String, Value> {
     map
 }
 
-fn print_human(out: &mut impl Write, n: u64, msg: &Message) -> io::Result<()> {
+fn print_human(
+    out: &mut impl Write,
+    n: u64,
+    msg: &Message,
+    extra: &[(&str, Value)],
+) -> io::Result<()> {
     write!(out, "[#{n}] {}", msg.subject)?;
     if let Some(r) = &msg.reply_to {
         write!(out, " (reply to {r})")?;
+    }
+    for (k, v) in extra {
+        write!(out, " {k}={v}")?;
     }
     writeln!(out)?;
     for (k, v) in msg.headers.iter() {

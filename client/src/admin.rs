@@ -1,0 +1,281 @@
+//! Queue administration from the client.
+
+use std::time::Duration;
+
+use tern_codec::names::validate_name;
+use tern_codec::{
+    Binding, Overflow, QueueDeclare, QueueDelete, QueueInfo, QueueMove, QueueOptions, QueuePurge,
+    QueueQuery,
+};
+use tokio::sync::oneshot;
+
+use crate::state::{AdminKind, AdminReply, Request};
+use crate::{Client, Error};
+
+/// A queue to declare: its name, bindings and options. Unset options take the
+/// server's defaults (`max_deliver` 5, `ack_timeout` 30 s unless configured otherwise).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueConfig {
+    pub name: String,
+    pub bindings: Vec<Binding>,
+    pub max_deliver: Option<u32>,
+    pub ack_timeout: Option<Duration>,
+    pub dead_letter: Option<String>,
+    pub ttl: Option<Duration>,
+    pub max_length: Option<u64>,
+    pub overflow: Overflow,
+}
+
+impl QueueConfig {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Routes messages on subjects matching `pattern` into the queue.
+    pub fn bind(mut self, pattern: impl AsRef<str>) -> Self {
+        self.bindings.push(Binding {
+            pattern: pattern.as_ref().into(),
+            filter: None,
+        });
+        self
+    }
+
+    /// Routes messages matching `pattern` and the content filter `filter`.
+    pub fn bind_filtered(mut self, pattern: impl AsRef<str>, filter: impl AsRef<str>) -> Self {
+        self.bindings.push(Binding {
+            pattern: pattern.as_ref().into(),
+            filter: Some(filter.as_ref().into()),
+        });
+        self
+    }
+
+    /// Delivery attempts before a message is dead-lettered.
+    pub fn max_deliver(mut self, n: u32) -> Self {
+        self.max_deliver = Some(n);
+        self
+    }
+
+    /// Time a consumer has to settle a delivery before it is redelivered.
+    pub fn ack_timeout(mut self, t: Duration) -> Self {
+        self.ack_timeout = Some(t);
+        self
+    }
+
+    /// Queue that receives messages that are rejected, expire, overflow or exceed
+    /// `max_deliver`. Without one they are dropped (and counted).
+    pub fn dead_letter(mut self, queue: impl Into<String>) -> Self {
+        self.dead_letter = Some(queue.into());
+        self
+    }
+
+    /// Age after which a waiting message expires.
+    pub fn ttl(mut self, t: Duration) -> Self {
+        self.ttl = Some(t);
+        self
+    }
+
+    /// Most messages in the queue, and what to do beyond.
+    pub fn max_length(mut self, n: u64, overflow: Overflow) -> Self {
+        self.max_length = Some(n);
+        self.overflow = overflow;
+        self
+    }
+
+    fn frame(&self, id: u32) -> Result<QueueDeclare, Error> {
+        validate_name(&self.name).map_err(Error::Usage)?;
+        if let Some(dl) = &self.dead_letter {
+            validate_name(dl).map_err(|e| Error::Usage(format!("dead-letter queue: {e}")))?;
+        }
+        let ms = |d: Duration, what: &str| {
+            let ms = u64::try_from(d.as_millis())
+                .map_err(|_| Error::Usage(format!("{what} is too long")))?;
+            if ms == 0 {
+                return Err(Error::Usage(format!("{what} must be at least 1 ms")));
+            }
+            Ok(ms)
+        };
+        let ack_timeout_ms = match self.ack_timeout {
+            Some(d) => u32::try_from(ms(d, "ack_timeout")?)
+                .map_err(|_| Error::Usage("ack_timeout must be under 49 days".into()))?,
+            None => 0,
+        };
+        Ok(QueueDeclare {
+            id,
+            name: self.name.as_str().into(),
+            bindings: self.bindings.clone(),
+            options: QueueOptions {
+                max_deliver: self.max_deliver.unwrap_or(0),
+                ack_timeout_ms,
+                dead_letter: self.dead_letter.as_deref().map(Into::into),
+                ttl_ms: self.ttl.map(|d| ms(d, "ttl")).transpose()?.unwrap_or(0),
+                max_length: self.max_length.unwrap_or(0),
+                overflow: self.overflow,
+            },
+        })
+    }
+}
+
+impl Client {
+    async fn admin(
+        &self,
+        kind: AdminKind,
+        frame: impl FnOnce(u32) -> Result<tern_codec::Frame, Error>,
+    ) -> Result<AdminReply, Error> {
+        let inner = &self.inner;
+        let id = inner.next_id();
+        let frame = frame(id)?;
+        let (reply, rx) = oneshot::channel();
+        inner.state().add_request(
+            id,
+            Request::Admin {
+                kind,
+                infos: Vec::new(),
+                reply,
+            },
+        );
+        if let Err(e) = inner.out.push_control(&frame) {
+            inner.state().cancel_request(id);
+            return Err(e);
+        }
+        match tokio::time::timeout(inner.options.request_timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => {
+                inner.state().cancel_request(id);
+                Err(Error::Timeout)
+            }
+        }
+    }
+
+    /// Creates a queue, or checks that it exists with these bindings and options.
+    ///
+    /// # Errors
+    ///
+    /// `queue_exists` when it exists with other bindings or options; `invalid_queue`
+    /// for a bad name, pattern or option.
+    pub async fn declare_queue(&self, config: &QueueConfig) -> Result<QueueInfo, Error> {
+        match self
+            .admin(AdminKind::Info, |id| config.frame(id).map(Into::into))
+            .await?
+        {
+            AdminReply::Info(info) => Ok(info),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Deletes a queue and every message in it.
+    ///
+    /// # Errors
+    ///
+    /// `queue_not_found`.
+    pub async fn delete_queue(&self, name: &str) -> Result<(), Error> {
+        self.admin(AdminKind::Ok, |id| {
+            Ok(QueueDelete {
+                id,
+                name: name.into(),
+            }
+            .into())
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// A queue's options and counters.
+    ///
+    /// # Errors
+    ///
+    /// `queue_not_found`.
+    pub async fn queue_info(&self, name: &str) -> Result<QueueInfo, Error> {
+        if name.is_empty() {
+            return Err(Error::Usage("a queue name is needed".into()));
+        }
+        match self
+            .admin(AdminKind::Info, |id| {
+                Ok(QueueQuery {
+                    id,
+                    name: name.into(),
+                }
+                .into())
+            })
+            .await?
+        {
+            AdminReply::Info(info) => Ok(info),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Every queue's options and counters, ordered by name.
+    ///
+    /// # Errors
+    ///
+    /// The connection failed.
+    pub async fn queues(&self) -> Result<Vec<QueueInfo>, Error> {
+        match self
+            .admin(AdminKind::List, |id| {
+                Ok(QueueQuery {
+                    id,
+                    name: "".into(),
+                }
+                .into())
+            })
+            .await?
+        {
+            AdminReply::List(infos) => Ok(infos),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Removes every waiting message of a queue. Returns how many.
+    ///
+    /// # Errors
+    ///
+    /// `queue_not_found`.
+    pub async fn purge_queue(&self, name: &str) -> Result<u64, Error> {
+        self.count(|id| {
+            QueuePurge {
+                id,
+                name: name.into(),
+            }
+            .into()
+        })
+        .await
+    }
+
+    /// Moves up to `max` waiting messages (all with `None`), oldest first, from one
+    /// queue to another — to replay a dead-letter queue, say. Returns how many.
+    ///
+    /// # Errors
+    ///
+    /// `queue_not_found`, or `invalid_queue` when both are the same queue.
+    pub async fn move_messages(
+        &self,
+        from: &str,
+        to: &str,
+        max: Option<u64>,
+    ) -> Result<u64, Error> {
+        self.count(|id| {
+            QueueMove {
+                id,
+                from: from.into(),
+                to: to.into(),
+                max: max.unwrap_or(0),
+            }
+            .into()
+        })
+        .await
+    }
+
+    async fn count(&self, frame: impl FnOnce(u32) -> tern_codec::Frame) -> Result<u64, Error> {
+        match self.admin(AdminKind::Count, |id| Ok(frame(id))).await? {
+            AdminReply::Count(n) => Ok(n),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn unexpected(reply: &AdminReply) -> Error {
+    Error::Protocol(format!("unexpected answer to a queue request: {reply:?}"))
+}
