@@ -62,7 +62,9 @@ impl InProcessBroker {
             .block_on(tokio::net::TcpListener::bind(config.listen))
             .context("binding 127.0.0.1:0")?;
         let addr = listener.local_addr()?;
-        let server = Server::open(config).context("opening the broker")?;
+        let server = runtime
+            .block_on(Server::open(config))
+            .context("opening the broker")?;
         let (shutdown, stop) = oneshot::channel::<()>();
         let serving = {
             let server = server.clone();

@@ -3,6 +3,8 @@
 //! ```text
 //! tern-bench pubsub [--server ADDR] [--messages N] [--size BYTES] [--publishers N]
 //!                   [--subscribers N] [--json]
+//! tern-bench queue  [--server ADDR] [--messages N] [--size BYTES] [--inflight N]
+//!                   [--prefetch N] [--json]
 //! ```
 //!
 //! Without `--server` each run starts a broker in this process (see [`broker`]), which
@@ -21,6 +23,7 @@
 
 mod broker;
 mod pubsub;
+mod queue;
 mod report;
 
 use anyhow::Context;
@@ -50,6 +53,14 @@ enum Command {
         common: Common,
         #[command(flatten)]
         args: pubsub::Args,
+    },
+    /// Durable queue: QoS 1 publishes with pipelined confirms (fsync'd), then
+    /// consume with acks
+    Queue {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: queue::Args,
     },
 }
 
@@ -81,6 +92,13 @@ fn main() -> anyhow::Result<()> {
             let report = measure(
                 &common,
                 |addr| async move { pubsub::run(&addr, &args).await },
+            )?;
+            report.print(common.json);
+        }
+        Command::Queue { common, args } => {
+            let report = measure(
+                &common,
+                |addr| async move { queue::run(&addr, &args).await },
             )?;
             report.print(common.json);
         }
