@@ -1,0 +1,410 @@
+//! Shared helpers for the end-to-end tests: a real broker on an ephemeral port with a
+//! temporary data directory, raw protocol connections for abuse tests, the workspace's
+//! binaries, and condition waits (never bare sleeps).
+#![allow(dead_code)] // each test crate uses a different subset of these helpers
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tern_broker::config::Listen;
+use tern_broker::{Config, Server};
+use tern_codec::{Encode, ErrorCode, ErrorFrame, Frame, Hello, Ping, PROTOCOL_VERSION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long any wait in a test may take before the test fails. Generous: CI machines
+/// are slow, and a correct test never waits this long.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A broker running in this process.
+pub struct TestBroker {
+    pub addr: SocketAddr,
+    pub server: Server,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), tern_broker::Error>>>,
+    pub dir: tempfile::TempDir,
+}
+
+/// A broker with default limits.
+pub async fn start_broker() -> TestBroker {
+    start_broker_with(|_| {}).await
+}
+
+/// A broker whose config `adjust` may change (limits, say) before it starts.
+pub async fn start_broker_with(adjust: impl FnOnce(&mut Config)) -> TestBroker {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("data"),
+        metrics_listen: Listen::Off,
+        ..Config::default()
+    };
+    adjust(&mut config);
+    start_on(config, dir).await
+}
+
+/// A broker on `config` exactly (its `listen` may be a fixed port, to restart a broker
+/// where clients expect it), keeping `dir` alive with it.
+pub async fn start_on(config: Config, dir: tempfile::TempDir) -> TestBroker {
+    let listener = TcpListener::bind(config.listen).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::open(config).await.unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn({
+        let server = server.clone();
+        async move {
+            server
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+        }
+    });
+    TestBroker {
+        addr,
+        server,
+        stop: Some(stop),
+        task: Some(task),
+        dir,
+    }
+}
+
+impl TestBroker {
+    pub fn url(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Shuts the broker down gracefully and waits for it. Returns the data directory.
+    pub async fn shutdown(mut self) -> tempfile::TempDir {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(PATIENCE, task)
+                .await
+                .expect("broker shut down in time")
+                .unwrap()
+                .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Polls `condition` until it holds; fails the test after [`PATIENCE`].
+pub async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Awaits `fut`, failing the test if it takes longer than [`PATIENCE`].
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(PATIENCE, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out: {what}"),
+    }
+}
+
+/// A raw protocol connection, for tests that must send what the client never would.
+pub struct RawConn {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl RawConn {
+    /// Connects without greeting.
+    pub async fn connect(addr: SocketAddr) -> RawConn {
+        RawConn {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Connects and completes the handshake.
+    pub async fn greeted(addr: SocketAddr) -> RawConn {
+        let mut c = RawConn::connect(addr).await;
+        c.send(&Hello {
+            version: PROTOCOL_VERSION,
+            name: "raw".into(),
+            credentials: None,
+        })
+        .await;
+        match c.recv().await {
+            Some(Frame::Welcome(_)) => c,
+            other => panic!("expected WELCOME, got {other:?}"),
+        }
+    }
+
+    pub async fn send(&mut self, frame: &impl Encode) {
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf).unwrap();
+        self.send_bytes(&buf).await;
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// The next frame; `None` when the server closed the connection.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        within("a frame from the server", async {
+            loop {
+                if let Some(f) = Frame::decode(&mut self.buf, 64 << 20).unwrap() {
+                    return Some(f);
+                }
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// Path of a binary of this workspace (`tern`, `ternd`), built on first use so that a
+/// test never runs a stale one.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    // Test executables live in <target>/<profile>/deps/.
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    BUILT.get_or_init(|| {
+        let mut cmd = std::process::Command::new(env!("CARGO"));
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "tern-broker",
+            "-p",
+            "tern-client",
+            "--bins",
+        ]);
+        if profile_dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo runs");
+        assert!(status.success(), "building the binaries failed");
+    });
+    profile_dir.join(name)
+}
+
+// ---------------------------------------------------------------------------------------
+// Delivery checks with the client library.
+// ---------------------------------------------------------------------------------------
+
+/// Makes every message `publisher` sent so far visible to `subscribers`' subscriptions.
+///
+/// After the publisher's flush the broker has processed (and queued to subscribers)
+/// everything published before it. A subscriber's flush then returns only after its PONG,
+/// which the broker queued behind those messages, so they are already in the
+/// subscriptions' buffers: [`drain`] sees all of them, and a message it does not see was
+/// really not delivered. No waiting for timeouts.
+pub async fn settle(publisher: &tern::Client, subscribers: &[&tern::Client]) {
+    within("the publisher's flush", publisher.flush())
+        .await
+        .expect("publisher flush");
+    for s in subscribers {
+        within("a subscriber's flush", s.flush())
+            .await
+            .expect("subscriber flush");
+    }
+}
+
+/// Every message already buffered in `sub`, without waiting.
+pub fn drain(sub: &mut tern::Subscription) -> Vec<tern::Message> {
+    std::iter::from_fn(|| sub.try_next()).collect()
+}
+
+/// The payloads of `msgs` as UTF-8 strings.
+pub fn texts(msgs: &[tern::Message]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| String::from_utf8(m.payload.to_vec()).expect("UTF-8 payload"))
+        .collect()
+}
+
+/// The subjects of `msgs`.
+pub fn subjects(msgs: &[tern::Message]) -> Vec<String> {
+    msgs.iter().map(|m| m.subject.to_string()).collect()
+}
+
+/// Polls the async `attempt` until it yields a value; fails the test after [`PATIENCE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = attempt().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw protocol helpers.
+// ---------------------------------------------------------------------------------------
+
+/// The bytes of `frames`, encoded back to back (to send in one write).
+pub fn encode_all(frames: &[Frame]) -> BytesMut {
+    let mut buf = BytesMut::new();
+    for f in frames {
+        f.encode(&mut buf).unwrap();
+    }
+    buf
+}
+
+impl RawConn {
+    /// Sends a HELLO with `version` (and nothing else).
+    pub async fn hello(&mut self, version: u16) {
+        self.send(&Hello {
+            version,
+            name: "raw".into(),
+            credentials: None,
+        })
+        .await;
+    }
+
+    /// The next frame, which must be an ERROR with `code` and `id`.
+    pub async fn expect_error(&mut self, code: ErrorCode, id: u32) -> ErrorFrame {
+        match self.recv().await {
+            Some(Frame::Error(e)) => {
+                assert_eq!(e.code(), Some(code), "wrong code in {e:?}");
+                assert_eq!(e.id, id, "wrong id in {e:?}");
+                e
+            }
+            other => panic!("expected ERROR {code}, got {other:?}"),
+        }
+    }
+
+    /// The next frame, which must be a PONG with `id`.
+    pub async fn expect_pong(&mut self, id: u32) {
+        match self.recv().await {
+            Some(Frame::Pong(p)) if p.id == id => {}
+            other => panic!("expected PONG {id}, got {other:?}"),
+        }
+    }
+
+    /// The next frame, which must be an OK with `id`.
+    pub async fn expect_ok(&mut self, id: u32) {
+        match self.recv().await {
+            Some(Frame::Ok(ok)) if ok.id == id => {}
+            other => panic!("expected OK {id}, got {other:?}"),
+        }
+    }
+
+    /// The server must close the connection now, sending nothing more.
+    pub async fn expect_eof(&mut self) {
+        if let Some(f) = self.recv().await {
+            panic!("expected the server to close the connection, got {f:?}");
+        }
+    }
+
+    /// Sends a PING and checks that its PONG is the next frame: the connection is open
+    /// and nothing else was queued for it.
+    pub async fn ping_pong(&mut self, id: u32) {
+        self.send(&Ping { id }).await;
+        self.expect_pong(id).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Child processes (the `tern` and `ternd` binaries).
+// ---------------------------------------------------------------------------------------
+
+/// A child process that is killed if the test ends (or fails) before it exits.
+pub struct Proc {
+    pub child: std::process::Child,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut std::process::Command) -> Proc {
+        Proc {
+            child: cmd.spawn().expect("the binary starts"),
+        }
+    }
+
+    /// Waits for the process to exit, failing the test after [`PATIENCE`].
+    pub async fn wait(&mut self) -> std::process::ExitStatus {
+        let mut status = None;
+        wait_for("the child process to exit", || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        })
+        .await;
+        status.expect("exited")
+    }
+
+    /// Waits for the exit, then returns the status and everything on stdout and stderr
+    /// (both must be piped).
+    pub async fn output(&mut self) -> (std::process::ExitStatus, String, String) {
+        use std::io::Read;
+        let status = self.wait().await;
+        let mut out = String::new();
+        let mut err = String::new();
+        if let Some(mut s) = self.child.stdout.take() {
+            s.read_to_string(&mut out).unwrap();
+        }
+        if let Some(mut s) = self.child.stderr.take() {
+            s.read_to_string(&mut err).unwrap();
+        }
+        (status, out, err)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `cmd` to completion with piped output (and stdin from `stdin`, if given).
+pub async fn run_cmd(
+    cmd: &mut std::process::Command,
+    stdin: Option<&str>,
+) -> (std::process::ExitStatus, String, String) {
+    use std::process::Stdio;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut p = Proc::spawn(cmd);
+    if let Some(input) = stdin {
+        use std::io::Write;
+        let mut pipe = p.child.stdin.take().expect("stdin is piped");
+        pipe.write_all(input.as_bytes()).unwrap();
+        // Dropped here: the child sees the end of its input.
+    }
+    p.output().await
+}
