@@ -14,7 +14,10 @@ use tern::Client;
 #[tokio::main]
 async fn main() -> Result<(), tern::Error> {
     let server = std::env::var("TERN_SERVER").unwrap_or_else(|_| "127.0.0.1:7400".into());
-    let client = Client::builder().name("pubsub-example").connect(&server).await?;
+    let client = Client::builder()
+        .name("pubsub-example")
+        .connect(&server)
+        .await?;
 
     // Every temperature, whatever the room: `*` matches one token.
     let mut temps = client.subscribe("sensors.*.temp").await?;
