@@ -1,6 +1,6 @@
 //! The client handle and its options.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -134,6 +134,9 @@ impl ClientBuilder {
             next_sid: AtomicU32::new(1),
             max_frame_size: AtomicU32::new(DEFAULT_MAX_FRAME_SIZE),
             inflight: Arc::new(Semaphore::new(self.max_inflight)),
+            inbox_prefix: format!("_INBOX.{:016x}", fastrand::u64(..)),
+            inbox_ready: tokio::sync::OnceCell::new(),
+            next_token: AtomicU64::new(1),
             closing: CancellationToken::new(),
             driver: Mutex::new(None),
             options: self,
@@ -164,6 +167,11 @@ pub(crate) struct Inner {
     max_frame_size: AtomicU32,
     /// Slots for unconfirmed publishes.
     pub inflight: Arc<Semaphore>,
+    /// This client's inbox: replies to its requests arrive on `<prefix>.<token>`.
+    pub inbox_prefix: String,
+    /// Set once the inbox subscription exists.
+    pub inbox_ready: tokio::sync::OnceCell<()>,
+    next_token: AtomicU64,
     /// Cancelled by [`Client::close`] or when the last handle is dropped.
     pub closing: CancellationToken,
     driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -188,6 +196,11 @@ impl Inner {
                 return id;
             }
         }
+    }
+
+    /// A fresh inbox token for a request.
+    pub fn next_token(&self) -> u64 {
+        self.next_token.fetch_add(1, Ordering::Relaxed)
     }
 
     pub fn next_sid(&self) -> u32 {

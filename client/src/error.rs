@@ -53,6 +53,12 @@ pub enum Error {
     /// The operation did not complete in time.
     #[error("timed out")]
     Timeout,
+    /// A request found nobody subscribed to its subject and no queue bound to it.
+    #[error("no responders on '{subject}'")]
+    NoResponders { subject: String },
+    /// The responder's handler failed; the message is its error.
+    #[error("the responder failed: {message}")]
+    Service { message: String },
     /// The API was used in a way that cannot work; the message says how to fix it.
     #[error("{0}")]
     Usage(String),

@@ -17,6 +17,8 @@
 //! * [`Publish`]: the publish builder (QoS 0/1/2, pipelined confirms);
 //!   [`Subscription`]: a stream of messages; [`Consumer`]: a stream of deliveries from
 //!   a durable queue, settled with ack/nack; `admin`: queue administration.
+//! * [`Request`], [`RequestMany`], [`Serve`], [`ServeQueue`]: request-reply and
+//!   responders (`request`).
 //! * `connection`: the driver task that owns the socket, reconnects and re-subscribes.
 //! * `state`: requests in flight and subscriptions, with no I/O (unit-tested).
 //! * `outbound`: the bounded write buffer publishers encode into.
@@ -34,6 +36,7 @@ mod message;
 mod outbound;
 mod publish;
 mod queue;
+mod request;
 mod state;
 mod subscription;
 
@@ -43,6 +46,10 @@ pub use consumer::{ConsumeBuilder, Consumer, Delivery};
 pub use error::Error;
 pub use message::Message;
 pub use publish::{PendingConfirm, Publish, PublishFuture};
+pub use request::{
+    Reply, Request, RequestMany, Serve, ServeQueue, Service, ServiceRequest, DEADLINE_HEADER,
+    ERROR_HEADER,
+};
 pub use state::Confirmation;
 pub use subscription::{SubscribeBuilder, Subscription};
 pub use tern_codec::{

@@ -139,6 +139,59 @@ pub(crate) struct State {
     /// FxHash: looked up for every delivered message, keyed by ids this client chose.
     subs: FxHashMap<u32, SubEntry>,
     consumers: FxHashMap<u32, ConsumerEntry>,
+    pub inbox: Inbox,
+}
+
+/// Where replies to this client's requests arrive: one wildcard subscription per
+/// client (`<prefix>.>`), each request waiting on its own last token. One
+/// subscription serves every request, so a request costs no SUBSCRIBE round trip.
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    /// The inbox subscription's id, once it is made.
+    pub sid: Option<u32>,
+    waiters: HashMap<u64, ReplyWaiter>,
+}
+
+/// A request waiting for its reply (or, for scatter-gather, its replies).
+#[derive(Debug)]
+pub(crate) enum ReplyWaiter {
+    One(oneshot::Sender<Message>),
+    Many(tokio::sync::mpsc::Sender<Message>),
+}
+
+impl Inbox {
+    pub fn wait(&mut self, token: u64, waiter: ReplyWaiter) {
+        self.waiters.insert(token, waiter);
+    }
+
+    pub fn forget(&mut self, token: u64) {
+        self.waiters.remove(&token);
+    }
+
+    /// Hands a reply to its request; a reply nobody waits for (it came after the
+    /// timeout, say) is dropped.
+    fn deliver(&mut self, m: Message) {
+        let token = m
+            .subject
+            .rsplit('.')
+            .next()
+            .and_then(|t| t.parse::<u64>().ok());
+        let Some(token) = token else {
+            return;
+        };
+        match self.waiters.get(&token) {
+            Some(ReplyWaiter::One(_)) => {
+                if let Some(ReplyWaiter::One(tx)) = self.waiters.remove(&token) {
+                    let _ = tx.send(m);
+                }
+            }
+            // Scatter-gather: extra replies beyond what the caller can hold are dropped.
+            Some(ReplyWaiter::Many(tx)) => {
+                let _ = tx.try_send(m);
+            }
+            None => {}
+        }
+    }
 }
 
 impl State {
@@ -376,6 +429,10 @@ impl State {
     /// (and counts it) rather than stalling every other subscription on the connection.
     /// Returns the queue when its reader must be woken (it was empty).
     fn on_message(&mut self, m: MessageFrame) -> Option<Arc<dyn Wake>> {
+        if self.inbox.sid == Some(m.sid) {
+            self.inbox.deliver(m.envelope.into());
+            return None;
+        }
         let sub = self.subs.get(&m.sid)?;
         match sub.queue.push(m.envelope.into()) {
             Pushed::First => Some(Arc::clone(&sub.queue) as Arc<dyn Wake>),

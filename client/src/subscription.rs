@@ -155,6 +155,13 @@ impl Subscription {
         }
     }
 
+    /// Keeps the subscription on the server (and in the client's state) but gives up
+    /// this handle to its messages. Returns the subscription id.
+    pub(crate) fn into_sid(mut self) -> u32 {
+        self.active = false;
+        self.sid
+    }
+
     /// The subscription id used on the wire.
     pub fn sid(&self) -> u32 {
         self.sid

@@ -12,6 +12,10 @@ use tern_codec::{Confirm, ErrorCode, Ok as OkFrame, Publish, Qos};
 use tern_storage::DedupEntry;
 
 use super::Reject;
+
+/// Header in which a request carries its deadline (ms since the Unix epoch); a message
+/// still in a queue past it expires.
+pub(crate) const DEADLINE_HEADER: &str = "tern-deadline";
 use crate::dedup::MAX_PRODUCER_LEN;
 use crate::journal::{self, now_ms, ConfirmTo, PublishOp};
 use crate::session::Session;
@@ -138,7 +142,11 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
         queues: interest.queues.iter().map(|q| q.id).collect(),
         envelope: envelope.freeze(),
         enqueued_ms: now,
-        deadline_ms: None,
+        // A request's deadline: past it, waiting in a queue is pointless.
+        deadline_ms: env
+            .headers
+            .get(DEADLINE_HEADER)
+            .and_then(|v| v.parse().ok()),
         dedup,
         confirm: confirmed.then(|| ConfirmTo {
             outbound: session.outbound.clone(),

@@ -8,6 +8,7 @@ mod consume;
 mod output;
 mod publish;
 mod queue;
+mod request;
 mod subscribe;
 
 use std::process::ExitCode;
@@ -48,6 +49,10 @@ enum Command {
     Queue(queue::Command),
     /// Consume from a durable queue, printing and acknowledging each delivery
     Consume(consume::Args),
+    /// Send a request and print its reply
+    Req(request::ReqArgs),
+    /// Answer requests (echo them, or run a command for each)
+    Reply(request::ReplyArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +96,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sub(args) => subscribe::run(connect().await?, args).await,
         Command::Queue(command) => queue::run(connect().await?, command).await,
         Command::Consume(args) => consume::run(connect().await?, args).await,
+        Command::Req(args) => request::req(connect().await?, args).await,
+        Command::Reply(args) => request::reply(connect().await?, args).await,
     }
 }
 
