@@ -40,6 +40,8 @@ const DEDUP_EXPIRY_EVERY: Duration = Duration::from_secs(1);
 pub(crate) struct ConfirmTo {
     pub outbound: Arc<Outbound>,
     pub id: u32,
+    /// When the publish arrived, for the confirm-latency histogram.
+    pub received: Instant,
 }
 
 /// A message for one or more queues.
@@ -260,6 +262,7 @@ struct Outcome {
 /// The journal thread's state.
 pub(crate) struct Writer {
     store: Arc<dyn Store>,
+    metrics: JournalMetrics,
     sync: SyncPolicy,
     queues: HashMap<QueueId, JournalQueue>,
     dedup: Arc<Mutex<DedupWindow>>,
@@ -276,10 +279,26 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The journal's share of the server's metrics.
+#[derive(Clone)]
+pub(crate) struct JournalMetrics {
+    pub commits: metrics::Counter,
+    pub flushes: metrics::Counter,
+    pub bytes_written: metrics::Counter,
+    pub flush_duration: metrics::Histogram,
+    pub confirm_latency: metrics::Histogram,
+}
+
 impl Writer {
-    pub fn new(store: Arc<dyn Store>, sync: SyncPolicy, dedup: Arc<Mutex<DedupWindow>>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        sync: SyncPolicy,
+        dedup: Arc<Mutex<DedupWindow>>,
+        metrics: JournalMetrics,
+    ) -> Self {
         Self {
             store,
+            metrics,
             sync,
             queues: HashMap::new(),
             dedup,
@@ -469,6 +488,13 @@ impl Writer {
 
     fn write(&mut self, commit: &Commit) -> Result<(), String> {
         self.store.apply(commit).map_err(|e| e.to_string())?;
+        self.metrics.commits.increment(1);
+        let bytes: usize = commit
+            .chunks
+            .iter()
+            .flat_map(|(_, msgs)| msgs.iter().map(|m| m.envelope.len()))
+            .sum();
+        self.metrics.bytes_written.increment(bytes as u64);
         self.dirty = true;
         let flush_now = match self.sync {
             SyncPolicy::Always => true,
@@ -476,7 +502,10 @@ impl Writer {
             SyncPolicy::Never => false,
         };
         if flush_now {
+            let started = Instant::now();
             self.store.flush().map_err(|e| e.to_string())?;
+            self.metrics.flushes.increment(1);
+            self.metrics.flush_duration.record(started.elapsed());
             self.dirty = false;
             self.last_flush = Instant::now();
         }
@@ -640,6 +669,7 @@ impl Writer {
         }
         let mut wakes = Wakes::default();
         for (to, result) in out.confirms {
+            self.metrics.confirm_latency.record(to.received.elapsed());
             match result {
                 Ok(queues) => to.outbound.push_control(
                     &Confirm {

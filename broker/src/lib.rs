@@ -24,6 +24,7 @@ mod dedup;
 mod error;
 mod handler;
 mod journal;
+mod metrics;
 mod outbound;
 mod queue;
 mod router;

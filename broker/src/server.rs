@@ -22,9 +22,10 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, SyncPolicy};
+use crate::config::{Config, Listen, SyncPolicy};
 use crate::dedup::DedupWindow;
-use crate::journal::{ChunkSummary, Journal, Op, Writer};
+use crate::journal::{ChunkSummary, Journal, JournalMetrics, Op, Writer};
+use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::queue::def::QueueDef;
 use crate::queue::state::QueueState;
@@ -48,6 +49,11 @@ pub(crate) struct Shared {
     /// The exactly-once window. A std `Mutex`: one hash-set operation per QoS 2
     /// publish, never held across an `.await`.
     pub dedup: Arc<Mutex<DedupWindow>>,
+    pub metrics: Metrics,
+    pub started: std::time::Instant,
+    /// URLs this server listens on, for server info. A std `Mutex`: written when a
+    /// listener starts, read by server-info requests.
+    listeners: Mutex<Vec<String>>,
     /// Queue tasks, to wait for at shutdown.
     queue_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The journal thread, joined at shutdown.
@@ -105,8 +111,17 @@ impl Shared {
         self.connections().remove(&id);
     }
 
-    pub fn count_protocol_error(&self, _e: &DecodeError) {
-        self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    pub fn count_protocol_error(&self, e: &DecodeError) {
+        self.stats.count_decode_error(e);
+    }
+
+    /// URLs this server listens on.
+    pub fn listeners(&self) -> Vec<String> {
+        lock(&self.listeners).clone()
+    }
+
+    fn add_listener(&self, url: String) {
+        lock(&self.listeners).push(url);
     }
 
     /// Starts a queue's task, routes its bindings to it and registers it.
@@ -125,6 +140,7 @@ impl Shared {
             journal: self.journal.clone(),
             store: Arc::clone(&self.store),
             queues: Arc::clone(&self.queues),
+            delivery_latency: self.metrics.delivery_latency.clone(),
         };
         let join = crate::queue::spawn(task, rx);
         lock(&self.queue_tasks).push(join);
@@ -277,7 +293,19 @@ impl Server {
             window.restore(e);
         }
         let dedup = Arc::new(Mutex::new(window));
-        let mut writer = Writer::new(Arc::clone(&store), store_config.sync, Arc::clone(&dedup));
+        let metrics = Metrics::new();
+        let mut writer = Writer::new(
+            Arc::clone(&store),
+            store_config.sync,
+            Arc::clone(&dedup),
+            JournalMetrics {
+                commits: metrics.commits.clone(),
+                flushes: metrics.flushes.clone(),
+                bytes_written: metrics.bytes_written.clone(),
+                flush_duration: metrics.flush_duration.clone(),
+                confirm_latency: metrics.confirm_latency.clone(),
+            },
+        );
         let mut started = Vec::new();
         for (id, (def, state)) in recovery.queues {
             let (tx, rx) = crate::queue::channel();
@@ -306,6 +334,9 @@ impl Server {
             journal,
             queues: Arc::default(),
             dedup,
+            metrics,
+            started: std::time::Instant::now(),
+            listeners: Mutex::new(Vec::new()),
             queue_tasks: Mutex::new(Vec::new()),
             journal_thread: Mutex::new(Some(journal_thread)),
             shutdown: CancellationToken::new(),
@@ -352,6 +383,19 @@ impl Server {
         self.shared.queues.len()
     }
 
+    /// The Prometheus text exposition, as `GET /metrics` answers it.
+    pub async fn metrics_text(&self) -> String {
+        self.shared.metrics.render(&self.shared).await
+    }
+
+    /// Serves `GET /metrics` on `listener` until the server shuts down.
+    pub async fn serve_metrics(&self, listener: TcpListener) {
+        if let Ok(addr) = listener.local_addr() {
+            self.shared.add_listener(format!("http://{addr}/metrics"));
+        }
+        crate::metrics::serve(Arc::clone(&self.shared), listener).await;
+    }
+
     /// Serves `listener` until `shutdown` completes, then shuts down gracefully.
     ///
     /// # Errors
@@ -365,6 +409,7 @@ impl Server {
         let shared = &self.shared;
         let addr = listener.local_addr()?;
         tracing::info!("listening on {addr}");
+        shared.add_listener(format!("tcp://{addr}"));
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
         tokio::pin!(shutdown);
@@ -428,17 +473,28 @@ async fn refuse(mut socket: TcpStream, limit: usize) {
     }
 }
 
-/// Opens the store, binds `config.listen` and serves until `shutdown` completes.
+/// Opens the store, binds `config.listen` (and the metrics endpoint, unless it is off)
+/// and serves until `shutdown` completes.
 ///
 /// # Errors
 ///
-/// The store cannot be opened, the address cannot be bound, or the final flush failed.
+/// The store cannot be opened, an address cannot be bound, or the final flush failed.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    Server::open(config).await?.serve(listener, shutdown).await
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })
+    };
+    let listener = bind(config.listen).await?;
+    let metrics = match config.metrics_listen {
+        Listen::On(addr) => Some(bind(addr).await?),
+        Listen::Off => None,
+    };
+    let server = Server::open(config).await?;
+    if let Some(metrics) = metrics {
+        tracing::info!("metrics on http://{}/metrics", metrics.local_addr()?);
+        let server = server.clone();
+        tokio::spawn(async move { server.serve_metrics(metrics).await });
+    }
+    server.serve(listener, shutdown).await
 }

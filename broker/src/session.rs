@@ -130,10 +130,15 @@ async fn handshake<R: tokio::io::AsyncRead + Unpin>(
         () = outbound.ending().cancelled() => return None,
     };
     let refusal = match first {
-        Err(_elapsed) => Reject::new(
-            ErrorCode::HandshakeTimeout,
-            format!("no HELLO within {}", humantime::format_duration(timeout)),
-        ),
+        Err(_elapsed) => {
+            shared
+                .stats
+                .count_protocol_error(ErrorCode::HandshakeTimeout);
+            Reject::new(
+                ErrorCode::HandshakeTimeout,
+                format!("no HELLO within {}", humantime::format_duration(timeout)),
+            )
+        }
         Ok(Ok(None) | Err(ReadError::Io(_) | ReadError::EofMidFrame)) => return None,
         Ok(Err(ReadError::Decode(e))) => {
             shared.count_protocol_error(&e);
@@ -146,7 +151,10 @@ async fn handshake<R: tokio::io::AsyncRead + Unpin>(
                 wakes.wake_all();
                 return Some(hello.name.to_string());
             }
-            Err(reject) => reject,
+            Err(reject) => {
+                shared.stats.count_protocol_error(reject.code);
+                reject
+            }
         },
     };
     tracing::debug!(reason = %refusal.message, "handshake refused");
@@ -212,6 +220,7 @@ impl Session {
             Frame::QueueQuery(q) => (q.id, handler::queue::query(self, q)),
             Frame::QueuePurge(p) => (p.id, handler::queue::purge(self, p)),
             Frame::QueueMove(m) => (m.id, handler::queue::move_messages(self, m)),
+            Frame::ServerQuery(q) => (q.id, handler::server::query(self, q)),
             Frame::Ping(p) => {
                 self.reply(&Pong { id: p.id });
                 (p.id, Ok(()))
@@ -232,7 +241,8 @@ impl Session {
             | Frame::Message(_)
             | Frame::Confirm(_)
             | Frame::Delivery(_)
-            | Frame::QueueInfo(_)) => (
+            | Frame::QueueInfo(_)
+            | Frame::ServerInfo(_)) => (
                 0,
                 Err(Reject::new(
                     ErrorCode::UnexpectedFrame,

@@ -5,6 +5,16 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use tern_codec::{DecodeError, ErrorCode};
+
+/// The kinds of protocol error counted apart, as named in metrics.
+pub(crate) const PROTOCOL_ERROR_KINDS: [&str; 4] = [
+    "malformed_frame",
+    "frame_too_large",
+    "unknown_frame_type",
+    "handshake",
+];
+
 /// Counters shared by every connection.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -18,7 +28,12 @@ pub struct Stats {
     pub slow_consumer_drops: AtomicU64,
     pub slow_consumer_disconnects: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// By [`PROTOCOL_ERROR_KINDS`].
+    protocol_error_kinds: [AtomicU64; 4],
     pub duplicates: AtomicU64,
+    pub auth_failures: AtomicU64,
+    /// Messages and payload bytes published, by QoS.
+    published_by_qos: [(AtomicU64, AtomicU64); 3],
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -36,6 +51,10 @@ pub struct StatsSnapshot {
     pub protocol_errors: u64,
     /// Exactly-once publishes recognised as duplicates and not stored again.
     pub duplicates: u64,
+    /// Handshakes refused for bad credentials.
+    pub auth_failures: u64,
+    /// Messages and payload bytes published, by QoS (0, 1, 2).
+    pub published_by_qos: [(u64, u64); 3],
 }
 
 impl Stats {
@@ -53,7 +72,40 @@ impl Stats {
             slow_consumer_disconnects: self.slow_consumer_disconnects.load(Relaxed),
             protocol_errors: self.protocol_errors.load(Relaxed),
             duplicates: self.duplicates.load(Relaxed),
+            auth_failures: self.auth_failures.load(Relaxed),
+            published_by_qos: [0, 1, 2].map(|q| {
+                let (m, b) = &self.published_by_qos[q];
+                (m.load(Relaxed), b.load(Relaxed))
+            }),
         }
+    }
+
+    /// Counts a protocol error by its kind.
+    pub fn count_protocol_error(&self, code: ErrorCode) {
+        self.protocol_errors.fetch_add(1, Relaxed);
+        let kind = match code {
+            ErrorCode::MalformedFrame => 0,
+            ErrorCode::FrameTooLarge => 1,
+            ErrorCode::UnknownFrameType => 2,
+            _ => 3,
+        };
+        if let Some(c) = self.protocol_error_kinds.get(kind) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Counts a frame that would not decode.
+    pub fn count_decode_error(&self, e: &DecodeError) {
+        self.count_protocol_error(e.code());
+    }
+
+    /// Protocol errors by kind.
+    pub fn protocol_errors(&self) -> Vec<(&'static str, u64)> {
+        PROTOCOL_ERROR_KINDS
+            .iter()
+            .zip(&self.protocol_error_kinds)
+            .map(|(k, c)| (*k, c.load(Relaxed)))
+            .collect()
     }
 }
 
@@ -65,6 +117,8 @@ pub(crate) struct BatchCounts {
     pub messages_out: u64,
     pub drops: u64,
     pub duplicates: u64,
+    /// Messages and payload bytes by QoS.
+    pub by_qos: [(u64, u64); 3],
 }
 
 impl BatchCounts {
@@ -76,6 +130,12 @@ impl BatchCounts {
             (&stats.messages_out, b.messages_out),
             (&stats.slow_consumer_drops, b.drops),
             (&stats.duplicates, b.duplicates),
+            (&stats.published_by_qos[0].0, b.by_qos[0].0),
+            (&stats.published_by_qos[0].1, b.by_qos[0].1),
+            (&stats.published_by_qos[1].0, b.by_qos[1].0),
+            (&stats.published_by_qos[1].1, b.by_qos[1].1),
+            (&stats.published_by_qos[2].0, b.by_qos[2].0),
+            (&stats.published_by_qos[2].1, b.by_qos[2].1),
         ] {
             if n > 0 {
                 counter.fetch_add(n, Relaxed);

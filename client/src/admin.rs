@@ -5,7 +5,7 @@ use std::time::Duration;
 use tern_codec::names::validate_name;
 use tern_codec::{
     Binding, Overflow, QueueDeclare, QueueDelete, QueueInfo, QueueMove, QueueOptions, QueuePurge,
-    QueueQuery,
+    QueueQuery, ServerInfo, ServerQuery,
 };
 use tokio::sync::oneshot;
 
@@ -266,6 +266,22 @@ impl Client {
             .into()
         })
         .await
+    }
+
+    /// What the server is and how it is doing: version, uptime, listeners,
+    /// connections, queues, store size, sync policy.
+    ///
+    /// # Errors
+    ///
+    /// The connection failed.
+    pub async fn server_info(&self) -> Result<ServerInfo, Error> {
+        match self
+            .admin(AdminKind::Ok, |id| Ok(ServerQuery { id }.into()))
+            .await?
+        {
+            AdminReply::Server(info) => Ok(info),
+            other => Err(unexpected(&other)),
+        }
     }
 
     async fn count(&self, frame: impl FnOnce(u32) -> tern_codec::Frame) -> Result<u64, Error> {

@@ -54,5 +54,5 @@ pub use state::Confirmation;
 pub use subscription::{SubscribeBuilder, Subscription};
 pub use tern_codec::{
     Binding, ErrorCode, Headers, Overflow, Pattern, Qos, QueueInfo, QueueOptions, QueueStats,
-    Subject,
+    ServerInfo, Subject,
 };

@@ -25,7 +25,7 @@ use bytestring::ByteString;
 use rustc_hash::FxHashMap;
 use tern_codec::{
     AckMode, Confirm, Consume, Delivery as DeliveryFrame, ErrorCode, ErrorFrame, Frame, FrameType,
-    Message as MessageFrame, QueueInfo, Subscribe,
+    Message as MessageFrame, QueueInfo, ServerInfo, Subscribe,
 };
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
@@ -46,6 +46,7 @@ pub struct Confirmation {
 pub(crate) enum AdminReply {
     Ok,
     Info(QueueInfo),
+    Server(ServerInfo),
     List(Vec<QueueInfo>),
     Count(u64),
 }
@@ -257,6 +258,12 @@ impl State {
             }
             Frame::QueueInfo(info) => {
                 self.on_queue_info(info);
+                Ok(Handled::default())
+            }
+            Frame::ServerInfo(info) => {
+                if let Some(Request::Admin { reply, .. }) = self.requests.remove(&info.id) {
+                    let _ = reply.send(Ok(AdminReply::Server(info)));
+                }
                 Ok(Handled::default())
             }
             Frame::Done(done) => {

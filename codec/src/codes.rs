@@ -36,6 +36,8 @@ pub enum FrameType {
     QueueInfo = 0x43,
     QueuePurge = 0x44,
     QueueMove = 0x45,
+    ServerQuery = 0x46,
+    ServerInfo = 0x47,
 }
 
 /// `(code, name)` for every frame type, for logs and the specification.
@@ -64,6 +66,8 @@ pub const FRAME_TYPES: &[(FrameType, &str)] = &[
     (FrameType::QueueInfo, "QUEUE_INFO"),
     (FrameType::QueuePurge, "QUEUE_PURGE"),
     (FrameType::QueueMove, "QUEUE_MOVE"),
+    (FrameType::ServerQuery, "SERVER_QUERY"),
+    (FrameType::ServerInfo, "SERVER_INFO"),
 ];
 
 impl FrameType {

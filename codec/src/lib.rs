@@ -44,7 +44,8 @@ pub use frame::{
     Ack, AckMode, Binding, Cancel, Confirm, Consume, Credentials, Delivery, DeliveryHead, Done,
     Encode, Envelope, EnvelopeRef, ErrorFrame, Frame, Hello, Message, Nack, Ok, Overflow, Ping,
     Pong, ProducerSeq, Publish, PublishHead, Qos, QueueDeclare, QueueDelete, QueueInfo, QueueMove,
-    QueueOptions, QueuePurge, QueueQuery, QueueStats, Received, Subscribe, Unsubscribe, Welcome,
+    QueueOptions, QueuePurge, QueueQuery, QueueStats, Received, ServerInfo, ServerQuery, Subscribe,
+    Unsubscribe, Welcome,
 };
 pub use headers::Headers;
 pub use subject::{Pattern, Subject, SubjectError, SubjectLimits};

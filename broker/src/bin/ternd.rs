@@ -17,20 +17,51 @@ struct Cli {
     #[arg(long, short = 'c', env = "TERN_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 
+    /// Check a config file (with the environment and flags over it) and exit: 0 and
+    /// "config ok" when it is valid, 1 and the first problem otherwise
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
+
+    /// Log format on standard error: text, or json (one object per line, for log
+    /// shippers)
+    #[arg(long, env = "TERN_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+
     #[command(flatten)]
     settings: Settings,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+        .with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    if let Some(path) = &cli.check_config {
+        return match load(Some(path), cli.settings) {
+            Ok(_) => {
+                println!("config ok: {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ternd: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match start(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -40,12 +71,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn start(cli: Cli) -> anyhow::Result<()> {
-    let file = match &cli.config {
+/// The configuration from `file` (if any) with the environment and flags over it.
+fn load(file: Option<&PathBuf>, flags: Settings) -> anyhow::Result<Config> {
+    let file = match file {
         Some(path) => Settings::from_file(path)?,
         None => Settings::default(),
     };
-    let config = Config::from_settings(cli.settings.over(file))?;
+    Ok(Config::from_settings(flags.over(file))?)
+}
+
+fn start(cli: Cli) -> anyhow::Result<()> {
+    let config = load(cli.config.as_ref(), cli.settings)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         // Registered before the broker listens, so that a signal that arrives the

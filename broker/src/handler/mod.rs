@@ -8,6 +8,7 @@ pub(crate) mod consume;
 pub(crate) mod hello;
 pub(crate) mod publish;
 pub(crate) mod queue;
+pub(crate) mod server;
 pub(crate) mod subscribe;
 
 use tern_codec::ErrorCode;

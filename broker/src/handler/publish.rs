@@ -113,6 +113,10 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
 
     session.counts.messages_in += 1;
     session.counts.bytes_in += env.payload.len() as u64;
+    if let Some(q) = session.counts.by_qos.get_mut(publish.qos as usize) {
+        q.0 += 1;
+        q.1 += env.payload.len() as u64;
+    }
     let (delivered, dropped) = interest.deliver(env, &mut session.wakes);
     session.counts.messages_out += delivered;
     session.counts.drops += dropped;
@@ -151,6 +155,7 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
         confirm: confirmed.then(|| ConfirmTo {
             outbound: session.outbound.clone(),
             id: publish.id,
+            received: std::time::Instant::now(),
         }),
     });
     Ok(())

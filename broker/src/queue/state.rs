@@ -157,6 +157,8 @@ pub enum Action {
         outbound: Arc<Outbound>,
         head: DeliveryHead,
         body: Option<Bytes>,
+        /// When the message entered the queue (ms since the epoch).
+        enqueued_ms: u64,
     },
     /// Remove the message from the store.
     Settle { seq: u64 },
@@ -377,6 +379,7 @@ impl QueueState {
                     received_before: true,
                 },
                 body: held.entry.body.clone(),
+                enqueued_ms: held.entry.enqueued_ms,
             });
         }
     }
@@ -727,6 +730,7 @@ impl QueueState {
                     received_before: false,
                 },
                 body: entry.body.clone(),
+                enqueued_ms: entry.enqueued_ms,
             });
             let (mode, consumer) = (c.mode, c.key);
             if mode != AckMode::Auto {

@@ -22,6 +22,8 @@ pub(crate) struct QueueTask {
     pub journal: Journal,
     pub store: Arc<dyn Store>,
     pub queues: Arc<Queues>,
+    /// Enqueue-to-first-delivery time of this server's queues.
+    pub delivery_latency: metrics::Histogram,
 }
 
 /// Starts the queue's task.
@@ -154,8 +156,13 @@ impl QueueTask {
                     outbound,
                     head,
                     body,
+                    enqueued_ms,
                 } => match self.body(head.seq, body) {
                     Some(env) => {
+                        if head.delivery_count == 1 {
+                            let waited = now_ms().saturating_sub(enqueued_ms);
+                            self.delivery_latency.record(Duration::from_millis(waited));
+                        }
                         outbound.push_delivery(&head, &env, wakes);
                     }
                     None => {

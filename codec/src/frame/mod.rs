@@ -4,7 +4,7 @@
 //! decode: `hello` (handshake), `control` (ping, pong, ok, done), `error`, `publish`
 //! (publish, message delivery, confirm), `subscribe` (subscribe, unsubscribe),
 //! `consume` (consuming from queues and settling deliveries), `queue` (queue
-//! administration).
+//! administration), `server` (server information).
 //!
 //! Decoding is two-phase (as in mini-redis and rumqttd): the 5-byte header is read
 //! first, a length over the maximum is rejected before anything is reserved for the
@@ -18,6 +18,7 @@ mod error;
 mod hello;
 mod publish;
 mod queue;
+mod server;
 mod subscribe;
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -33,6 +34,7 @@ pub use queue::{
     Binding, Overflow, QueueDeclare, QueueDelete, QueueInfo, QueueMove, QueueOptions, QueuePurge,
     QueueQuery, QueueStats,
 };
+pub use server::{ServerInfo, ServerQuery};
 pub use subscribe::{Subscribe, Unsubscribe};
 
 use crate::codes::FrameType;
@@ -132,6 +134,8 @@ pub enum Frame {
     QueueInfo(QueueInfo),
     QueuePurge(QueuePurge),
     QueueMove(QueueMove),
+    ServerQuery(ServerQuery),
+    ServerInfo(ServerInfo),
 }
 
 macro_rules! each_frame {
@@ -161,6 +165,8 @@ macro_rules! each_frame {
             Frame::QueueInfo($f) => $e,
             Frame::QueuePurge($f) => $e,
             Frame::QueueMove($f) => $e,
+            Frame::ServerQuery($f) => $e,
+            Frame::ServerInfo($f) => $e,
         }
     };
 }
@@ -238,6 +244,8 @@ impl Frame {
             FrameType::QueueInfo => Frame::QueueInfo(Body::decode_body(&mut r)?),
             FrameType::QueuePurge => Frame::QueuePurge(Body::decode_body(&mut r)?),
             FrameType::QueueMove => Frame::QueueMove(Body::decode_body(&mut r)?),
+            FrameType::ServerQuery => Frame::ServerQuery(Body::decode_body(&mut r)?),
+            FrameType::ServerInfo => Frame::ServerInfo(Body::decode_body(&mut r)?),
         };
         r.finish()?;
         Result::Ok(Some(frame))
@@ -295,7 +303,9 @@ into_frame!(
     QueueQuery,
     QueueInfo,
     QueuePurge,
-    QueueMove
+    QueueMove,
+    ServerQuery,
+    ServerInfo
 );
 
 impl From<ErrorFrame> for Frame {

@@ -9,6 +9,7 @@ mod output;
 mod publish;
 mod queue;
 mod request;
+mod server;
 mod subscribe;
 
 use std::process::ExitCode;
@@ -53,6 +54,9 @@ enum Command {
     Req(request::ReqArgs),
     /// Answer requests (echo them, or run a command for each)
     Reply(request::ReplyArgs),
+    /// Ask the server about itself
+    #[command(subcommand)]
+    Server(server::Command),
 }
 
 fn main() -> ExitCode {
@@ -98,6 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(args) => consume::run(connect().await?, args).await,
         Command::Req(args) => request::req(connect().await?, args).await,
         Command::Reply(args) => request::reply(connect().await?, args).await,
+        Command::Server(command) => server::run(connect().await?, command).await,
     }
 }
 
