@@ -75,6 +75,9 @@ pub enum EncodeError {
     /// More bindings than the 16-bit count can say.
     #[error("{count} bindings; the limit is 65535")]
     TooManyBindings { count: usize },
+    /// More listeners than the 16-bit count can say.
+    #[error("{count} listeners; the limit is 65535")]
+    TooManyListeners { count: usize },
     /// The whole frame is longer than the 32-bit length prefix can say.
     #[error("frame of {len} bytes does not fit a 32-bit length")]
     FrameTooLarge { len: usize },

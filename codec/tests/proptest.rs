@@ -13,8 +13,9 @@ use tern_codec::{
     Ack, AckMode, Binding, ByteString, Bytes, BytesMut, Cancel, Confirm, Consume, Credentials,
     DecodeError, Delivery, DeliveryHead, Done, Encode, Envelope, ErrorFrame, Frame, Headers, Hello,
     Message, Nack, Ok, Overflow, Ping, Pong, ProducerSeq, Publish, Qos, QueueDeclare, QueueDelete,
-    QueueInfo, QueueMove, QueueOptions, QueuePurge, QueueQuery, QueueStats, Received,
-    SubjectLimits, Subscribe, Unsubscribe, Welcome, DEFAULT_MAX_FRAME_SIZE, FRAME_HEADER_LEN,
+    QueueInfo, QueueMove, QueueOptions, QueuePurge, QueueQuery, QueueStats, Received, ServerInfo,
+    ServerQuery, SubjectLimits, Subscribe, Unsubscribe, Welcome, DEFAULT_MAX_FRAME_SIZE,
+    FRAME_HEADER_LEN,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -161,6 +162,35 @@ fn queue_stats() -> impl Strategy<Value = QueueStats> {
         })
 }
 
+/// Any number of listeners, usually a few, each any string (empty included).
+fn listeners() -> impl Strategy<Value = Vec<ByteString>> {
+    vec(text(48), 0..=6)
+}
+
+fn server_info() -> impl Strategy<Value = ServerInfo> {
+    (
+        (any::<u32>(), text(24), text(16), any::<u64>(), listeners()),
+        vec(any::<u64>(), 6),
+        text(24),
+    )
+        .prop_map(
+            |((id, server_id, version, uptime_ms, listeners), counters, sync)| ServerInfo {
+                id,
+                server_id,
+                version,
+                uptime_ms,
+                listeners,
+                connections: counters[0],
+                subscriptions: counters[1],
+                queues: counters[2],
+                store_bytes: counters[3],
+                sync,
+                messages_in: counters[4],
+                messages_out: counters[5],
+            },
+        )
+}
+
 /// `(id, cid, delivery_id)`: the fields of ACK and RECEIVED.
 fn settle() -> impl Strategy<Value = (u32, u32, u64)> {
     (any::<u32>(), any::<u32>(), any::<u64>())
@@ -305,6 +335,9 @@ fn frame() -> impl Strategy<Value = Frame> {
         (any::<u32>(), text(40)).prop_map(|(id, name)| Frame::QueuePurge(QueuePurge { id, name })),
         (any::<u32>(), text(40), text(40), any::<u64>())
             .prop_map(|(id, from, to, max)| { Frame::QueueMove(QueueMove { id, from, to, max }) }),
+        // Server information.
+        any::<u32>().prop_map(|id| Frame::ServerQuery(ServerQuery { id })),
+        server_info().prop_map(Frame::ServerInfo),
     ]
 }
 

@@ -185,7 +185,9 @@ fn frame_examples_are_the_golden_frames() {
             "DELIVERY",
             "NACK",
             "QUEUE_DECLARE",
-            "QUEUE_INFO"
+            "QUEUE_INFO",
+            "SERVER_QUERY",
+            "SERVER_INFO",
         ]
     );
 }

@@ -3,7 +3,7 @@
 //!
 //! The golden byte vectors are written out by hand from the layouts in the module docs
 //! (`hello.rs`, `control.rs`, `error.rs`, `publish.rs`, `subscribe.rs`, `consume.rs`,
-//! `queue.rs`, `headers.rs`), so a change to the wire format fails here first.
+//! `queue.rs`, `server.rs`, `headers.rs`), so a change to the wire format fails here first.
 //! `codec/PROTOCOL.md` quotes the same bytes in its worked example and its frame
 //! examples, and `codec/fuzz/corpus/decode/` holds them as seeds (see
 //! [`fuzz_seed_files_match_golden_frames`]).
@@ -100,6 +100,27 @@ fn max_stats() -> QueueStats {
         dead_lettered: u64::MAX - 6,
         expired: u64::MAX - 7,
         dropped: u64::MAX - 8,
+    }
+}
+
+/// A SERVER_INFO with every counter set and two listeners.
+fn server_info(id: u32) -> ServerInfo {
+    ServerInfo {
+        id,
+        server_id: s("tern-1"),
+        version: s("0.1.0"),
+        uptime_ms: 3_600_000,
+        listeners: vec![
+            s("tcp://127.0.0.1:7400"),
+            s("http://127.0.0.1:9464/metrics"),
+        ],
+        connections: 3,
+        subscriptions: 5,
+        queues: 2,
+        store_bytes: 1_048_576,
+        sync: s("interval:100ms"),
+        messages_in: 1000,
+        messages_out: 2500,
     }
 }
 
@@ -459,6 +480,40 @@ pub(crate) fn samples() -> Vec<Frame> {
             to: s("b"),
             max: u64::MAX,
         }),
+        // SERVER_QUERY: any id.
+        Frame::ServerQuery(ServerQuery { id: 19 }),
+        Frame::ServerQuery(ServerQuery { id: 0 }),
+        // SERVER_INFO: two listeners; no listeners, empty strings and zero counters (a
+        // server that has just started); one listener, largest values, non-ASCII text.
+        Frame::ServerInfo(server_info(19)),
+        Frame::ServerInfo(ServerInfo {
+            id: 0,
+            server_id: s(""),
+            version: s(""),
+            uptime_ms: 0,
+            listeners: Vec::new(),
+            connections: 0,
+            subscriptions: 0,
+            queues: 0,
+            store_bytes: 0,
+            sync: s(""),
+            messages_in: 0,
+            messages_out: 0,
+        }),
+        Frame::ServerInfo(ServerInfo {
+            id: u32::MAX,
+            server_id: s("n\u{f6}rd-\u{20ac}"),
+            version: s("1.2.3-rc.1+build.5"),
+            uptime_ms: u64::MAX,
+            listeners: vec![s("tcp://[::1]:7400")],
+            connections: u64::MAX,
+            subscriptions: u64::MAX - 1,
+            queues: u64::MAX - 2,
+            store_bytes: u64::MAX - 3,
+            sync: s("always"),
+            messages_in: u64::MAX - 4,
+            messages_out: u64::MAX - 5,
+        }),
     ]
 }
 
@@ -576,6 +631,12 @@ fn samples_cover_every_flag_and_mode() {
     assert!(samples
         .iter()
         .any(|f| matches!(f, Frame::QueueDeclare(q) if q.bindings.is_empty())));
+    // SERVER_INFO with no listener, one, and several.
+    for n in [0, 1, 2] {
+        assert!(samples
+            .iter()
+            .any(|f| matches!(f, Frame::ServerInfo(i) if i.listeners.len() == n)));
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -636,6 +697,8 @@ fn inner_types_encode_like_the_frame() {
             Frame::QueueInfo(f) => inner!(f),
             Frame::QueuePurge(f) => inner!(f),
             Frame::QueueMove(f) => inner!(f),
+            Frame::ServerQuery(f) => inner!(f),
+            Frame::ServerInfo(f) => inner!(f),
         };
         assert_eq!(inner, whole, "{frame:?}");
         assert_eq!(inner_len.unwrap(), whole.len());
@@ -1160,6 +1223,43 @@ pub(crate) const GOLDEN_QUEUE_DELETE: &[u8] = &[
     0x00, 0x06, b'o', b'r', b'd', b'e', b'r', b's', // name
 ];
 
+// Server information: a client asks what the server is and how it is doing. PROTOCOL.md
+// sections 6.23 and 6.24 quote them.
+
+/// SERVER_QUERY id 19.
+pub(crate) const GOLDEN_SERVER_QUERY: &[u8] = &[
+    0x00, 0x00, 0x00, 0x05, // length 5
+    0x46, // SERVER_QUERY
+    0x00, 0x00, 0x00, 0x13, // id 19
+];
+
+/// SERVER_INFO id 19 (answering [`GOLDEN_SERVER_QUERY`]): server "tern-1" running
+/// "0.1.0", up for one hour, listening on "tcp://127.0.0.1:7400" and
+/// "http://127.0.0.1:9464/metrics"; 3 connections, 5 subscriptions, 2 queues, a store of
+/// 1 MiB synced "interval:100ms", 1000 messages in and 2500 out.
+pub(crate) const GOLDEN_SERVER_INFO: &[u8] = &[
+    0x00, 0x00, 0x00, 0x93, // length 147
+    0x47, // SERVER_INFO
+    0x00, 0x00, 0x00, 0x13, // id 19
+    0x00, 0x06, b't', b'e', b'r', b'n', b'-', b'1', // server_id
+    0x00, 0x05, b'0', b'.', b'1', b'.', b'0', // version
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x36, 0xee, 0x80, // uptime_ms 3600000
+    0x00, 0x02, // listener count 2
+    0x00, 0x14, b't', b'c', b'p', b':', b'/', b'/', b'1', b'2', b'7', b'.', b'0', b'.', b'0', b'.',
+    b'1', b':', b'7', b'4', b'0', b'0', // listener
+    0x00, 0x1d, b'h', b't', b't', b'p', b':', b'/', b'/', b'1', b'2', b'7', b'.', b'0', b'.', b'0',
+    b'.', b'1', b':', b'9', b'4', b'6', b'4', b'/', b'm', b'e', b't', b'r', b'i', b'c',
+    b's', // listener
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, // connections 3
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, // subscriptions 5
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, // queues 2
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, // store_bytes 1048576
+    0x00, 0x0e, b'i', b'n', b't', b'e', b'r', b'v', b'a', b'l', b':', b'1', b'0', b'0', b'm',
+    b's', // sync
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0xe8, // messages_in 1000
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09, 0xc4, // messages_out 2500
+];
+
 /// The durable-queue goldens as one session, in the order a client would see them
 /// (the frames of both directions interleaved; a fuzz seed, not a specified exchange).
 pub(crate) const GOLDEN_QUEUE_SESSION: &[&[u8]] = &[
@@ -1428,6 +1528,16 @@ fn goldens() -> Vec<(&'static str, &'static [u8], Frame)> {
                 id: 18,
                 name: s("orders"),
             }),
+        ),
+        (
+            "server_query",
+            GOLDEN_SERVER_QUERY,
+            Frame::ServerQuery(ServerQuery { id: 19 }),
+        ),
+        (
+            "server_info",
+            GOLDEN_SERVER_INFO,
+            Frame::ServerInfo(server_info(19)),
         ),
     ]
 }
@@ -1755,6 +1865,10 @@ fn truncated_names_the_field() {
 
     // The new frames, each cut after `keep` body bytes (the length prefix adjusted).
     let queue_info_stats = GOLDEN_QUEUE_INFO.len() - FRAME_HEADER_LEN - 76;
+    // SERVER_INFO: where the listeners start (after id, server_id, version, uptime_ms)
+    // and where the counters start (after the count and the two listeners).
+    let listen_at = 4 + 8 + 7 + 8;
+    let counters_at = listen_at + 2 + 22 + 31;
     for (golden, keep, field) in [
         (GOLDEN_PUBLISH_IDEMPOTENT, 4 + 1 + 1 + 3, "producer"),
         (GOLDEN_PUBLISH_IDEMPOTENT, 4 + 1 + 1 + 8 + 3, "sequence"),
@@ -1806,6 +1920,31 @@ fn truncated_names_the_field() {
         (GOLDEN_QUEUE_DELETE, 4, "name"),
         (GOLDEN_QUEUE_MOVE, 4 + 12 + 1, "to"),
         (GOLDEN_QUEUE_MOVE, 4 + 12 + 8 + 7, "max"),
+        (GOLDEN_SERVER_QUERY, 0, "id"),
+        (GOLDEN_SERVER_QUERY, 3, "id"),
+        (GOLDEN_SERVER_INFO, 2, "id"),
+        (GOLDEN_SERVER_INFO, 4 + 1, "server_id"),
+        (GOLDEN_SERVER_INFO, 4 + 5, "server_id"),
+        (GOLDEN_SERVER_INFO, 4 + 8 + 3, "version"),
+        (GOLDEN_SERVER_INFO, 4 + 8 + 7 + 7, "uptime_ms"),
+        (GOLDEN_SERVER_INFO, listen_at + 1, "listener count"),
+        (GOLDEN_SERVER_INFO, listen_at + 2 + 10, "listener"),
+        // The count says two listeners; only the first is there.
+        (GOLDEN_SERVER_INFO, listen_at + 2 + 22, "listener"),
+        // Inside the second listener's text.
+        (GOLDEN_SERVER_INFO, listen_at + 2 + 22 + 30, "listener"),
+        (GOLDEN_SERVER_INFO, counters_at + 4, "connections"),
+        (GOLDEN_SERVER_INFO, counters_at + 8 + 1, "subscriptions"),
+        (GOLDEN_SERVER_INFO, counters_at + 16 + 7, "queues"),
+        (GOLDEN_SERVER_INFO, counters_at + 24, "store_bytes"),
+        (GOLDEN_SERVER_INFO, counters_at + 32 + 1, "sync"),
+        (GOLDEN_SERVER_INFO, counters_at + 32 + 15, "sync"),
+        (GOLDEN_SERVER_INFO, counters_at + 32 + 16, "messages_in"),
+        (
+            GOLDEN_SERVER_INFO,
+            counters_at + 32 + 16 + 8 + 7,
+            "messages_out",
+        ),
     ] {
         let mut cut = golden[..FRAME_HEADER_LEN + keep].to_vec();
         set_len(&mut cut, u32::try_from(keep + 1).unwrap());
@@ -1816,6 +1955,47 @@ fn truncated_names_the_field() {
             "{frame} cut after {keep} body bytes"
         );
     }
+}
+
+/// A count the bytes cannot hold is a truncated frame, found by reading, not a reason to
+/// reserve room for that many entries.
+#[test]
+fn a_huge_listener_count_is_truncated() {
+    // SERVER_INFO cut after the listener count, which is set to 65535.
+    let listeners = FRAME_HEADER_LEN + 4 + 8 + 7 + 8;
+    let mut bytes = GOLDEN_SERVER_INFO[..listeners + 2].to_vec();
+    bytes[listeners..].copy_from_slice(&[0xff, 0xff]);
+    let len = u32::try_from(bytes.len() - 4).unwrap();
+    set_len(&mut bytes, len);
+    assert_eq!(
+        decode_all(&bytes),
+        Err(DecodeError::Truncated {
+            frame: FrameType::ServerInfo,
+            field: "listener",
+        })
+    );
+    // A count one higher than the listeners sent reads the first two bytes of
+    // `connections` as a third listener (`00 00`: empty); everything after shifts by
+    // two, and `sync`'s length is read from its text ("in" = 26990 bytes).
+    let mut bytes = GOLDEN_SERVER_INFO.to_vec();
+    assert_eq!(&bytes[listeners..listeners + 2], &[0x00, 0x02]);
+    bytes[listeners + 1] = 3;
+    assert_eq!(
+        decode_all(&bytes),
+        Err(DecodeError::Truncated {
+            frame: FrameType::ServerInfo,
+            field: "sync",
+        })
+    );
+    // One lower reads the second listener as counters, and 45 bytes are left over.
+    bytes[listeners + 1] = 1;
+    assert_eq!(
+        decode_all(&bytes),
+        Err(DecodeError::TrailingBytes {
+            frame: FrameType::ServerInfo,
+            extra: 45,
+        })
+    );
 }
 
 #[test]
@@ -1931,6 +2111,23 @@ fn invalid_utf8_is_rejected() {
         (GOLDEN_QUEUE_DELETE, FRAME_HEADER_LEN + 4 + 2, "name"),
         (GOLDEN_QUEUE_MOVE, FRAME_HEADER_LEN + 4 + 2, "from"),
         (GOLDEN_QUEUE_MOVE, FRAME_HEADER_LEN + 4 + 12 + 2, "to"),
+        (GOLDEN_SERVER_INFO, FRAME_HEADER_LEN + 4 + 2, "server_id"),
+        (GOLDEN_SERVER_INFO, FRAME_HEADER_LEN + 4 + 8 + 2, "version"),
+        (
+            GOLDEN_SERVER_INFO,
+            FRAME_HEADER_LEN + 4 + 8 + 7 + 8 + 2 + 2,
+            "listener",
+        ),
+        (
+            GOLDEN_SERVER_INFO,
+            FRAME_HEADER_LEN + 4 + 8 + 7 + 8 + 2 + 22 + 2,
+            "listener",
+        ),
+        (
+            GOLDEN_SERVER_INFO,
+            GOLDEN_SERVER_INFO.len() - 16 - 14,
+            "sync",
+        ),
     ] {
         let mut bytes = golden.to_vec();
         assert!(bytes[at].is_ascii_alphanumeric(), "{field} at {at}");
@@ -2186,7 +2383,7 @@ fn a_frame_of_exactly_the_maximum_size_is_accepted() {
 #[test]
 fn unknown_type_is_skipped_and_the_stream_goes_on() {
     // Every byte this version does not assign: gaps inside the family ranges (0x08,
-    // 0x14, 0x21, 0x36, 0x46) as much as the unassigned range and 0x00.
+    // 0x14, 0x21, 0x36, 0x48) as much as the unassigned range and 0x00.
     let unknown = (0..=u8::MAX).filter(|code| FrameType::from_u8(*code).is_none());
     assert_eq!(
         unknown.clone().count(),
@@ -2508,6 +2705,30 @@ fn long_string_is_an_encode_error_and_leaves_dst_alone() {
     );
     assert_eq!(&dst[..], before);
 
+    // SERVER_INFO: a listener after a good one, and the sync policy near the end.
+    let mut info = server_info(1);
+    info.listeners.push(s(&long));
+    assert_eq!(
+        Frame::ServerInfo(info).encode(&mut dst),
+        Err(EncodeError::StringTooLong {
+            field: "listener",
+            len: 70_000,
+        })
+    );
+    assert_eq!(&dst[..], before);
+    let info = ServerInfo {
+        sync: s(&long),
+        ..server_info(1)
+    };
+    assert_eq!(
+        info.encode(&mut dst),
+        Err(EncodeError::StringTooLong {
+            field: "sync",
+            len: 70_000,
+        })
+    );
+    assert_eq!(&dst[..], before);
+
     // Every string field is checked, not only subjects.
     let hello = Frame::Hello(Hello {
         version: 1,
@@ -2551,9 +2772,11 @@ fn too_many_bindings_is_an_encode_error() {
         options: QueueOptions::default(),
     });
     let mut dst = BytesMut::from(before);
-    // The count does not fit its u16. (The codec reports it as a `StringTooLong` for
-    // the field "bindings"; only the failure and the untouched buffer are pinned here.)
-    assert!(declare.encode(&mut dst).is_err());
+    // The count does not fit its u16.
+    assert_eq!(
+        declare.encode(&mut dst),
+        Err(EncodeError::TooManyBindings { count: 65536 })
+    );
     assert_eq!(&dst[..], before);
 
     // 65535 bindings is the most, and round-trips.
@@ -2567,6 +2790,31 @@ fn too_many_bindings_is_an_encode_error() {
     let bytes = encode(&declare);
     assert_eq!(bytes.len(), declare.encoded_len());
     assert_eq!(decode_all(&bytes).unwrap(), Some(declare));
+}
+
+#[test]
+fn too_many_listeners_is_an_encode_error() {
+    let before: &[u8] = b"earlier frames";
+    let info = ServerInfo {
+        listeners: vec![s("l"); usize::from(u16::MAX) + 1],
+        ..server_info(1)
+    };
+    let mut dst = BytesMut::from(before);
+    // The count does not fit its u16.
+    assert_eq!(
+        info.encode(&mut dst),
+        Err(EncodeError::TooManyListeners { count: 65536 })
+    );
+    assert_eq!(&dst[..], before);
+
+    // 65535 listeners is the most, and round-trips.
+    let info = Frame::ServerInfo(ServerInfo {
+        listeners: vec![s("l"); usize::from(u16::MAX)],
+        ..server_info(1)
+    });
+    let bytes = encode(&info);
+    assert_eq!(bytes.len(), info.encoded_len());
+    assert_eq!(decode_all(&bytes).unwrap(), Some(info));
 }
 
 #[test]
