@@ -85,9 +85,8 @@ impl Body for ServerInfo {
         wire::put_string(dst, &self.version, "version")?;
         dst.put_u64(self.uptime_ms);
         let count =
-            u16::try_from(self.listeners.len()).map_err(|_| EncodeError::StringTooLong {
-                field: "listeners",
-                len: self.listeners.len(),
+            u16::try_from(self.listeners.len()).map_err(|_| EncodeError::TooManyListeners {
+                count: self.listeners.len(),
             })?;
         dst.put_u16(count);
         for l in &self.listeners {
