@@ -69,7 +69,7 @@ pub(crate) struct Shared {
 
 #[derive(Debug)]
 pub(crate) struct ConnectionEntry {
-    pub peer: SocketAddr,
+    pub peer: String,
     pub name: String,
     pub outbound: Arc<Outbound>,
 }
@@ -78,7 +78,8 @@ pub(crate) struct ConnectionEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionInfo {
     pub id: u64,
-    pub peer: SocketAddr,
+    /// The peer's address, or `local` for an in-process connection.
+    pub peer: String,
     /// The name the client gave in HELLO.
     pub name: String,
     /// Bytes queued for this connection and not yet written to its socket.
@@ -365,7 +366,7 @@ impl Server {
             .iter()
             .map(|(id, c)| ConnectionInfo {
                 id: *id,
-                peer: c.peer,
+                peer: c.peer.clone(),
                 name: c.name.clone(),
                 pending_bytes: c.outbound.pending_bytes(),
                 dropped: c.outbound.dropped(),
@@ -381,6 +382,21 @@ impl Server {
     /// Number of queues on the server.
     pub fn queue_count(&self) -> usize {
         self.shared.queues.len()
+    }
+
+    /// Opens an in-process connection to this server: the broker's own components (the
+    /// MQTT bridge) speak the tern protocol over it with the ordinary client. It is
+    /// trusted — no credentials, every permission — and does not count against the
+    /// connection limit.
+    pub fn connect_local(&self) -> tokio::io::DuplexStream {
+        let (client, server) = tokio::io::duplex(256 * 1024);
+        let (rd, wr) = tokio::io::split(server);
+        let peer = session::Peer {
+            addr: "local".into(),
+            trusted: true,
+        };
+        tokio::spawn(session::serve(rd, wr, peer, Arc::clone(&self.shared)));
+        client
     }
 
     /// The Prometheus text exposition, as `GET /metrics` answers it.
@@ -429,7 +445,7 @@ impl Server {
             };
             match Arc::clone(&slots).try_acquire_owned() {
                 Ok(permit) => {
-                    tracker.spawn(session::serve(socket, peer, Arc::clone(shared), permit));
+                    tracker.spawn(session::serve_tcp(socket, peer, Arc::clone(shared), permit));
                 }
                 Err(_) => {
                     shared

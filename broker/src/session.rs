@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use tern_codec::{DecodeError, Encode, ErrorCode, ErrorFrame, Frame, Pong};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::sync::OwnedSemaphorePermit;
@@ -47,25 +48,56 @@ pub(crate) struct Session {
     pub queue_inputs: Vec<(Arc<QueueHandle>, QueueInput)>,
 }
 
-/// Serves one accepted socket until it closes, the peer misbehaves, or the server
+/// Who is at the other end of a connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    /// The peer's address (`local` for an in-process connection).
+    pub addr: String,
+    /// An in-process connection made by the broker itself (a bridge): it needs no
+    /// credentials and passes every permission check.
+    pub trusted: bool,
+}
+
+/// Serves one accepted TCP socket until it closes, the peer misbehaves, or the server
 /// shuts down. Holds `permit` (a slot under the connection limit) until then.
-pub(crate) async fn serve(
+pub(crate) async fn serve_tcp(
     socket: TcpStream,
-    peer: SocketAddr,
+    addr: SocketAddr,
     shared: Arc<Shared>,
     permit: OwnedSemaphorePermit,
 ) {
-    let id = shared.next_connection_id();
-    let span = tracing::info_span!("conn", id, %peer, client = tracing::field::Empty);
-    serve_inner(socket, peer, id, shared).instrument(span).await;
-    drop(permit);
-}
-
-async fn serve_inner(socket: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>) {
-    let limits = &shared.config.limits;
     // Best effort: without it small frames wait for Nagle's timer, with it they do not.
     let _ = socket.set_nodelay(true);
     let (rd, wr) = socket.into_split();
+    let peer = Peer {
+        addr: addr.to_string(),
+        trusted: false,
+    };
+    serve(rd, wr, peer, shared).await;
+    drop(permit);
+}
+
+/// Serves a connection given as its two halves (a socket's, a TLS stream's, an
+/// in-memory pipe's).
+pub(crate) async fn serve(
+    rd: impl AsyncRead + Unpin + Send + 'static,
+    wr: impl AsyncWrite + Unpin + Send + 'static,
+    peer: Peer,
+    shared: Arc<Shared>,
+) {
+    let id = shared.next_connection_id();
+    let span = tracing::info_span!("conn", id, peer = %peer.addr, client = tracing::field::Empty);
+    serve_inner(rd, wr, peer, id, shared).instrument(span).await;
+}
+
+async fn serve_inner(
+    rd: impl AsyncRead + Unpin + Send + 'static,
+    wr: impl AsyncWrite + Unpin + Send + 'static,
+    peer: Peer,
+    id: u64,
+    shared: Arc<Shared>,
+) {
+    let limits = &shared.config.limits;
     let outbound = Arc::new(Outbound::new(
         limits.max_pending_bytes,
         limits.slow_consumer,
@@ -81,7 +113,7 @@ async fn serve_inner(socket: TcpStream, peer: SocketAddr, id: u64, shared: Arc<S
         shared.register(
             id,
             ConnectionEntry {
-                peer,
+                peer: peer.addr.clone(),
                 name,
                 outbound: Arc::clone(&outbound),
             },
@@ -118,7 +150,7 @@ async fn serve_inner(socket: TcpStream, peer: SocketAddr, id: u64, shared: Arc<S
 
 /// Reads the HELLO and answers WELCOME. Returns the client's name, or `None` when the
 /// connection ended or was refused (the ERROR is already queued).
-async fn handshake<R: tokio::io::AsyncRead + Unpin>(
+async fn handshake<R: AsyncRead + Unpin>(
     reader: &mut FrameReader<R>,
     outbound: &Arc<Outbound>,
     shared: &Shared,
@@ -164,7 +196,7 @@ async fn handshake<R: tokio::io::AsyncRead + Unpin>(
 
 impl Session {
     /// Handles frames until the connection ends.
-    async fn run<R: tokio::io::AsyncRead + Unpin>(&mut self, reader: &mut FrameReader<R>) {
+    async fn run<R: AsyncRead + Unpin>(&mut self, reader: &mut FrameReader<R>) {
         loop {
             loop {
                 match reader.next_buffered() {

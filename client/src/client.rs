@@ -14,6 +14,7 @@ use crate::outbound::{Link, WriteBuffer};
 use crate::publish::Publish;
 use crate::state::{Request, State};
 use crate::subscription::SubscribeBuilder;
+use crate::transport::{AsyncStream, Connector};
 use crate::Error;
 
 /// How a client connects and behaves. Built with [`Client::builder`].
@@ -126,8 +127,36 @@ impl ClientBuilder {
     /// [`Error::Connect`] when the server cannot be reached, [`Error::Refused`] when it
     /// refuses the handshake.
     pub async fn connect(self, addr: impl Into<String>) -> Result<Client, Error> {
+        let addr = addr.into();
+        let connector = Connector::Tcp(addr.clone());
+        self.connect_via(addr, connector).await
+    }
+
+    /// Connects over streams that `connect` opens (for the first connection and every
+    /// reconnect): an in-process pipe to an embedded broker, a tunnel, a test double.
+    /// `name` stands for the server in errors and logs.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClientBuilder::connect`].
+    pub async fn connect_with<F, Fut, S>(
+        self,
+        name: impl Into<String>,
+        connect: F,
+    ) -> Result<Client, Error>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
+        S: AsyncStream,
+    {
+        self.connect_via(name.into(), Connector::custom(connect))
+            .await
+    }
+
+    async fn connect_via(self, addr: String, connector: Connector) -> Result<Client, Error> {
         let inner = Arc::new(Inner {
-            addr: addr.into(),
+            addr,
+            connector,
             out: WriteBuffer::new(self.write_buffer),
             state: Mutex::new(State::default()),
             next_id: AtomicU32::new(1),
@@ -155,7 +184,9 @@ impl ClientBuilder {
 /// Shared by the [`Client`] handles and the connection driver.
 #[derive(Debug)]
 pub(crate) struct Inner {
+    /// The server as errors and logs name it.
     pub addr: String,
+    pub connector: Connector,
     pub options: ClientBuilder,
     pub out: WriteBuffer,
     /// Requests in flight and subscriptions. A std `Mutex`: held for map updates only,

@@ -13,13 +13,12 @@ use tern_codec::{
     Encode, Frame, Hello, Ping, Pong, Welcome, MAX_FRAME_SIZE_LIMIT, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 
 use crate::client::Inner;
 use crate::outbound::Link;
 use crate::queue::Wake;
 use crate::state::Backoff;
+use crate::transport::{ReadHalf, Stream, WriteHalf};
 use crate::Error;
 
 /// Bytes reserved for each socket read.
@@ -27,7 +26,7 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// A greeted connection, ready to run.
 pub(crate) struct Established {
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read past the WELCOME (the server may already be sending).
     leftover: BytesMut,
     pub welcome: Welcome,
@@ -47,10 +46,11 @@ pub(crate) async fn establish(inner: &Inner) -> Result<Established, Error> {
         reason,
     };
     let attempt = async {
-        let mut stream = TcpStream::connect(addr.as_str())
+        let mut stream = inner
+            .connector
+            .connect()
             .await
             .map_err(|e| connect_err(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
         let hello = Hello {
             version: PROTOCOL_VERSION,
             name: opts.name.as_str().into(),
@@ -168,7 +168,7 @@ pub(crate) async fn drive(inner: Arc<Inner>, mut conn: Established) {
 
 /// Runs one connection until it fails or the client closes. Returns why it ended.
 async fn run(inner: &Inner, conn: Established, resubscribe: BytesMut) -> Error {
-    let (rd, mut wr) = conn.stream.into_split();
+    let (rd, mut wr) = conn.stream.split();
     // Re-subscriptions, consumers and unconfirmed publishes go out before anything
     // buffered while disconnected, so that replies to requests published in the
     // meantime find their subscription.
@@ -199,7 +199,7 @@ async fn run(inner: &Inner, conn: Established, resubscribe: BytesMut) -> Error {
 
 async fn read_loop(
     inner: &Inner,
-    mut rd: OwnedReadHalf,
+    mut rd: ReadHalf,
     mut buf: BytesMut,
     last_read: &std::sync::Mutex<Instant>,
 ) -> Error {
@@ -280,7 +280,7 @@ fn dispatch_frames(
     }
 }
 
-async fn write_loop(inner: &Inner, wr: &mut OwnedWriteHalf) -> Error {
+async fn write_loop(inner: &Inner, wr: &mut WriteHalf) -> Error {
     let mut batch = BytesMut::with_capacity(READ_CHUNK);
     loop {
         inner.out.take(&mut batch).await;

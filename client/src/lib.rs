@@ -39,6 +39,7 @@ mod queue;
 mod request;
 mod state;
 mod subscription;
+mod transport;
 
 pub use admin::QueueConfig;
 pub use client::{Client, ClientBuilder};
@@ -56,3 +57,4 @@ pub use tern_codec::{
     Binding, ErrorCode, Headers, Overflow, Pattern, Qos, QueueInfo, QueueOptions, QueueStats,
     ServerInfo, Subject,
 };
+pub use transport::AsyncStream;
