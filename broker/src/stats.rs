@@ -73,10 +73,10 @@ impl Stats {
             protocol_errors: self.protocol_errors.load(Relaxed),
             duplicates: self.duplicates.load(Relaxed),
             auth_failures: self.auth_failures.load(Relaxed),
-            published_by_qos: [0, 1, 2].map(|q| {
-                let (m, b) = &self.published_by_qos[q];
-                (m.load(Relaxed), b.load(Relaxed))
-            }),
+            published_by_qos: self
+                .published_by_qos
+                .each_ref()
+                .map(|(m, b)| (m.load(Relaxed), b.load(Relaxed))),
         }
     }
 
