@@ -13,6 +13,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::bridge::{BridgeSettings, MqttBridge};
 use tern_codec::{SubjectLimits, MAX_FRAME_SIZE_LIMIT};
 
 /// A configuration problem, naming the key at fault.
@@ -181,6 +183,10 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(default)]
     pub queues: QueueSettings,
+
+    /// MQTT bridges: only in the config file.
+    #[arg(skip)]
+    pub bridge: Option<BridgeSettings>,
 }
 
 /// The `[store]` table.
@@ -367,6 +373,7 @@ pub struct Config {
     pub limits: Limits,
     pub store: StoreConfig,
     pub queues: QueueDefaults,
+    pub bridges: Vec<MqttBridge>,
 }
 
 /// How the store is written.
@@ -431,6 +438,7 @@ impl Default for Config {
             limits: Limits::default(),
             store: StoreConfig::default(),
             queues: QueueDefaults::default(),
+            bridges: Vec::new(),
         }
     }
 }
@@ -543,6 +551,7 @@ impl Config {
                 max_prefetch: at_least("queues.max_prefetch", s.queues.max_prefetch, 1)?
                     .unwrap_or(d.queues.max_prefetch),
             },
+            bridges: crate::bridge::validate(s.bridge.unwrap_or_default())?,
         })
     }
 }

@@ -154,6 +154,21 @@ impl Metrics {
         }
         counter(r, "tern_messages_delivered_total", &[("via", "queue")])
             .absolute(delivered_from_queues);
+        for b in shared.bridges() {
+            let l = [("bridge", b.name.as_str())];
+            let connected = b.connected.load(std::sync::atomic::Ordering::Relaxed);
+            gauge(r, "tern_bridge_connected", &l).set(if connected { 1.0 } else { 0.0 });
+            for (direction, n) in [("in", &b.messages_in), ("out", &b.messages_out)] {
+                counter(
+                    r,
+                    "tern_bridge_messages_total",
+                    &[("bridge", b.name.as_str()), ("direction", direction)],
+                )
+                .absolute(n.load(std::sync::atomic::Ordering::Relaxed));
+            }
+            counter(r, "tern_bridge_reconnects_total", &l)
+                .absolute(b.reconnects.load(std::sync::atomic::Ordering::Relaxed));
+        }
         if let Ok(size) = shared.store.size_on_disk() {
             gauge(r, "tern_store_size_bytes", &[]).set(size as f64);
         }

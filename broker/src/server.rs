@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     /// publish, never held across an `.await`.
     pub dedup: Arc<Mutex<DedupWindow>>,
     pub metrics: Metrics,
+    /// The MQTT bridges' status, once they are started.
+    pub bridges: Mutex<Vec<Arc<crate::bridge::BridgeStatus>>>,
     pub started: std::time::Instant,
     /// URLs this server listens on, for server info. A std `Mutex`: written when a
     /// listener starts, read by server-info requests.
@@ -114,6 +116,11 @@ impl Shared {
 
     pub fn count_protocol_error(&self, e: &DecodeError) {
         self.stats.count_decode_error(e);
+    }
+
+    /// The MQTT bridges' status.
+    pub fn bridges(&self) -> Vec<Arc<crate::bridge::BridgeStatus>> {
+        lock(&self.bridges).clone()
     }
 
     /// URLs this server listens on.
@@ -336,6 +343,7 @@ impl Server {
             queues: Arc::default(),
             dedup,
             metrics,
+            bridges: Mutex::new(Vec::new()),
             started: std::time::Instant::now(),
             listeners: Mutex::new(Vec::new()),
             queue_tasks: Mutex::new(Vec::new()),
@@ -377,6 +385,11 @@ impl Server {
     /// Number of subscriptions on the server.
     pub fn subscription_count(&self) -> usize {
         self.shared.router.subscription_count()
+    }
+
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
     }
 
     /// Number of queues on the server.
@@ -427,6 +440,7 @@ impl Server {
         tracing::info!("listening on {addr}");
         shared.add_listener(format!("tcp://{addr}"));
         let tracker = TaskTracker::new();
+        *lock(&shared.bridges) = crate::bridge::start(self, &tracker);
         let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
         tokio::pin!(shutdown);
         loop {
