@@ -10,11 +10,15 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::acl::PermissionSettings;
+use crate::auth::{Auth, UserSettings};
 use crate::bridge::{BridgeSettings, MqttBridge};
+use crate::tls::{TlsError, TlsFiles};
 use tern_codec::{SubjectLimits, MAX_FRAME_SIZE_LIMIT};
 
 /// A configuration problem, naming the key at fault.
@@ -35,6 +39,9 @@ pub enum ConfigError {
     },
     #[error("invalid value for `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// As `Invalid`, for keys that are built at run time (`users[alice].password_hash`).
+    #[error("invalid value for `{key}`: {reason}")]
+    Setting { key: String, reason: String },
 }
 
 /// What to do with a subscriber whose outbound buffer is full.
@@ -187,6 +194,64 @@ pub struct Settings {
     /// MQTT bridges: only in the config file.
     #[arg(skip)]
     pub bridge: Option<BridgeSettings>,
+
+    #[command(flatten)]
+    #[serde(default)]
+    pub tls: TlsSettings,
+
+    /// Whether clients without credentials may connect [default: true without users, false with]
+    #[arg(long, env = "TERN_ALLOW_ANONYMOUS", value_name = "BOOL")]
+    pub allow_anonymous: Option<bool>,
+
+    /// Users: only in the config file.
+    #[arg(skip)]
+    #[serde(default)]
+    pub users: Vec<UserSettings>,
+
+    /// What anonymous clients may do when they are allowed: only in the config file.
+    #[arg(skip)]
+    pub anonymous: Option<PermissionSettings>,
+}
+
+/// The `[tls]` table.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Address of the TLS listener, or `off` [default: off]
+    #[arg(
+        id = "tls_listen",
+        long = "tls-listen",
+        env = "TERN_TLS_LISTEN",
+        value_name = "ADDR|off"
+    )]
+    pub listen: Option<Listen>,
+
+    /// The server's certificate chain, PEM
+    #[arg(
+        id = "tls_cert",
+        long = "tls-cert",
+        env = "TERN_TLS_CERT",
+        value_name = "FILE"
+    )]
+    pub cert: Option<PathBuf>,
+
+    /// The server's private key, PEM
+    #[arg(
+        id = "tls_key",
+        long = "tls-key",
+        env = "TERN_TLS_KEY",
+        value_name = "FILE"
+    )]
+    pub key: Option<PathBuf>,
+
+    /// CA certificates, PEM: when set, TLS clients must present a certificate signed by one of them
+    #[arg(
+        id = "tls_client_ca",
+        long = "tls-client-ca",
+        env = "TERN_TLS_CLIENT_CA",
+        value_name = "FILE"
+    )]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// The `[store]` table.
@@ -282,6 +347,14 @@ pub struct LimitSettings {
     /// Time one socket write may take before the connection is considered dead [default: 10s]
     #[arg(long, env = "TERN_WRITE_TIMEOUT", value_name = "DURATION")]
     pub write_timeout: Option<HumanDuration>,
+
+    /// Most connections from one IP address at once [default: 1000]
+    #[arg(long, env = "TERN_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// A connection silent this long is pinged, and closed if it stays silent as long again [default: 2m]
+    #[arg(long, env = "TERN_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<HumanDuration>,
 }
 
 impl Settings {
@@ -348,7 +421,9 @@ impl Settings {
             max_pending_bytes,
             slow_consumer,
             handshake_timeout,
-            write_timeout
+            write_timeout,
+            max_connections_per_ip,
+            idle_timeout
         );
         over!(hi.store, lower.store, sync, dedup_window, dedup_age);
         over!(
@@ -374,6 +449,17 @@ pub struct Config {
     pub store: StoreConfig,
     pub queues: QueueDefaults,
     pub bridges: Vec<MqttBridge>,
+    /// The TLS listener, if on.
+    pub tls: Option<TlsListen>,
+    /// Users, tokens and the anonymous policy.
+    pub auth: Arc<Auth>,
+}
+
+/// Where the TLS listener listens and what it presents.
+#[derive(Debug, Clone)]
+pub struct TlsListen {
+    pub listen: SocketAddr,
+    pub files: TlsFiles,
 }
 
 /// How the store is written.
@@ -426,6 +512,8 @@ pub struct Limits {
     pub slow_consumer: SlowConsumerPolicy,
     pub handshake_timeout: Duration,
     pub write_timeout: Duration,
+    pub max_connections_per_ip: usize,
+    pub idle_timeout: Duration,
 }
 
 impl Default for Config {
@@ -439,6 +527,8 @@ impl Default for Config {
             store: StoreConfig::default(),
             queues: QueueDefaults::default(),
             bridges: Vec::new(),
+            tls: None,
+            auth: Arc::default(),
         }
     }
 }
@@ -455,6 +545,8 @@ impl Default for Limits {
             slow_consumer: SlowConsumerPolicy::Drop,
             handshake_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
+            max_connections_per_ip: 1000,
+            idle_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -534,6 +626,14 @@ impl Config {
                 .unwrap_or(d.limits.handshake_timeout),
                 write_timeout: nonzero_duration("limits.write_timeout", l.write_timeout)?
                     .unwrap_or(d.limits.write_timeout),
+                max_connections_per_ip: at_least(
+                    "limits.max_connections_per_ip",
+                    l.max_connections_per_ip,
+                    1,
+                )?
+                .unwrap_or(d.limits.max_connections_per_ip),
+                idle_timeout: nonzero_duration("limits.idle_timeout", l.idle_timeout)?
+                    .unwrap_or(d.limits.idle_timeout),
             },
             store: StoreConfig {
                 sync: s.store.sync.unwrap_or(d.store.sync),
@@ -552,8 +652,56 @@ impl Config {
                     .unwrap_or(d.queues.max_prefetch),
             },
             bridges: crate::bridge::validate(s.bridge.unwrap_or_default())?,
+            tls: tls_listen(s.tls)?,
+            auth: Arc::new(
+                Auth::new(
+                    s.users,
+                    s.allow_anonymous,
+                    s.anonymous.unwrap_or_default(),
+                    &SubjectLimits {
+                        max_len: l.max_subject_len.unwrap_or(d.limits.subject.max_len),
+                        max_tokens: l.max_subject_tokens.unwrap_or(d.limits.subject.max_tokens),
+                    },
+                )
+                .map_err(|(key, reason)| ConfigError::Setting { key, reason })?,
+            ),
         })
     }
+}
+
+/// The TLS listener's settings, checked: a listen address needs a certificate and a
+/// key, and every file must be readable and usable.
+fn tls_listen(t: TlsSettings) -> Result<Option<TlsListen>, ConfigError> {
+    let listen = match t.listen {
+        None | Some(Listen::Off) => return Ok(None),
+        Some(Listen::On(addr)) => addr,
+    };
+    let missing = |key| ConfigError::Invalid {
+        key,
+        reason: "the TLS listener needs it (a PEM file)".into(),
+    };
+    let files = TlsFiles {
+        cert: t.cert.ok_or_else(|| missing("tls.cert"))?,
+        key: t.key.ok_or_else(|| missing("tls.key"))?,
+        client_ca: t.client_ca,
+    };
+    files.load().map_err(|e| ConfigError::Setting {
+        key: match &e {
+            TlsError::Read { path, .. } | TlsError::NoCertificate { path }
+                if Some(path) == files.client_ca.as_ref() =>
+            {
+                "tls.client_ca".into()
+            }
+            TlsError::Read { path, .. } | TlsError::NoCertificate { path }
+                if *path == files.key =>
+            {
+                "tls.key".into()
+            }
+            _ => "tls.cert".into(),
+        },
+        reason: e.to_string(),
+    })?;
+    Ok(Some(TlsListen { listen, files }))
 }
 
 #[cfg(test)]

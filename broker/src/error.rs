@@ -23,6 +23,8 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("shutdown: {0}")]
     Shutdown(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Why reading a frame from a connection failed.

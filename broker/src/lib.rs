@@ -18,6 +18,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+pub mod auth;
 pub mod bridge;
 pub mod config;
 mod connection;
@@ -33,6 +34,7 @@ pub mod server;
 mod session;
 pub mod stats;
 pub mod sublist;
+pub mod tls;
 
 pub use config::{Config, ConfigError, Settings};
 pub use error::Error;

@@ -110,7 +110,14 @@ impl Metrics {
         counter(r, "tern_connections_opened_total", &[]).absolute(s.connections_opened);
         counter(r, "tern_connections_rejected_total", &[("reason", "limit")])
             .absolute(s.connections_rejected);
+        counter(
+            r,
+            "tern_connections_rejected_total",
+            &[("reason", "per_ip")],
+        )
+        .absolute(s.connections_rejected_per_ip);
         counter(r, "tern_auth_failures_total", &[]).absolute(s.auth_failures);
+        counter(r, "tern_idle_disconnects_total", &[]).absolute(s.idle_disconnects);
         gauge(r, "tern_subscriptions", &[]).set(shared.router.subscription_count() as f64);
         for (qos, (messages, bytes)) in ["0", "1", "2"].iter().zip(s.published_by_qos) {
             counter(r, "tern_messages_published_total", &[("qos", qos)]).absolute(messages);

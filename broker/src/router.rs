@@ -14,6 +14,7 @@ use bytestring::ByteString;
 use rustc_hash::FxHashMap;
 use tern_codec::{Envelope, Pattern};
 
+use crate::auth::replies::ReplyPermits;
 use crate::outbound::{Outbound, Push, Wakes};
 use crate::queue::QueueHandle;
 use crate::sublist::Sublist;
@@ -29,6 +30,9 @@ pub(crate) struct Subscriber {
     pub pattern: Pattern,
     pub group: Option<ByteString>,
     pub outbound: Arc<Outbound>,
+    /// The subscriber's reply permits, when its own permissions would not let it
+    /// reply to the requests it receives.
+    pub replies: Option<Arc<ReplyPermits>>,
     /// Cleared on unsubscribe, before the OK goes out: a publisher holding an older
     /// route must not deliver on a subscription the client has been told is gone.
     active: AtomicBool,
@@ -47,6 +51,7 @@ impl Subscriber {
         pattern: Pattern,
         group: Option<ByteString>,
         outbound: Arc<Outbound>,
+        replies: Option<Arc<ReplyPermits>>,
     ) -> Self {
         Self {
             conn,
@@ -54,13 +59,21 @@ impl Subscriber {
             pattern,
             group,
             outbound,
+            replies,
             active: AtomicBool::new(true),
         }
     }
 
     fn deliver(&self, envelope: &Envelope, wakes: &mut Wakes) -> Push {
-        self.outbound
-            .push_message(self.sid, &self.active, envelope, wakes)
+        let pushed = self
+            .outbound
+            .push_message(self.sid, &self.active, envelope, wakes);
+        if let (Push::Queued, Some(permits), Some(reply_to)) =
+            (pushed, &self.replies, &envelope.reply_to)
+        {
+            permits.grant(reply_to);
+        }
+        pushed
     }
 }
 
@@ -268,6 +281,11 @@ impl Router {
             return None;
         }
         cache.routes.get(subject).cloned()
+    }
+
+    /// Who wants `subject`, matched through the sublist and not remembered.
+    pub fn lookup_uncached(&self, subject: &str) -> Arc<Interest> {
+        Arc::new(Interest::new(&self.read().matches(subject)))
     }
 
     /// Who wants `subject`, matched through the sublist and remembered in `cache`.

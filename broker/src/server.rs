@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use tern_storage::{
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -50,6 +50,11 @@ pub(crate) struct Shared {
     /// publish, never held across an `.await`.
     pub dedup: Arc<Mutex<DedupWindow>>,
     pub metrics: Metrics,
+    /// The TLS configuration in force, when a TLS listener is configured.
+    pub tls: Option<crate::tls::Tls>,
+    /// Open connections per client address, for the per-address limit. A std `Mutex`:
+    /// one map update per connect and disconnect.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// The MQTT bridges' status, once they are started.
     pub bridges: Mutex<Vec<Arc<crate::bridge::BridgeStatus>>>,
     pub started: std::time::Instant,
@@ -269,6 +274,15 @@ impl Server {
     ///
     /// The store cannot be opened or read (see [`tern_storage::StorageError`]).
     pub async fn open(config: Config) -> Result<Self, Error> {
+        let tls = match &config.tls {
+            Some(t) => Some(crate::tls::Tls::new(t.files.clone())?),
+            None => None,
+        };
+        if !config.auth.has_users() {
+            tracing::warn!("no users configured: every client is anonymous with every permission");
+        } else if config.auth.allows_anonymous() {
+            tracing::warn!("allow_anonymous = true: clients without credentials get the [anonymous] permissions");
+        }
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
         match config.store.sync {
             SyncPolicy::Always => {}
@@ -343,6 +357,8 @@ impl Server {
             queues: Arc::default(),
             dedup,
             metrics,
+            tls,
+            per_ip: Mutex::new(HashMap::new()),
             bridges: Mutex::new(Vec::new()),
             started: std::time::Instant::now(),
             listeners: Mutex::new(Vec::new()),
@@ -407,6 +423,7 @@ impl Server {
         let peer = session::Peer {
             addr: "local".into(),
             trusted: true,
+            certificate: None,
         };
         tokio::spawn(session::serve(rd, wr, peer, Arc::clone(&self.shared)));
         client
@@ -435,43 +452,91 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
+        self.serve_with(listener, None, shutdown).await
+    }
+
+    /// As [`Server::serve`], with a TLS listener too (the server must have been opened
+    /// with a TLS configuration).
+    ///
+    /// # Errors
+    ///
+    /// As [`Server::serve`]; or a TLS listener without a TLS configuration.
+    pub async fn serve_with(
+        &self,
+        listener: TcpListener,
+        tls_listener: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
         let shared = &self.shared;
         let addr = listener.local_addr()?;
         tracing::info!("listening on {addr}");
         shared.add_listener(format!("tcp://{addr}"));
+        let tls = match (&tls_listener, &shared.tls) {
+            (None, _) => None,
+            (Some(l), Some(tls)) => {
+                let addr = l.local_addr()?;
+                tracing::info!(mutual = tls.mutual(), "listening for TLS on {addr}");
+                shared.add_listener(format!("tls://{addr}"));
+                Some(tls)
+            }
+            (Some(_), None) => {
+                return Err(Error::Shutdown(
+                    "a TLS listener needs a TLS configuration (tls.cert, tls.key)".into(),
+                ))
+            }
+        };
         let tracker = TaskTracker::new();
         *lock(&shared.bridges) = crate::bridge::start(self, &tracker);
         let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
         tokio::pin!(shutdown);
         loop {
-            let (socket, peer) = tokio::select! {
+            let (socket, peer, secure) = tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
+                    Ok((s, p)) => (s, p, false),
                     Err(e) => {
-                        // Out of file descriptors, most likely: back off instead of
-                        // spinning, and keep serving the connections we have.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        backoff_after_accept_error(e).await;
+                        continue;
+                    }
+                },
+                accepted = accept(tls_listener.as_ref()) => match accepted {
+                    Ok((s, p)) => (s, p, true),
+                    Err(e) => {
+                        backoff_after_accept_error(e).await;
                         continue;
                     }
                 },
                 () = &mut shutdown => break,
             };
-            match Arc::clone(&slots).try_acquire_owned() {
-                Ok(permit) => {
-                    tracker.spawn(session::serve_tcp(socket, peer, Arc::clone(shared), permit));
+            let admission = match self.admit(&slots, peer) {
+                Ok(a) => a,
+                Err(refusal) => {
+                    tracker.spawn(refuse(socket, refusal));
+                    continue;
                 }
-                Err(_) => {
-                    shared
-                        .stats
-                        .connections_rejected
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%peer, "connection refused: at the connection limit");
-                    tracker.spawn(refuse(socket, shared.config.limits.max_connections));
+            };
+            match (secure, tls) {
+                (true, Some(tls)) => {
+                    let acceptor = tls.acceptor();
+                    tracker.spawn(serve_tls(
+                        socket,
+                        peer,
+                        acceptor,
+                        Arc::clone(shared),
+                        admission,
+                    ));
+                }
+                _ => {
+                    tracker.spawn(session::serve_tcp(
+                        socket,
+                        peer,
+                        Arc::clone(shared),
+                        admission,
+                    ));
                 }
             }
         }
         drop(listener);
+        drop(tls_listener);
         tracing::info!("shutting down");
         shared.shutdown.cancel();
         tracker.close();
@@ -490,13 +555,146 @@ impl Server {
     }
 }
 
-/// Tells a client over the connection limit why it is being closed.
-async fn refuse(mut socket: TcpStream, limit: usize) {
-    let err = ErrorFrame::new(
-        0,
-        ErrorCode::TooManyConnections,
-        format!("the server is at its limit of {limit} connections; try again later"),
-    );
+/// A connection's place under the connection limits, released when it ends.
+struct Admission {
+    _slot: OwnedSemaphorePermit,
+    _ip: IpSlot,
+}
+
+/// One connection counted against its address's limit.
+struct IpSlot {
+    ip: IpAddr,
+    shared: Arc<Shared>,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut per_ip = lock(&self.shared.per_ip);
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Server {
+    /// Counts a new connection against the total and per-address limits.
+    fn admit(&self, slots: &Arc<Semaphore>, peer: SocketAddr) -> Result<Admission, String> {
+        let shared = &self.shared;
+        let limits = &shared.config.limits;
+        let Ok(slot) = Arc::clone(slots).try_acquire_owned() else {
+            shared
+                .stats
+                .connections_rejected
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "connection refused: at the connection limit");
+            return Err(format!(
+                "the server is at its limit of {} connections; try again later",
+                limits.max_connections
+            ));
+        };
+        let ip = peer.ip();
+        {
+            let mut per_ip = lock(&shared.per_ip);
+            let n = per_ip.entry(ip).or_insert(0);
+            if *n >= limits.max_connections_per_ip {
+                shared
+                    .stats
+                    .connections_rejected_per_ip
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, "connection refused: too many from this address");
+                return Err(format!(
+                    "{ip} already has {} connections, the limit per address",
+                    limits.max_connections_per_ip
+                ));
+            }
+            *n += 1;
+        }
+        Ok(Admission {
+            _slot: slot,
+            _ip: IpSlot {
+                ip,
+                shared: Arc::clone(shared),
+            },
+        })
+    }
+
+    /// Re-reads the TLS certificate files (on SIGHUP): new connections get the new
+    /// certificate, open ones keep theirs.
+    ///
+    /// # Errors
+    ///
+    /// No TLS is configured, or the files are unusable (the old ones stay in force).
+    pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
+        match &self.shared.tls {
+            Some(tls) => tls.reload(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Accepts on an optional listener; pends forever when there is none.
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// After an accept error (out of file descriptors, most likely): back off instead of
+/// spinning, and keep serving the connections we have.
+async fn backoff_after_accept_error(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Completes a TLS handshake (within the handshake timeout) and serves the connection.
+async fn serve_tls(
+    socket: TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+    admission: Admission,
+) {
+    let _ = socket.set_nodelay(true);
+    let timeout = shared.config.limits.handshake_timeout;
+    let stream = match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            shared
+                .stats
+                .count_protocol_error(ErrorCode::HandshakeTimeout);
+            return;
+        }
+        Err(_) => {
+            shared
+                .stats
+                .count_protocol_error(ErrorCode::HandshakeTimeout);
+            return;
+        }
+    };
+    let certificate = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| crate::tls::certificate_identity(leaf));
+    let (rd, wr) = tokio::io::split(stream);
+    let peer = session::Peer {
+        addr: peer.to_string(),
+        trusted: false,
+        certificate,
+    };
+    session::serve(rd, wr, peer, shared).await;
+    drop(admission);
+}
+
+/// Tells a client refused at a connection limit why it is being closed.
+async fn refuse(mut socket: TcpStream, reason: String) {
+    let err = ErrorFrame::new(0, ErrorCode::TooManyConnections, reason);
     let mut buf = bytes::BytesMut::new();
     if err.encode(&mut buf).is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(1), socket.write_all(&buf)).await;
@@ -520,11 +718,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Listen::On(addr) => Some(bind(addr).await?),
         Listen::Off => None,
     };
+    let tls_listener = match &config.tls {
+        Some(t) => Some(bind(t.listen).await?),
+        None => None,
+    };
     let server = Server::open(config).await?;
     if let Some(metrics) = metrics {
         tracing::info!("metrics on http://{}/metrics", metrics.local_addr()?);
         let server = server.clone();
         tokio::spawn(async move { server.serve_metrics(metrics).await });
     }
-    server.serve(listener, shutdown).await
+    #[cfg(unix)]
+    if tls_listener.is_some() {
+        reload_on_sighup(server.clone())?;
+    }
+    server.serve_with(listener, tls_listener, shutdown).await
+}
+
+/// Reloads the TLS certificates on every SIGHUP.
+#[cfg(unix)]
+fn reload_on_sighup(server: Server) -> std::io::Result<()> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match server.reload_tls() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; the old certificates stay")
+                }
+            }
+        }
+    });
+    Ok(())
 }

@@ -16,9 +16,10 @@ use tern_codec::{DecodeError, Encode, ErrorCode, ErrorFrame, Frame, Pong};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
+use crate::auth::replies::ReplyPermits;
+use crate::auth::Principal;
 use crate::connection::FrameReader;
 use crate::error::ReadError;
 use crate::handler::{self, Reject};
@@ -33,6 +34,11 @@ use crate::stats::BatchCounts;
 /// The state of one greeted connection, as the handlers see it.
 pub(crate) struct Session {
     pub id: u64,
+    /// Who the connection is, and what it may do.
+    pub principal: Principal,
+    /// Reply subjects this connection may publish to beyond its permissions; `None`
+    /// when it may publish anywhere anyway.
+    pub replies: Option<Arc<ReplyPermits>>,
     pub shared: Arc<Shared>,
     pub outbound: Arc<Outbound>,
     /// This connection's subscriptions by the client's subscription id.
@@ -56,15 +62,17 @@ pub(crate) struct Peer {
     /// An in-process connection made by the broker itself (a bridge): it needs no
     /// credentials and passes every permission check.
     pub trusted: bool,
+    /// The identity of a verified client certificate (mutual TLS).
+    pub certificate: Option<String>,
 }
 
 /// Serves one accepted TCP socket until it closes, the peer misbehaves, or the server
-/// shuts down. Holds `permit` (a slot under the connection limit) until then.
-pub(crate) async fn serve_tcp(
+/// shuts down. Holds `admission` (its place under the connection limits) until then.
+pub(crate) async fn serve_tcp<A>(
     socket: TcpStream,
     addr: SocketAddr,
     shared: Arc<Shared>,
-    permit: OwnedSemaphorePermit,
+    admission: A,
 ) {
     // Best effort: without it small frames wait for Nagle's timer, with it they do not.
     let _ = socket.set_nodelay(true);
@@ -72,9 +80,10 @@ pub(crate) async fn serve_tcp(
     let peer = Peer {
         addr: addr.to_string(),
         trusted: false,
+        certificate: None,
     };
     serve(rd, wr, peer, shared).await;
-    drop(permit);
+    drop(admission);
 }
 
 /// Serves a connection given as its two halves (a socket's, a TLS stream's, an
@@ -86,7 +95,13 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
 ) {
     let id = shared.next_connection_id();
-    let span = tracing::info_span!("conn", id, peer = %peer.addr, client = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "conn",
+        id,
+        peer = %peer.addr,
+        client = tracing::field::Empty,
+        user = tracing::field::Empty
+    );
     serve_inner(rd, wr, peer, id, shared).instrument(span).await;
 }
 
@@ -107,8 +122,11 @@ async fn serve_inner(
     let writer = tokio::spawn(Arc::clone(&outbound).write_to(wr, limits.write_timeout));
     let mut reader = FrameReader::new(rd, limits.max_frame_size);
 
-    if let Some(name) = handshake(&mut reader, &outbound, &shared, id).await {
+    if let Some((name, principal)) = handshake(&mut reader, &outbound, &shared, &peer, id).await {
         tracing::Span::current().record("client", name.as_str());
+        if let Some(user) = &principal.user {
+            tracing::Span::current().record("user", user.as_str());
+        }
         tracing::debug!("connected");
         shared.register(
             id,
@@ -118,8 +136,14 @@ async fn serve_inner(
                 outbound: Arc::clone(&outbound),
             },
         );
+        // A responder whose own permissions do not let it reply to requesters' inboxes
+        // gets a permit for each request handed to it.
+        let replies = (!principal.permissions.publish.allows_pattern(">"))
+            .then(|| Arc::new(ReplyPermits::default()));
         let mut session = Session {
             id,
+            principal,
+            replies,
             shared: Arc::clone(&shared),
             outbound: Arc::clone(&outbound),
             subs: FxHashMap::default(),
@@ -148,14 +172,19 @@ async fn serve_inner(
     }
 }
 
-/// Reads the HELLO and answers WELCOME. Returns the client's name, or `None` when the
-/// connection ended or was refused (the ERROR is already queued).
+/// How long a refused login waits before its connection is closed: it slows down
+/// password guessing, and costs the server nothing (the task just sleeps).
+const AUTH_FAILURE_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Reads the HELLO, authenticates, and answers WELCOME. Returns the client's name and
+/// who it is, or `None` when the connection ended or was refused (the ERROR is queued).
 async fn handshake<R: AsyncRead + Unpin>(
     reader: &mut FrameReader<R>,
     outbound: &Arc<Outbound>,
     shared: &Shared,
+    peer: &Peer,
     id: u64,
-) -> Option<String> {
+) -> Option<(String, Principal)> {
     let timeout = shared.config.limits.handshake_timeout;
     let first = tokio::select! {
         r = tokio::time::timeout(timeout, reader.read_frame()) => r,
@@ -178,10 +207,18 @@ async fn handshake<R: AsyncRead + Unpin>(
         }
         Ok(Ok(Some(frame))) => match handler::hello::accept(shared, id, frame) {
             Ok((hello, welcome)) => {
+                let Some(principal) = authenticate(shared, peer, &hello).await else {
+                    outbound.close_with(Some(&ErrorFrame::new(
+                        0,
+                        ErrorCode::AuthenticationFailed,
+                        "authentication failed",
+                    )));
+                    return None;
+                };
                 let mut wakes = Wakes::default();
                 outbound.push_control(&welcome, &mut wakes);
                 wakes.wake_all();
-                return Some(hello.name.to_string());
+                return Some((hello.name.to_string(), principal));
             }
             Err(reject) => {
                 shared.stats.count_protocol_error(reject.code);
@@ -194,9 +231,45 @@ async fn handshake<R: AsyncRead + Unpin>(
     None
 }
 
+/// Decides who the client is. A refusal is logged with the peer and the reason,
+/// counted, answered with a bare `authentication_failed` after a short delay, and
+/// closes the connection.
+async fn authenticate(
+    shared: &Shared,
+    peer: &Peer,
+    hello: &tern_codec::Hello,
+) -> Option<Principal> {
+    if peer.trusted {
+        return Some(Principal::trusted());
+    }
+    let auth = Arc::clone(&shared.config.auth);
+    let credentials = hello.credentials.clone();
+    let certificate = peer.certificate.clone();
+    // argon2 takes tens of milliseconds on purpose: not on the async threads.
+    let result = tokio::task::spawn_blocking(move || {
+        auth.authenticate(credentials.as_ref(), certificate.as_deref())
+    })
+    .await;
+    let failure = match result {
+        Ok(Ok(principal)) => return Some(principal),
+        Ok(Err(failure)) => failure.to_string(),
+        Err(e) => format!("the check did not finish: {e}"),
+    };
+    tracing::warn!(peer = %peer.addr, reason = %failure, "authentication failed");
+    shared
+        .stats
+        .auth_failures
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(AUTH_FAILURE_DELAY).await;
+    None
+}
+
 impl Session {
     /// Handles frames until the connection ends.
     async fn run<R: AsyncRead + Unpin>(&mut self, reader: &mut FrameReader<R>) {
+        let idle = self.shared.config.limits.idle_timeout;
+        let mut heard = tokio::time::Instant::now();
+        let mut pinged = false;
         loop {
             loop {
                 match reader.next_buffered() {
@@ -215,6 +288,23 @@ impl Session {
             self.end_batch().await;
             tokio::select! {
                 biased;
+                () = tokio::time::sleep_until(heard + if pinged { idle * 2 } else { idle }) => {
+                    if pinged {
+                        self.shared.stats.idle_disconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.outbound.close_with(Some(&ErrorFrame::new(
+                            0,
+                            ErrorCode::IdleTimeout,
+                            format!(
+                                "nothing received for {}; closing",
+                                humantime::format_duration(idle * 2)
+                            ),
+                        )));
+                        return;
+                    }
+                    // Silent for a while: make sure the peer is still there.
+                    pinged = true;
+                    self.reply(&tern_codec::Ping { id: 0 });
+                }
                 () = self.outbound.ending().cancelled() => {
                     if self.shared.shutdown.is_cancelled() {
                         self.outbound.close_with(Some(&ErrorFrame::new(
@@ -226,7 +316,10 @@ impl Session {
                     return;
                 }
                 read = reader.fill() => match read {
-                    Ok(true) => {}
+                    Ok(true) => {
+                        heard = tokio::time::Instant::now();
+                        pinged = false;
+                    }
                     Ok(false) => return,
                     Err(e) => {
                         tracing::debug!(error = %e, "read ended");

@@ -32,6 +32,10 @@ pub struct Stats {
     protocol_error_kinds: [AtomicU64; 4],
     pub duplicates: AtomicU64,
     pub auth_failures: AtomicU64,
+    /// Connections refused for their address's connection limit.
+    pub connections_rejected_per_ip: AtomicU64,
+    /// Connections closed for silence.
+    pub idle_disconnects: AtomicU64,
     /// Messages and payload bytes published, by QoS.
     published_by_qos: [(AtomicU64, AtomicU64); 3],
 }
@@ -53,6 +57,8 @@ pub struct StatsSnapshot {
     pub duplicates: u64,
     /// Handshakes refused for bad credentials.
     pub auth_failures: u64,
+    pub connections_rejected_per_ip: u64,
+    pub idle_disconnects: u64,
     /// Messages and payload bytes published, by QoS (0, 1, 2).
     pub published_by_qos: [(u64, u64); 3],
 }
@@ -73,6 +79,8 @@ impl Stats {
             protocol_errors: self.protocol_errors.load(Relaxed),
             duplicates: self.duplicates.load(Relaxed),
             auth_failures: self.auth_failures.load(Relaxed),
+            connections_rejected_per_ip: self.connections_rejected_per_ip.load(Relaxed),
+            idle_disconnects: self.idle_disconnects.load(Relaxed),
             published_by_qos: self
                 .published_by_qos
                 .each_ref()

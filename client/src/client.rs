@@ -14,7 +14,7 @@ use crate::outbound::{Link, WriteBuffer};
 use crate::publish::Publish;
 use crate::state::{Request, State};
 use crate::subscription::SubscribeBuilder;
-use crate::transport::{AsyncStream, Connector};
+use crate::transport::{AsyncStream, Connector, TlsOptions};
 use crate::Error;
 
 /// How a client connects and behaves. Built with [`Client::builder`].
@@ -31,6 +31,8 @@ pub struct ClientBuilder {
     pub(crate) write_buffer: usize,
     pub(crate) subscription_capacity: usize,
     pub(crate) max_inflight: usize,
+    pub(crate) credentials: Option<tern_codec::Credentials>,
+    pub(crate) tls: Option<TlsOptions>,
 }
 
 impl Default for ClientBuilder {
@@ -47,6 +49,8 @@ impl Default for ClientBuilder {
             write_buffer: 8 * 1024 * 1024,
             subscription_capacity: 64 * 1024,
             max_inflight: 16 * 1024,
+            credentials: None,
+            tls: None,
         }
     }
 }
@@ -120,16 +124,52 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects to `addr` (`host:port`) and completes the handshake.
+    /// Logs in as `user` with `password`.
+    pub fn credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.credentials = Some(tern_codec::Credentials::Password {
+            user: user.into().into(),
+            password: password.into().into(),
+        });
+        self
+    }
+
+    /// Logs in with a bearer token.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.credentials = Some(tern_codec::Credentials::Token(token.into().into()));
+        self
+    }
+
+    /// Connects with TLS (also implied by a `tls://` address): whom to trust and,
+    /// for mutual TLS, the client's certificate.
+    pub fn tls(mut self, options: TlsOptions) -> Self {
+        self.tls = Some(options);
+        self
+    }
+
+    /// Connects to `addr` — `host:port`, or `tls://host:port` for TLS — and completes
+    /// the handshake.
     ///
     /// # Errors
     ///
     /// [`Error::Connect`] when the server cannot be reached, [`Error::Refused`] when it
-    /// refuses the handshake.
+    /// refuses the handshake (wrong credentials, say).
     pub async fn connect(self, addr: impl Into<String>) -> Result<Client, Error> {
-        let addr = addr.into();
-        let connector = Connector::Tcp(addr.clone());
-        self.connect_via(addr, connector).await
+        let url = addr.into();
+        let (addr, tls) = match url.strip_prefix("tls://") {
+            Some(rest) => (rest.to_string(), Some(self.tls.clone().unwrap_or_default())),
+            None => (
+                url.strip_prefix("tcp://").unwrap_or(&url).to_string(),
+                self.tls.clone(),
+            ),
+        };
+        let connector = match tls {
+            Some(options) => options.connector(&addr).map_err(|reason| Error::Connect {
+                addr: url.clone(),
+                reason,
+            })?,
+            None => Connector::Tcp(addr),
+        };
+        self.connect_via(url, connector).await
     }
 
     /// Connects over streams that `connect` opens (for the first connection and every

@@ -54,7 +54,7 @@ pub(crate) async fn establish(inner: &Inner) -> Result<Established, Error> {
         let hello = Hello {
             version: PROTOCOL_VERSION,
             name: opts.name.as_str().into(),
-            credentials: None,
+            credentials: opts.credentials.clone(),
         };
         let mut buf = BytesMut::with_capacity(hello.encoded_len());
         hello.encode(&mut buf)?;

@@ -57,4 +57,4 @@ pub use tern_codec::{
     Binding, ErrorCode, Headers, Overflow, Pattern, Qos, QueueInfo, QueueOptions, QueueStats,
     ServerInfo, Subject,
 };
-pub use transport::AsyncStream;
+pub use transport::{AsyncStream, TlsOptions};

@@ -137,8 +137,16 @@ pub enum ErrorCode {
     InvalidProducer = 109,
     /// The client does not read fast enough; the server closes the connection.
     SlowConsumer = 200,
-    /// The server is at its connection limit.
+    /// The server is at its connection limit (in all, or from the client's address).
     TooManyConnections = 201,
+    /// The connection was silent too long (it did not answer the server's PING).
+    IdleTimeout = 202,
+    /// The credentials (or client certificate) were refused. Deliberately says no
+    /// more: not whether the user exists.
+    AuthenticationFailed = 300,
+    /// The user may not do this; the message names the operation and the subject or
+    /// queue.
+    PermissionDenied = 301,
     /// No queue has this name.
     QueueNotFound = 400,
     /// A queue of this name exists with other bindings or options.
@@ -184,6 +192,9 @@ pub const ERROR_CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::InvalidProducer, "invalid_producer"),
     (ErrorCode::SlowConsumer, "slow_consumer"),
     (ErrorCode::TooManyConnections, "too_many_connections"),
+    (ErrorCode::IdleTimeout, "idle_timeout"),
+    (ErrorCode::AuthenticationFailed, "authentication_failed"),
+    (ErrorCode::PermissionDenied, "permission_denied"),
     (ErrorCode::QueueNotFound, "queue_not_found"),
     (ErrorCode::QueueExists, "queue_exists"),
     (ErrorCode::QueueFull, "queue_full"),

@@ -29,6 +29,19 @@ struct Cli {
 
     #[command(flatten)]
     settings: Settings,
+
+    #[command(subcommand)]
+    tool: Option<Tool>,
+}
+
+/// Helpers for writing a config file.
+#[derive(Debug, clap::Subcommand)]
+enum Tool {
+    /// Print an argon2 hash of a password, for a user's `password_hash`. The password
+    /// is read from the terminal without echo, or from the first line of standard input
+    Passwd,
+    /// Print a new random bearer token, and its SHA-256 for a user's `token_sha256`
+    Token,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -50,6 +63,15 @@ fn main() -> ExitCode {
             .init(),
         LogFormat::Json => logs.json().init(),
     }
+    if let Some(tool) = &cli.tool {
+        return match run_tool(tool) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ternd: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(path) = &cli.check_config {
         return match load(Some(path), cli.settings) {
             Ok(_) => {
@@ -69,6 +91,40 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_tool(tool: &Tool) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal};
+    match tool {
+        Tool::Passwd => {
+            let password = if std::io::stdin().is_terminal() {
+                let first = rpassword::prompt_password("password: ")?;
+                let again = rpassword::prompt_password("again: ")?;
+                anyhow::ensure!(first == again, "the passwords differ");
+                first
+            } else {
+                let mut line = String::new();
+                std::io::stdin().lock().read_line(&mut line)?;
+                line.trim_end_matches(['\n', '\r']).to_string()
+            };
+            anyhow::ensure!(!password.is_empty(), "the password is empty");
+            println!(
+                "{}",
+                tern_broker::auth::hash_password(&password).map_err(anyhow::Error::msg)?
+            );
+        }
+        Tool::Token => {
+            use argon2::password_hash::rand_core::{OsRng, RngCore};
+            let mut secret = [0u8; 32];
+            OsRng.fill_bytes(&mut secret);
+            let token: String = std::iter::once("tern_".to_string())
+                .chain(secret.iter().map(|b| format!("{b:02x}")))
+                .collect();
+            println!("token:        {token}");
+            println!("token_sha256: {}", tern_broker::auth::token_sha256(&token));
+        }
+    }
+    Ok(())
 }
 
 /// The configuration from `file` (if any) with the environment and flags over it.
@@ -112,4 +168,16 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     Ok(async {
         let _ = tokio::signal::ctrl_c().await;
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every flag is unique and well formed (clap checks this only at run time).
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
 }

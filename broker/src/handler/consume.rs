@@ -21,6 +21,9 @@ use crate::session::Session;
 /// No such queue, the consumer id in use, a prefetch of 0 or over the server's
 /// maximum, or an exactly-once consumer without a valid name.
 pub(crate) fn consume(session: &mut Session, c: Consume) -> Result<(), Reject> {
+    if !session.principal.permissions.consume.allows(&c.queue) {
+        return Err(Reject::denied("consume from", &c.queue));
+    }
     let queue = session
         .shared
         .queues
@@ -57,7 +60,14 @@ pub(crate) fn consume(session: &mut Session, c: Consume) -> Result<(), Reject> {
         conn: session.id,
         cid: c.cid,
     };
-    let consumer = Consumer::new(key, Arc::clone(&session.outbound), c.prefetch, c.mode, name);
+    let consumer = Consumer::new(
+        key,
+        Arc::clone(&session.outbound),
+        session.replies.clone(),
+        c.prefetch,
+        c.mode,
+        name,
+    );
     session.consumers.insert(c.cid, Arc::clone(&queue));
     let reply = (Arc::clone(&session.outbound), c.id);
     session.tell_queue(&queue, QueueInput::Attach { consumer, reply });

@@ -27,4 +27,12 @@ impl Reject {
             message: message.into(),
         }
     }
+
+    /// The user may not do `operation` on `target`.
+    pub fn denied(operation: &str, target: &str) -> Self {
+        Self::new(
+            ErrorCode::PermissionDenied,
+            format!("permission denied: {operation} '{target}'"),
+        )
+    }
 }

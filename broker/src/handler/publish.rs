@@ -30,12 +30,26 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
     let limits = &session.shared.config.limits;
     let router = &session.shared.router;
     let env = &publish.envelope;
+    // A cached route means the subject was valid and permitted when first seen: the
+    // checks below run once per subject, not once per message.
     let interest = match router.cached(&mut session.routes, &env.subject) {
         Some(interest) => interest,
         None => {
             validate_subject(&env.subject, &limits.subject)
                 .map_err(|e| invalid_subject("subject", &env.subject, &e))?;
-            router.lookup(&mut session.routes, &env.subject)
+            if session.principal.permissions.publish.allows(&env.subject) {
+                router.lookup(&mut session.routes, &env.subject)
+            } else if session
+                .replies
+                .as_ref()
+                .is_some_and(|r| r.allows(&env.subject))
+            {
+                // A reply to a request this connection was handed; not cached, so the
+                // permit's expiry is honoured.
+                router.lookup_uncached(&env.subject)
+            } else {
+                return Err(Reject::denied("publish to", &env.subject));
+            }
         }
     };
     if let Some(reply_to) = &env.reply_to {

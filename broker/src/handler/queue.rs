@@ -32,6 +32,15 @@ enum Answer {
     Done(u64),
 }
 
+/// Refuses queue administration to users without the `admin` permission.
+fn require_admin(session: &Session, what: &str, queue: &str) -> Result<(), Reject> {
+    if session.principal.permissions.admin {
+        Ok(())
+    } else {
+        Err(Reject::denied(what, queue))
+    }
+}
+
 /// Runs `work` in the background and sends its answer (with `id`) on the connection.
 fn run<F>(session: &Session, id: u32, work: impl FnOnce(Arc<Shared>) -> F)
 where
@@ -108,6 +117,7 @@ async fn journal(
 ///
 /// An invalid definition (the rest is answered later).
 pub(crate) fn declare(session: &mut Session, d: QueueDeclare) -> Result<(), Reject> {
+    require_admin(session, "declare queue", &d.name)?;
     let config = &session.shared.config;
     let def = QueueDef::from_declare(&d, &config.queues, &config.limits.subject)?;
     run(session, d.id, move |shared| async move {
@@ -156,6 +166,7 @@ pub(crate) fn declare(session: &mut Session, d: QueueDeclare) -> Result<(), Reje
 ///
 /// Never at once; the queue's absence is answered later.
 pub(crate) fn delete(session: &mut Session, d: QueueDelete) -> Result<(), Reject> {
+    require_admin(session, "delete queue", &d.name)?;
     run(session, d.id, move |shared| async move {
         let _admin = shared.queues.admin.lock().await;
         let queue = shared
@@ -200,6 +211,7 @@ pub(crate) fn query(session: &mut Session, q: QueueQuery) -> Result<(), Reject> 
 ///
 /// Never at once; an unknown name is answered later.
 pub(crate) fn purge(session: &mut Session, p: QueuePurge) -> Result<(), Reject> {
+    require_admin(session, "purge queue", &p.name)?;
     run(session, p.id, move |shared| async move {
         let queue = shared
             .queues
@@ -226,6 +238,7 @@ pub(crate) fn purge(session: &mut Session, p: QueuePurge) -> Result<(), Reject> 
 ///
 /// Invalid names, or moving a queue into itself.
 pub(crate) fn move_messages(session: &mut Session, m: QueueMove) -> Result<(), Reject> {
+    require_admin(session, "move messages from queue", &m.from)?;
     for name in [&m.from, &m.to] {
         validate_name(name).map_err(|e| Reject::new(ErrorCode::InvalidQueue, e))?;
     }

@@ -25,6 +25,14 @@ pub(crate) fn subscribe(session: &mut Session, sub: Subscribe) -> Result<(), Rej
             format!("invalid pattern '{}': {e}", sub.pattern),
         )
     })?;
+    if !session
+        .principal
+        .permissions
+        .subscribe
+        .allows_pattern(&pattern)
+    {
+        return Err(Reject::denied("subscribe to", &pattern));
+    }
     if let Some(group) = &sub.group {
         if group.len() > MAX_GROUP_LEN || group.chars().any(|c| c.is_whitespace() || c.is_control())
         {
@@ -66,6 +74,7 @@ pub(crate) fn subscribe(session: &mut Session, sub: Subscribe) -> Result<(), Rej
         pattern,
         sub.group,
         Arc::clone(&session.outbound),
+        session.replies.clone(),
     ));
     session.shared.router.subscribe(Arc::clone(&subscriber));
     session.subs.insert(sub.sid, subscriber);

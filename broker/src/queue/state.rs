@@ -28,6 +28,7 @@ use tern_codec::{AckMode, DeliveryHead, ErrorCode, QueueStats};
 use tern_storage::{MessageMeta, StoredMessage};
 
 use super::def::{OverflowDef, QueueDef};
+use crate::auth::replies::ReplyPermits;
 use crate::handler::Reject;
 use crate::outbound::Outbound;
 
@@ -82,6 +83,9 @@ pub struct Entry {
 pub struct Consumer {
     pub key: ConsumerKey,
     pub outbound: Arc<Outbound>,
+    /// The consumer's reply permits, when its own permissions would not let it reply
+    /// to the requests it is delivered.
+    pub replies: Option<Arc<ReplyPermits>>,
     pub prefetch: u32,
     pub mode: AckMode,
     /// Durable name (exactly-once consumers).
@@ -109,6 +113,7 @@ impl Consumer {
     pub fn new(
         key: ConsumerKey,
         outbound: Arc<Outbound>,
+        replies: Option<Arc<ReplyPermits>>,
         prefetch: u32,
         mode: AckMode,
         name: Option<Arc<str>>,
@@ -116,6 +121,7 @@ impl Consumer {
         Self {
             key,
             outbound,
+            replies,
             prefetch,
             mode,
             name,
@@ -155,6 +161,8 @@ pub enum Action {
     /// Write a DELIVERY (the body is `None` when it must be read from the store).
     Deliver {
         outbound: Arc<Outbound>,
+        /// The consumer's reply permits, to grant the message's reply-to.
+        replies: Option<Arc<ReplyPermits>>,
         head: DeliveryHead,
         body: Option<Bytes>,
         /// When the message entered the queue (ms since the epoch).
@@ -371,6 +379,7 @@ impl QueueState {
             c.in_flight += 1;
             out.push(Action::Deliver {
                 outbound: Arc::clone(&c.outbound),
+                replies: c.replies.clone(),
                 head: DeliveryHead {
                     cid: key.cid,
                     delivery_id,
@@ -722,6 +731,7 @@ impl QueueState {
             self.next_delivery_id += 1;
             out.push(Action::Deliver {
                 outbound: Arc::clone(&c.outbound),
+                replies: c.replies.clone(),
                 head: DeliveryHead {
                     cid: c.key.cid,
                     delivery_id,
@@ -847,7 +857,14 @@ mod tests {
             Arc::default(),
         ));
         let name = (mode == AckMode::ExactlyOnce).then(|| Arc::from("billing"));
-        Consumer::new(ConsumerKey { conn: 1, cid }, outbound, prefetch, mode, name)
+        Consumer::new(
+            ConsumerKey { conn: 1, cid },
+            outbound,
+            None,
+            prefetch,
+            mode,
+            name,
+        )
     }
 
     fn key(cid: u32) -> ConsumerKey {

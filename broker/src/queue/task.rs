@@ -154,11 +154,20 @@ impl QueueTask {
             match action {
                 Action::Deliver {
                     outbound,
+                    replies,
                     head,
                     body,
                     enqueued_ms,
                 } => match self.body(head.seq, body) {
                     Some(env) => {
+                        if let Some(permits) = replies {
+                            let reply_to = Envelope::decode_bytes(env.clone())
+                                .ok()
+                                .and_then(|e| e.reply_to);
+                            if let Some(reply_to) = reply_to {
+                                permits.grant(&reply_to);
+                            }
+                        }
                         if head.delivery_count == 1 {
                             let waited = now_ms().saturating_sub(enqueued_ms);
                             self.delivery_latency.record(Duration::from_millis(waited));

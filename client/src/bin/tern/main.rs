@@ -14,8 +14,11 @@ mod subscribe;
 
 use std::process::ExitCode;
 
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use tern_client::{Client, Headers};
+use tern_client::{Client, Headers, TlsOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,6 +37,64 @@ struct Cli {
         value_name = "ADDR"
     )]
     server: String,
+
+    /// Connect with TLS (also implied by a tls://host:port server address)
+    #[arg(long, global = true)]
+    tls: bool,
+
+    /// CA certificate (PEM) to trust instead of the system's roots; implies --tls
+    #[arg(long, global = true, value_name = "FILE", env = "TERN_CA")]
+    ca: Option<PathBuf>,
+
+    /// Client certificate (PEM), for servers that require one; implies --tls
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        requires = "key",
+        env = "TERN_CERT"
+    )]
+    cert: Option<PathBuf>,
+
+    /// Client private key (PEM)
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        requires = "cert",
+        env = "TERN_KEY"
+    )]
+    key: Option<PathBuf>,
+
+    /// User to log in as
+    #[arg(long, global = true, value_name = "NAME", env = "TERN_USER")]
+    user: Option<String>,
+
+    /// The user's password
+    #[arg(
+        long,
+        global = true,
+        value_name = "PASSWORD",
+        env = "TERN_PASSWORD",
+        conflicts_with = "password_file",
+        hide_env_values = true
+    )]
+    password: Option<String>,
+
+    /// Read the user's password from this file (its first line)
+    #[arg(long, global = true, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+
+    /// Log in with a bearer token instead
+    #[arg(
+        long,
+        global = true,
+        value_name = "TOKEN",
+        env = "TERN_TOKEN",
+        conflicts_with = "user",
+        hide_env_values = true
+    )]
+    token: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -89,11 +150,33 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let connect = || async {
-        Client::builder()
-            .name("tern-cli")
-            .connect(cli.server.as_str())
-            .await
+    let mut builder = Client::builder().name("tern-cli");
+    if cli.tls || cli.ca.is_some() || cli.cert.is_some() {
+        builder = builder.tls(TlsOptions {
+            ca: cli.ca.clone(),
+            cert: cli.cert.clone(),
+            key: cli.key.clone(),
+        });
+    }
+    if let Some(token) = &cli.token {
+        builder = builder.token(token);
+    }
+    if let Some(user) = &cli.user {
+        let password = match (&cli.password, &cli.password_file) {
+            (Some(p), _) => p.clone(),
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .with_context(|| format!("reading the password file {}", file.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            (None, None) => bail!("--user needs --password or --password-file (or TERN_PASSWORD)"),
+        };
+        builder = builder.credentials(user, password);
+    }
+    let connect = || {
+        let builder = builder.clone();
+        async move { builder.connect(cli.server.as_str()).await }
     };
     match cli.command {
         Command::Pub(args) => publish::run(connect().await?, args).await,
@@ -119,4 +202,16 @@ fn headers(pairs: &[(String, String)]) -> Headers {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every flag is unique and well formed (clap checks this only at run time).
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
 }
