@@ -14,6 +14,11 @@ use crate::{
 /// Key of the format marker in sled's default tree.
 const FORMAT_KEY: &[u8] = b"tern.format";
 
+/// A file of our own, written once the format marker is durable. sled discards a log
+/// it cannot read and opens empty; this file is how a damaged store is told apart from
+/// a new one (or from a crash before the first marker reached the disk).
+const STORE_FILE: &str = "tern-store";
+
 const QUEUE: u8 = b'q';
 const NEXT_SEQ: u8 = b'n';
 const CHUNK: u8 = b'c';
@@ -112,15 +117,22 @@ impl SledStore {
                     detail: format!("format marker has {} bytes, expected 4", v.len()),
                 })?;
                 let found = u32::from_be_bytes(bytes);
-                if found != FORMAT_VERSION {
-                    return Err(StorageError::IncompatibleFormat {
+                if found == FORMAT_VERSION {
+                    Ok(())
+                } else {
+                    Err(StorageError::IncompatibleFormat {
                         path: self.path.clone(),
                         found,
                         expected: FORMAT_VERSION,
-                    });
+                    })
                 }
-                Ok(())
             }
+            None if self.path.join(STORE_FILE).exists() => Err(StorageError::Corrupt {
+                path: self.path.clone(),
+                detail: "the format marker is gone: the store's log is damaged or was \
+                         truncated (restore the data directory from a backup)"
+                    .into(),
+            }),
             None if fresh || self.db.is_empty() => {
                 self.db.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())?;
                 self.db.flush()?;
@@ -129,7 +141,27 @@ impl SledStore {
             None => Err(StorageError::NotATernStore {
                 path: self.path.clone(),
             }),
+        }?;
+        self.write_store_file()
+    }
+
+    /// Writes [`STORE_FILE`] (once) and makes it durable.
+    fn write_store_file(&self) -> Result<(), StorageError> {
+        let file = self.path.join(STORE_FILE);
+        if file.exists() {
+            return Ok(());
         }
+        let io = |e| StorageError::Io(sled::Error::Io(e));
+        let tmp = self.path.join(format!("{STORE_FILE}.tmp"));
+        std::fs::write(&tmp, format!("tern store, format {FORMAT_VERSION}\n")).map_err(io)?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&tmp, &file).map_err(io)?;
+        // The rename is durable only once the directory is.
+        std::fs::File::open(&self.path)
+            .and_then(|d| d.sync_all())
+            .map_err(io)
     }
 
     /// The data directory.
@@ -574,6 +606,27 @@ mod tests {
             matches!(err, StorageError::IncompatibleFormat { found: 99, .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_store_whose_log_was_overwritten_is_corrupt_not_new() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store
+                .apply(&Commit {
+                    put_queues: vec![queue(1, "orders")],
+                    ..Commit::default()
+                })
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let db = dir.path().join("db");
+        let len = usize::try_from(std::fs::metadata(&db).unwrap().len()).unwrap();
+        std::fs::write(&db, vec![0xAB; len]).unwrap();
+        let err = SledStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("format marker is gone"), "{err}");
     }
 
     #[test]
