@@ -212,6 +212,7 @@ impl ClientBuilder {
         });
         let conn = establish(&inner).await?;
         inner.connected(&conn.welcome);
+        inner.out.set_link(Link::Up);
         let driver = tokio::spawn(connection::drive(Arc::clone(&inner), conn));
         *lock(&inner.driver) = Some(driver);
         Ok(Client {

@@ -118,7 +118,11 @@ pub(crate) async fn drive(inner: Arc<Inner>, mut conn: Established) {
         inner.connected(&conn.welcome);
         let err = run(&inner, conn, std::mem::take(&mut resubscribe)).await;
         inner.out.set_link(Link::Down);
-        inner.state().connection_lost();
+        {
+            let mut state = inner.state();
+            state.connection_lost();
+            inner.out.keep_only_unanswered_publishes();
+        }
         if inner.closing.is_cancelled() || !inner.options.reconnect {
             break;
         }
@@ -154,7 +158,15 @@ pub(crate) async fn drive(inner: Arc<Inner>, mut conn: Established) {
         };
         tracing::info!(addr = %inner.addr, attempts = backoff.attempts(), "reconnected");
         backoff.reset();
-        let (frames, publishes) = inner.state().reestablish(|| inner.next_id());
+        // The link is up before the unconfirmed publishes are collected: one sent
+        // after this is buffered for the writer, one sent before was not (see
+        // `WriteBuffer::push_request`) and is among those collected. The writer starts
+        // once these have been written.
+        let (frames, publishes) = {
+            let mut state = inner.state();
+            inner.out.set_link(Link::Up);
+            state.reestablish(|| inner.next_id())
+        };
         for frame in frames {
             // A frame that does not encode was refused when first sent.
             let _ = frame.encode(&mut resubscribe);
@@ -170,8 +182,8 @@ pub(crate) async fn drive(inner: Arc<Inner>, mut conn: Established) {
 async fn run(inner: &Inner, conn: Established, resubscribe: BytesMut) -> Error {
     let (rd, mut wr) = conn.stream.split();
     // Re-subscriptions, consumers and unconfirmed publishes go out before anything
-    // buffered while disconnected, so that replies to requests published in the
-    // meantime find their subscription.
+    // buffered (the writer starts below), so that replies to requests published in
+    // the meantime find their subscription. The link is already up: see `drive`.
     if !resubscribe.is_empty() {
         if let Err(e) = wr.write_all(&resubscribe).await {
             return Error::Connect {
@@ -180,7 +192,6 @@ async fn run(inner: &Inner, conn: Established, resubscribe: BytesMut) -> Error {
             };
         }
     }
-    inner.out.set_link(Link::Up);
     let last_read = std::sync::Mutex::new(Instant::now());
     tokio::select! {
         e = read_loop(inner, rd, conn.leftover, &last_read) => e,

@@ -4,6 +4,11 @@
 //! unsettled at once. Each delivery is settled with [`Delivery::ack`] (processed) or
 //! [`Delivery::nack`] (not processed: requeue, or dead-letter).
 //!
+//! An auto-ack consumer's deliveries are settled as the broker sends them; the client
+//! credits the broker (CREDIT) as the application takes them, every half prefetch, so
+//! the broker still sends no more than `prefetch` the application has not taken and
+//! the rest wait in the queue.
+//!
 //! Exactly-once consumers (a durable name, [`ConsumeBuilder::exactly_once`]) do a
 //! two-step handshake: before a delivery is handed to the application, the client
 //! sends RECEIVED and waits for the broker to record, in its store, that this consumer
@@ -25,7 +30,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tern_codec::names::validate_name;
-use tern_codec::{Ack, AckMode, Cancel, Consume, Delivery as DeliveryFrame, Nack, Received};
+use tern_codec::{
+    Ack, AckMode, Cancel, Consume, Credit, Delivery as DeliveryFrame, Nack, Received,
+};
 use tokio::sync::oneshot;
 
 use crate::queue::SubQueue;
@@ -56,8 +63,9 @@ impl<'a> ConsumeBuilder<'a> {
         }
     }
 
-    /// The most deliveries held unsettled at once (default 64). 1 gives fair dispatch
-    /// among competing consumers: none holds a second message while busy.
+    /// The most deliveries held unsettled at once (default 64); for an auto-ack
+    /// consumer, the most sent and not yet taken by the application. 1 gives fair
+    /// dispatch among competing consumers: none holds a second message while busy.
     pub fn prefetch(mut self, n: u32) -> Self {
         self.prefetch = n;
         self
@@ -106,7 +114,11 @@ impl<'a> ConsumeBuilder<'a> {
         let inner = &self.client.inner;
         let cid = inner.next_sid();
         let id = inner.next_id();
-        let capacity = usize::try_from(self.prefetch).unwrap_or(usize::MAX).max(1);
+        // The broker sends at most `prefetch` outstanding per connection; twice that
+        // leaves room for those of a lost connection still waiting to be taken.
+        let capacity = usize::try_from(self.prefetch)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(2);
         let deliveries = Arc::new(SubQueue::new(capacity));
         let (ready, ready_rx) = oneshot::channel();
         let frame = Consume {
@@ -140,6 +152,8 @@ impl<'a> ConsumeBuilder<'a> {
             mode: self.mode,
             handed: Arc::new(Mutex::new(handed)),
             handshake: None,
+            taken: 0,
+            credit_every: (self.prefetch / 2).max(1),
             active: true,
         };
         inner.out.push_control(&frame)?;
@@ -258,6 +272,10 @@ pub struct Consumer {
     handed: Arc<Mutex<HandedOut>>,
     /// An exactly-once delivery waiting for the broker to record its RECEIVED.
     handshake: Option<(DeliveryFrame, Handshake)>,
+    /// Auto-ack deliveries taken and not yet credited to the broker.
+    taken: u32,
+    /// How many auto-ack deliveries are credited at once.
+    credit_every: u32,
     active: bool,
 }
 
@@ -323,6 +341,9 @@ impl Consumer {
                     None => return Poll::Pending,
                 },
             };
+            if self.mode == AckMode::Auto {
+                self.credit_taken();
+            }
             if self.mode != AckMode::ExactlyOnce {
                 return Poll::Ready(Some(self.delivery(frame)));
             }
@@ -348,6 +369,20 @@ impl Consumer {
                     async move { inner.request(&received, received.id, Request::Settle).await },
                 );
             self.handshake = Some((frame, handshake));
+        }
+    }
+
+    /// Counts an auto-ack delivery taken, and credits the broker every
+    /// `credit_every`: one small frame per half prefetch, not one per message.
+    fn credit_taken(&mut self) {
+        self.taken += 1;
+        if self.taken >= self.credit_every {
+            let credit = Credit {
+                cid: self.cid,
+                credit: std::mem::take(&mut self.taken),
+            };
+            // Fails only once the client is closed, and then there is nothing to pace.
+            let _ = self.client.inner.out.push_control(&credit);
         }
     }
 

@@ -10,7 +10,7 @@
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::BytesMut;
-use tern_codec::{Encode, EncodeError};
+use tern_codec::{Encode, EncodeError, FrameType};
 use tokio::sync::Notify;
 
 use crate::Error;
@@ -21,6 +21,13 @@ pub(crate) enum Link {
     Up,
     Down,
     Closed,
+}
+
+/// Whether a frame is held for the next connection while disconnected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    WhileDown,
+    WhileUp,
 }
 
 #[derive(Debug)]
@@ -67,7 +74,14 @@ impl WriteBuffer {
     ///
     /// Closed, disconnected with a full buffer, or the frame does not encode.
     pub fn try_push(&self, len: usize, encode: EncodeFn<'_>) -> Result<bool, Error> {
+        self.try_append(len, encode, Hold::WhileDown)
+    }
+
+    fn try_append(&self, len: usize, encode: EncodeFn<'_>, hold: Hold) -> Result<bool, Error> {
         let mut b = self.lock();
+        if b.link == Link::Down && hold == Hold::WhileUp {
+            return Err(Error::Disconnected);
+        }
         let was_empty = b.bytes.is_empty();
         if !was_empty && b.bytes.len() + len > self.max {
             return match b.link {
@@ -97,17 +111,63 @@ impl WriteBuffer {
     ///
     /// Cancel safe: the frame is appended whole or not at all.
     pub async fn push(&self, len: usize, encode: EncodeFn<'_>) -> Result<(), Error> {
+        self.append(len, encode, Hold::WhileDown).await
+    }
+
+    /// Appends the frame of a request that a new connection re-sends by itself (a
+    /// confirmed publish), waiting for room while connected. While disconnected the
+    /// frame is not held: it would go out twice, once re-sent and once from here.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Disconnected`] while disconnected; otherwise as
+    /// [`WriteBuffer::try_push`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the frame is appended whole or not at all.
+    pub async fn push_request(&self, len: usize, encode: EncodeFn<'_>) -> Result<(), Error> {
+        self.append(len, encode, Hold::WhileUp).await
+    }
+
+    async fn append(&self, len: usize, encode: EncodeFn<'_>, hold: Hold) -> Result<(), Error> {
         loop {
             // Registered before checking, so a writer that makes room in between
             // cannot be missed.
             let room = self.space.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            if self.try_push(len, encode)? {
+            if self.try_append(len, encode, hold)? {
                 return Ok(());
             }
             room.await;
         }
+    }
+
+    /// Drops every buffered frame but fire-and-forget publishes (PUBLISH with id 0),
+    /// when the connection is lost. Every other frame belongs to a request that the
+    /// lost connection settles: it fails, succeeds, or is re-sent on the next
+    /// connection (see `state`), so sending it as well would do it twice.
+    pub fn keep_only_unanswered_publishes(&self) {
+        let mut b = self.lock();
+        let mut kept = BytesMut::with_capacity(b.bytes.len());
+        let mut rest = &b.bytes[..];
+        // The buffer holds whole frames only: each push appends one entirely.
+        while let Some(len) = rest
+            .get(..4)
+            .and_then(|l| l.try_into().ok())
+            .map(|l| 4 + u32::from_be_bytes(l) as usize)
+        {
+            let Some((frame, tail)) = rest.split_at_checked(len) else {
+                break;
+            };
+            let publish = frame.get(4) == Some(&(FrameType::Publish as u8));
+            if publish && frame.get(5..9) == Some(&[0, 0, 0, 0]) {
+                kept.extend_from_slice(frame);
+            }
+            rest = tail;
+        }
+        b.bytes = kept;
     }
 
     /// Appends a small control frame (PING, SUBSCRIBE, ...) regardless of the bound:
@@ -211,6 +271,62 @@ mod tests {
             matches!(wb.try_push(1, &bytes(1)), Err(Error::Closed)),
             "closed is final"
         );
+    }
+
+    #[tokio::test]
+    async fn requests_are_not_held_while_down() {
+        let wb = WriteBuffer::new(100);
+        assert!(matches!(
+            wb.push_request(8, &bytes(8)).await,
+            Err(Error::Disconnected)
+        ));
+        wb.set_link(Link::Up);
+        wb.push_request(8, &bytes(8)).await.unwrap();
+        let mut batch = BytesMut::new();
+        wb.take_now(&mut batch);
+        assert_eq!(batch.len(), 8);
+    }
+
+    #[test]
+    fn a_lost_connection_keeps_only_fire_and_forget_publishes() {
+        use tern_codec::{Envelope, Ping, Publish, Qos};
+        let publish = |id: u32, qos: Qos, payload: &'static str| Publish {
+            id,
+            qos,
+            mandatory: false,
+            producer: None,
+            envelope: Envelope {
+                subject: "a".into(),
+                reply_to: None,
+                headers: tern_codec::Headers::default(),
+                payload: payload.into(),
+            },
+        };
+        let wb = WriteBuffer::new(1 << 20);
+        wb.push_control(&publish(0, Qos::AtMostOnce, "keep-1"))
+            .unwrap();
+        wb.push_control(&publish(3, Qos::AtLeastOnce, "resent"))
+            .unwrap();
+        wb.push_control(&Ping { id: 4 }).unwrap();
+        wb.push_control(&publish(0, Qos::AtMostOnce, "keep-2"))
+            .unwrap();
+        wb.push_control(&publish(5, Qos::AtMostOnce, "answered"))
+            .unwrap();
+        wb.keep_only_unanswered_publishes();
+
+        let mut batch = BytesMut::new();
+        wb.take_now(&mut batch);
+        let mut payloads = Vec::new();
+        while let Some(frame) = tern_codec::Frame::decode(&mut batch, 1 << 20).unwrap() {
+            match frame {
+                tern_codec::Frame::Publish(p) => {
+                    assert_eq!(p.id, 0);
+                    payloads.push(p.envelope.payload);
+                }
+                other => panic!("kept {other:?}"),
+            }
+        }
+        assert_eq!(payloads, ["keep-1", "keep-2"]);
     }
 
     #[tokio::test]

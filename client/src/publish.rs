@@ -156,8 +156,8 @@ impl<'a> Publish<'a> {
     /// client's limit of unconfirmed publishes is reached.
     ///
     /// Unconfirmed publishes survive a reconnect: they are sent again on the new
-    /// connection (a QoS 2 retry is deduplicated by the broker; a QoS 1 retry may be
-    /// stored twice).
+    /// connection. One the broker had received before the connection dropped is
+    /// then stored twice at QoS 1 (at least once), and deduplicated at QoS 2.
     ///
     /// # Errors
     ///
@@ -197,7 +197,7 @@ impl<'a> Publish<'a> {
             dst.extend_from_slice(&frame);
             Ok(())
         };
-        match inner.out.push(frame.len(), &copy).await {
+        match inner.out.push_request(frame.len(), &copy).await {
             // While disconnected the request itself is the copy that matters: it is
             // sent again on the next connection.
             Ok(()) | Err(Error::Disconnected) => Ok(PendingConfirm(Pending::Waiting(rx))),

@@ -447,8 +447,9 @@ impl State {
         }
     }
 
-    /// A DELIVERY. The server sends no more than the consumer's prefetch unsettled, so
-    /// the consumer's queue (sized to it) never drops one.
+    /// A DELIVERY. The server sends no more than the consumer's prefetch outstanding
+    /// (unsettled, or for auto-ack not yet credited), so the consumer's queue (sized to
+    /// twice that, for the leftovers of a lost connection) does not drop one.
     fn on_delivery(&mut self, d: DeliveryFrame) -> Option<Arc<dyn Wake>> {
         let c = self.consumers.get(&d.head.cid)?;
         match c.deliveries.push(d) {

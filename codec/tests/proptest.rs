@@ -11,11 +11,11 @@ use proptest::prelude::*;
 use tern_codec::subject::{self, validate_pattern, validate_subject};
 use tern_codec::{
     Ack, AckMode, Binding, ByteString, Bytes, BytesMut, Cancel, Confirm, Consume, Credentials,
-    DecodeError, Delivery, DeliveryHead, Done, Encode, Envelope, ErrorFrame, Frame, Headers, Hello,
-    Message, Nack, Ok, Overflow, Ping, Pong, ProducerSeq, Publish, Qos, QueueDeclare, QueueDelete,
-    QueueInfo, QueueMove, QueueOptions, QueuePurge, QueueQuery, QueueStats, Received, ServerInfo,
-    ServerQuery, SubjectLimits, Subscribe, Unsubscribe, Welcome, DEFAULT_MAX_FRAME_SIZE,
-    FRAME_HEADER_LEN,
+    Credit, DecodeError, Delivery, DeliveryHead, Done, Encode, Envelope, ErrorFrame, Frame,
+    Headers, Hello, Message, Nack, Ok, Overflow, Ping, Pong, ProducerSeq, Publish, Qos,
+    QueueDeclare, QueueDelete, QueueInfo, QueueMove, QueueOptions, QueuePurge, QueueQuery,
+    QueueStats, Received, ServerInfo, ServerQuery, SubjectLimits, Subscribe, Unsubscribe, Welcome,
+    DEFAULT_MAX_FRAME_SIZE, FRAME_HEADER_LEN,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -305,6 +305,8 @@ fn frame() -> impl Strategy<Value = Frame> {
             delivery_id
         })),
         (any::<u32>(), any::<u32>()).prop_map(|(id, cid)| Frame::Cancel(Cancel { id, cid })),
+        (any::<u32>(), any::<u32>())
+            .prop_map(|(cid, credit)| Frame::Credit(Credit { cid, credit })),
         (any::<u32>(), text(40), bindings(), queue_options()).prop_map(
             |(id, name, bindings, options)| Frame::QueueDeclare(QueueDeclare {
                 id,

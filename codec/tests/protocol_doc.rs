@@ -188,6 +188,7 @@ fn frame_examples_are_the_golden_frames() {
             "QUEUE_INFO",
             "SERVER_QUERY",
             "SERVER_INFO",
+            "CREDIT",
         ]
     );
 }

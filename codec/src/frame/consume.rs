@@ -311,6 +311,35 @@ impl Body for Nack {
     }
 }
 
+/// Gives an auto-mode consumer room for more deliveries: the application has taken
+/// `credit` of those sent to it. No answer (an ERROR with id 0 if refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credit {
+    pub cid: u32,
+    pub credit: u32,
+}
+
+impl Body for Credit {
+    const TYPE: FrameType = FrameType::Credit;
+
+    fn body_len(&self) -> usize {
+        8
+    }
+
+    fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        dst.put_u32(self.cid);
+        dst.put_u32(self.credit);
+        Ok(())
+    }
+
+    fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Self {
+            cid: r.u32("cid")?,
+            credit: r.u32("credit")?,
+        })
+    }
+}
+
 /// Stops a consumer; its unsettled deliveries go back to the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cancel {

@@ -23,7 +23,7 @@ mod subscribe;
 
 use bytes::{Buf, BufMut, BytesMut};
 
-pub use consume::{Ack, AckMode, Cancel, Consume, Delivery, DeliveryHead, Nack, Received};
+pub use consume::{Ack, AckMode, Cancel, Consume, Credit, Delivery, DeliveryHead, Nack, Received};
 pub use control::{Done, Ok, Ping, Pong};
 pub use error::ErrorFrame;
 pub use hello::{Credentials, Hello, Welcome};
@@ -128,6 +128,7 @@ pub enum Frame {
     Nack(Nack),
     Received(Received),
     Cancel(Cancel),
+    Credit(Credit),
     QueueDeclare(QueueDeclare),
     QueueDelete(QueueDelete),
     QueueQuery(QueueQuery),
@@ -159,6 +160,7 @@ macro_rules! each_frame {
             Frame::Nack($f) => $e,
             Frame::Received($f) => $e,
             Frame::Cancel($f) => $e,
+            Frame::Credit($f) => $e,
             Frame::QueueDeclare($f) => $e,
             Frame::QueueDelete($f) => $e,
             Frame::QueueQuery($f) => $e,
@@ -238,6 +240,7 @@ impl Frame {
             FrameType::Nack => Frame::Nack(Body::decode_body(&mut r)?),
             FrameType::Received => Frame::Received(Body::decode_body(&mut r)?),
             FrameType::Cancel => Frame::Cancel(Body::decode_body(&mut r)?),
+            FrameType::Credit => Frame::Credit(Body::decode_body(&mut r)?),
             FrameType::QueueDeclare => Frame::QueueDeclare(Body::decode_body(&mut r)?),
             FrameType::QueueDelete => Frame::QueueDelete(Body::decode_body(&mut r)?),
             FrameType::QueueQuery => Frame::QueueQuery(Body::decode_body(&mut r)?),
@@ -298,6 +301,7 @@ into_frame!(
     Nack,
     Received,
     Cancel,
+    Credit,
     QueueDeclare,
     QueueDelete,
     QueueQuery,

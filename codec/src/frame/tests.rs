@@ -403,6 +403,11 @@ pub(crate) fn samples() -> Vec<Frame> {
             id: 0,
             cid: u32::MAX,
         }),
+        Frame::Credit(Credit { cid: 3, credit: 8 }),
+        Frame::Credit(Credit {
+            cid: u32::MAX,
+            credit: u32::MAX,
+        }),
         // QUEUE_DECLARE: no bindings and default options; two bindings (one filtered)
         // and every option set; drop-head with a dead-letter queue.
         Frame::QueueDeclare(QueueDeclare {
@@ -691,6 +696,7 @@ fn inner_types_encode_like_the_frame() {
             Frame::Nack(f) => inner!(f),
             Frame::Received(f) => inner!(f),
             Frame::Cancel(f) => inner!(f),
+            Frame::Credit(f) => inner!(f),
             Frame::QueueDeclare(f) => inner!(f),
             Frame::QueueDelete(f) => inner!(f),
             Frame::QueueQuery(f) => inner!(f),
@@ -1197,6 +1203,14 @@ pub(crate) const GOLDEN_CANCEL: &[u8] = &[
     0x00, 0x00, 0x00, 0x03, // cid 3
 ];
 
+/// CREDIT for consumer 3: eight more deliveries.
+pub(crate) const GOLDEN_CREDIT: &[u8] = &[
+    0x00, 0x00, 0x00, 0x09, // length 9
+    0x36, // CREDIT
+    0x00, 0x00, 0x00, 0x03, // cid 3
+    0x00, 0x00, 0x00, 0x08, // credit 8
+];
+
 /// QUEUE_PURGE id 16, queue "orders".
 pub(crate) const GOLDEN_QUEUE_PURGE: &[u8] = &[
     0x00, 0x00, 0x00, 0x0d, // length 13
@@ -1502,6 +1516,11 @@ fn goldens() -> Vec<(&'static str, &'static [u8], Frame)> {
             "cancel",
             GOLDEN_CANCEL,
             Frame::Cancel(Cancel { id: 15, cid: 3 }),
+        ),
+        (
+            "credit",
+            GOLDEN_CREDIT,
+            Frame::Credit(Credit { cid: 3, credit: 8 }),
         ),
         (
             "queue_purge",
