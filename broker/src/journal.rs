@@ -67,6 +67,8 @@ pub(crate) enum Op {
         queue: QueueId,
         seq: u64,
         forget_meta: bool,
+        /// Called once the settle is committed.
+        done: Option<Done>,
     },
     /// Record or forget a message's meta.
     Meta {
@@ -568,8 +570,10 @@ impl Writer {
                 queue,
                 seq,
                 forget_meta,
+                done,
             } => {
                 self.settle(queue, seq, forget_meta, commit, touched);
+                out.done.extend(done);
             }
             Op::Meta {
                 queue,

@@ -24,6 +24,7 @@ pub mod config;
 mod connection;
 mod dedup;
 mod error;
+pub mod filter;
 mod handler;
 mod journal;
 mod metrics;

@@ -218,7 +218,11 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     (
         "tern_connections_rejected_total",
-        "Connections refused, by reason (limit: the connection limit).",
+        "Connections refused, by reason (limit: the connection limit; per_ip: the limit per client address).",
+    ),
+    (
+        "tern_idle_disconnects_total",
+        "Connections closed for silence: no frame for twice the idle timeout.",
     ),
     (
         "tern_auth_failures_total",

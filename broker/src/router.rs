@@ -14,7 +14,10 @@ use bytestring::ByteString;
 use rustc_hash::FxHashMap;
 use tern_codec::{Envelope, Pattern};
 
+use tern_storage::QueueId;
+
 use crate::auth::replies::ReplyPermits;
+use crate::filter::{EqualityIndex, Filter, MessageView};
 use crate::outbound::{Outbound, Push, Wakes};
 use crate::queue::QueueHandle;
 use crate::sublist::Sublist;
@@ -30,6 +33,8 @@ pub(crate) struct Subscriber {
     pub pattern: Pattern,
     pub group: Option<ByteString>,
     pub outbound: Arc<Outbound>,
+    /// Only messages this accepts are delivered (compiled at subscribe time).
+    pub filter: Option<Arc<Filter>>,
     /// The subscriber's reply permits, when its own permissions would not let it
     /// reply to the requests it receives.
     pub replies: Option<Arc<ReplyPermits>>,
@@ -50,6 +55,7 @@ impl Subscriber {
         sid: u32,
         pattern: Pattern,
         group: Option<ByteString>,
+        filter: Option<Filter>,
         outbound: Arc<Outbound>,
         replies: Option<Arc<ReplyPermits>>,
     ) -> Self {
@@ -58,6 +64,7 @@ impl Subscriber {
             sid,
             pattern,
             group,
+            filter: filter.map(Arc::new),
             outbound,
             replies,
             active: AtomicBool::new(true),
@@ -77,33 +84,55 @@ impl Subscriber {
     }
 }
 
-/// What a sublist entry routes to: a live subscription, or a durable queue bound to
-/// the pattern.
+/// What a sublist entry routes to: a live subscription, or one binding of a durable
+/// queue (its number in the queue's definition).
 #[derive(Debug, Clone)]
 pub(crate) enum Route {
     Subscriber(Arc<Subscriber>),
-    Queue(Arc<QueueHandle>),
+    Queue(Arc<QueueHandle>, usize),
 }
 
 impl PartialEq for Route {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (Route::Subscriber(a), Route::Subscriber(b)) => a == b,
-            (Route::Queue(a), Route::Queue(b)) => Arc::ptr_eq(a, b),
+            (Route::Queue(a, i), Route::Queue(b, j)) => Arc::ptr_eq(a, b) && i == j,
             _ => false,
         }
+    }
+}
+
+/// A queue a subject routes to, and which of its bindings match the subject.
+#[derive(Debug)]
+struct QueueRoute {
+    queue: Arc<QueueHandle>,
+    bindings: Vec<usize>,
+}
+
+impl QueueRoute {
+    /// Whether one of the matching bindings takes the message: it has no filter, or
+    /// its filter accepts the message.
+    fn takes(&self, view: &MessageView<'_>) -> bool {
+        self.bindings
+            .iter()
+            .any(|&b| self.queue.filter(b).is_none_or(|f| f.matches(view)))
     }
 }
 
 /// Who takes messages on one subject, grouped for delivery.
 #[derive(Debug, Default)]
 pub(crate) struct Interest {
-    /// Subscribers without a queue group: each gets every message.
+    /// Subscribers without a queue group or filter: each gets every message.
     plain: Vec<Arc<Subscriber>>,
-    /// Members of each queue group: one member per group gets each message.
+    /// Filtered subscribers without a queue group: each gets the messages its filter
+    /// accepts. Header equalities are found by hash, so thousands of them cost about as
+    /// much per message as a few.
+    filtered: EqualityIndex<Arc<Subscriber>>,
+    /// Members of each queue group: one member (whose filter accepts the message) per
+    /// group gets each message.
     groups: Vec<Vec<Arc<Subscriber>>>,
     /// Durable queues bound to the subject, each once however many bindings match.
-    pub queues: Vec<Arc<QueueHandle>>,
+    queues: Vec<QueueRoute>,
 }
 
 impl Interest {
@@ -113,16 +142,21 @@ impl Interest {
         for route in routes {
             let s = match route {
                 Route::Subscriber(s) => s,
-                Route::Queue(q) => {
-                    if !interest.queues.iter().any(|have| have.id == q.id) {
-                        interest.queues.push(Arc::clone(q));
+                Route::Queue(q, binding) => {
+                    match interest.queues.iter_mut().find(|r| r.queue.id == q.id) {
+                        Some(r) => r.bindings.push(*binding),
+                        None => interest.queues.push(QueueRoute {
+                            queue: Arc::clone(q),
+                            bindings: vec![*binding],
+                        }),
                     }
                     continue;
                 }
             };
-            match &s.group {
-                None => interest.plain.push(Arc::clone(s)),
-                Some(g) => {
+            match (&s.group, &s.filter) {
+                (None, None) => interest.plain.push(Arc::clone(s)),
+                (None, Some(f)) => interest.filtered.insert((**f).clone(), Arc::clone(s)),
+                (Some(g), _) => {
                     let i = *by_group.entry(g).or_insert_with(|| {
                         interest.groups.push(Vec::new());
                         interest.groups.len() - 1
@@ -136,19 +170,42 @@ impl Interest {
         interest
     }
 
-    /// Whether nobody at all takes the message: no subscriber and no queue.
-    pub fn is_empty(&self) -> bool {
-        self.plain.is_empty() && self.groups.is_empty() && self.queues.is_empty()
+    /// The queues that take the message (their binding filters accepting it).
+    pub fn queues(&self, view: &MessageView<'_>) -> Vec<QueueId> {
+        self.queues
+            .iter()
+            .filter(|r| r.takes(view))
+            .map(|r| r.queue.id)
+            .collect()
     }
 
-    /// Delivers to every plain subscriber and to one member of each group.
+    /// Whether some live subscriber would take the message (queues aside): what a
+    /// mandatory publish needs besides a queue.
+    pub fn has_taker(&self, view: &MessageView<'_>) -> bool {
+        !self.plain.is_empty()
+            || self.filtered.matching(view).next().is_some()
+            || self
+                .groups
+                .iter()
+                .flatten()
+                .any(|s| s.filter.as_ref().is_none_or(|f| f.matches(view)))
+    }
+
+    /// Delivers to every plain subscriber, to every filtered one whose filter accepts
+    /// the message, and to one member of each group.
     ///
-    /// A group member is picked at random; if it refuses (full or closing), the next
-    /// one is tried, so a slow member sheds load to its peers instead of losing it.
-    /// Returns `(delivered, dropped)`.
-    pub fn deliver(&self, envelope: &Envelope, wakes: &mut Wakes) -> (u64, u64) {
+    /// A group member is picked at random; if it refuses (full or closing, or its
+    /// filter does not accept the message), the next one is tried, so a slow member
+    /// sheds load to its peers instead of losing it. Returns `(delivered, dropped)`.
+    pub fn deliver(
+        &self,
+        envelope: &Envelope,
+        view: &MessageView<'_>,
+        wakes: &mut Wakes,
+    ) -> (u64, u64) {
         let (mut delivered, mut dropped) = (0, 0);
-        for s in &self.plain {
+        let filtered = self.filtered.matching(view);
+        for s in self.plain.iter().chain(filtered) {
             match s.deliver(envelope, wakes) {
                 Push::Queued => delivered += 1,
                 Push::Dropped => {
@@ -168,6 +225,7 @@ impl Interest {
                 .cycle()
                 .skip(start)
                 .take(members.len())
+                .filter(|s| s.filter.as_ref().is_none_or(|f| f.matches(view)))
                 .any(|s| match s.deliver(envelope, wakes) {
                     Push::Queued => true,
                     Push::Dropped => {
@@ -249,16 +307,16 @@ impl Router {
     /// Routes messages on the queue's binding patterns to it.
     pub fn bind_queue(&self, queue: &Arc<QueueHandle>) {
         let mut sl = self.write();
-        for b in &queue.def.bindings {
-            sl.insert(&b.pattern, Route::Queue(Arc::clone(queue)));
+        for (i, b) in queue.def.bindings.iter().enumerate() {
+            sl.insert(&b.pattern, Route::Queue(Arc::clone(queue), i));
         }
     }
 
     /// Stops routing messages to the queue.
     pub fn unbind_queue(&self, queue: &Arc<QueueHandle>) {
         let mut sl = self.write();
-        for b in &queue.def.bindings {
-            sl.remove(&b.pattern, &Route::Queue(Arc::clone(queue)));
+        for (i, b) in queue.def.bindings.iter().enumerate() {
+            sl.remove(&b.pattern, &Route::Queue(Arc::clone(queue), i));
         }
     }
 

@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::queue::def::QueueDef;
 use crate::queue::state::QueueState;
-use crate::queue::{QueueHandle, QueueInput, QueueTask, Queues};
+use crate::queue::{BindingFilters, QueueHandle, QueueInput, QueueTask, Queues};
 use crate::router::Router;
 use crate::session;
 use crate::stats::{Stats, StatsSnapshot};
@@ -142,11 +142,17 @@ impl Shared {
         &self,
         id: QueueId,
         def: Arc<QueueDef>,
+        filters: BindingFilters,
         tx: mpsc::Sender<QueueInput>,
         rx: mpsc::Receiver<QueueInput>,
         state: QueueState,
     ) -> Arc<QueueHandle> {
-        let handle = Arc::new(QueueHandle { id, def, tx });
+        let handle = Arc::new(QueueHandle {
+            id,
+            def,
+            filters,
+            tx,
+        });
         let task = QueueTask {
             id,
             state,
@@ -190,7 +196,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What the store holds, gathered at start into queue states and journal bookkeeping.
 struct Recovery {
     memory: usize,
-    queues: HashMap<QueueId, (Arc<QueueDef>, QueueState)>,
+    queues: HashMap<QueueId, (Arc<QueueDef>, BindingFilters, QueueState)>,
     next_seqs: HashMap<QueueId, u64>,
     chunks: HashMap<QueueId, Vec<ChunkSummary>>,
     metas: HashMap<(QueueId, u64), MessageMeta>,
@@ -201,11 +207,17 @@ struct Recovery {
 impl Recover for Recovery {
     fn queue(&mut self, record: QueueRecord) {
         match QueueDef::from_bytes(&record.definition) {
-            Ok(def) => {
-                let def = Arc::new(def);
-                let state = QueueState::new(Arc::clone(&def), self.memory);
-                self.queues.insert(record.id, (def, state));
-            }
+            Ok(def) => match def.compile_filters() {
+                Ok(filters) => {
+                    let def = Arc::new(def);
+                    let state = QueueState::new(Arc::clone(&def), self.memory);
+                    self.queues.insert(record.id, (def, filters, state));
+                }
+                Err(e) => self.errors.push(format!(
+                    "queue '{}' has a binding filter that no longer compiles: {e}",
+                    record.name
+                )),
+            },
             Err(e) => self.errors.push(format!(
                 "queue {} ('{}') has an unreadable definition: {e}",
                 record.id, record.name
@@ -222,7 +234,7 @@ impl Recover for Recovery {
     }
 
     fn chunk(&mut self, chunk: RecoveredChunk) {
-        let Some((_, state)) = self.queues.get_mut(&chunk.queue) else {
+        let Some((_, _, state)) = self.queues.get_mut(&chunk.queue) else {
             return;
         };
         let live = u32::try_from(chunk.live.len()).unwrap_or(u32::MAX);
@@ -329,12 +341,12 @@ impl Server {
             },
         );
         let mut started = Vec::new();
-        for (id, (def, state)) in recovery.queues {
+        for (id, (def, filters, state)) in recovery.queues {
             let (tx, rx) = crate::queue::channel();
             let next_seq = recovery.next_seqs.get(&id).copied().unwrap_or(0);
             let chunks = recovery.chunks.remove(&id).unwrap_or_default();
             writer.recover_queue(id, Arc::clone(&def), tx.clone(), next_seq, chunks);
-            started.push((id, def, tx, rx, state));
+            started.push((id, def, filters, tx, rx, state));
         }
         let (journal, journal_thread) = writer.spawn()?;
         // Metas left over belong to messages settled before a crash cut their clean-up
@@ -369,8 +381,8 @@ impl Server {
             connections: Mutex::new(HashMap::new()),
         });
         let recovered = started.len();
-        for (id, def, tx, rx, state) in started {
-            shared.start_queue(id, def, tx, rx, state);
+        for (id, def, filters, tx, rx, state) in started {
+            shared.start_queue(id, def, filters, tx, rx, state);
         }
         if recovered > 0 {
             tracing::info!(queues = recovered, "recovered queues from the store");
@@ -406,6 +418,12 @@ impl Server {
     /// The configuration the server runs with.
     pub fn config(&self) -> &Config {
         &self.shared.config
+    }
+
+    /// Cancelled when the server starts shutting down: background tasks of the broker's
+    /// own (the MQTT bridges) stop on it.
+    pub(crate) fn shutdown_token(&self) -> tokio_util::sync::CancellationToken {
+        self.shared.shutdown.clone()
     }
 
     /// Number of queues on the server.

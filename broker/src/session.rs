@@ -340,6 +340,8 @@ impl Session {
             Frame::Nack(n) => (n.id, handler::consume::nack(self, n)),
             Frame::Received(r) => (r.id, handler::consume::received(self, r)),
             Frame::Cancel(c) => (c.id, handler::consume::cancel(self, c)),
+            // No id: a refused CREDIT is answered with an ERROR of id 0.
+            Frame::Credit(c) => (0, handler::consume::credit(self, c)),
             Frame::QueueDeclare(d) => (d.id, handler::queue::declare(self, d)),
             Frame::QueueDelete(d) => (d.id, handler::queue::delete(self, d)),
             Frame::QueueQuery(q) => (q.id, handler::queue::query(self, q)),

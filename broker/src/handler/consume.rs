@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use tern_codec::{Ack, AckMode, Cancel, Consume, ErrorCode, Nack, Received};
+use tern_codec::{Ack, AckMode, Cancel, Consume, Credit, ErrorCode, Nack, Received};
 
 use super::Reject;
 use crate::queue::def::validate_name;
@@ -112,6 +112,20 @@ pub(crate) fn nack(session: &mut Session, n: Nack) -> Result<(), Reject> {
         requeue: n.requeue,
         delay_ms: n.delay_ms,
         reply: (Arc::clone(&session.outbound), n.id),
+    };
+    session.tell_queue(&queue, input);
+    Ok(())
+}
+
+/// # Errors
+///
+/// Unknown consumer id (the queue answers the rest).
+pub(crate) fn credit(session: &mut Session, c: Credit) -> Result<(), Reject> {
+    let queue = consumer_queue(session, c.cid)?;
+    let input = QueueInput::Credit {
+        key: session.key(c.cid),
+        credit: c.credit,
+        reply: (Arc::clone(&session.outbound), 0),
     };
     session.tell_queue(&queue, input);
     Ok(())

@@ -17,6 +17,7 @@ use super::Reject;
 /// still in a queue past it expires.
 pub(crate) const DEADLINE_HEADER: &str = "tern-deadline";
 use crate::dedup::MAX_PRODUCER_LEN;
+use crate::filter::MessageView;
 use crate::journal::{self, now_ms, ConfirmTo, PublishOp};
 use crate::session::Session;
 
@@ -112,7 +113,9 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
             at_ms: now,
         });
     }
-    if publish.mandatory && interest.is_empty() {
+    let view = MessageView::new(&env.subject, &env.headers, &env.payload);
+    let queues = interest.queues(&view);
+    if publish.mandatory && queues.is_empty() && !interest.has_taker(&view) {
         if let Some(d) = &dedup {
             journal::lock(&session.shared.dedup).remove(&d.producer, d.sequence);
         }
@@ -131,11 +134,11 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
         q.0 += 1;
         q.1 += env.payload.len() as u64;
     }
-    let (delivered, dropped) = interest.deliver(env, &mut session.wakes);
+    let (delivered, dropped) = interest.deliver(env, &view, &mut session.wakes);
     session.counts.messages_out += delivered;
     session.counts.drops += dropped;
 
-    if interest.queues.is_empty() && dedup.is_none() {
+    if queues.is_empty() && dedup.is_none() {
         if confirmed {
             session.reply(&Confirm {
                 id: publish.id,
@@ -157,7 +160,7 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
         session.reply(&OkFrame { id: publish.id });
     }
     session.publishes.push(PublishOp {
-        queues: interest.queues.iter().map(|q| q.id).collect(),
+        queues,
         envelope: envelope.freeze(),
         enqueued_ms: now,
         // A request's deadline: past it, waiting in a queue is pointless.

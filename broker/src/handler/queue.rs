@@ -137,6 +137,10 @@ pub(crate) fn declare(session: &mut Session, d: QueueDeclare) -> Result<(), Reje
             return info(d.id, &existing).await.map(Answer::Info);
         }
         let id = shared.queues.next_id();
+        // Compiled before the queue is stored: it must not be stored if it cannot run.
+        let filters = def
+            .compile_filters()
+            .map_err(|e| Reject::new(ErrorCode::InvalidFilter, e.to_string()))?;
         let def = Arc::new(def);
         let record = QueueRecord {
             id,
@@ -155,7 +159,7 @@ pub(crate) fn declare(session: &mut Session, d: QueueDeclare) -> Result<(), Reje
         })
         .await?;
         let state = QueueState::new(Arc::clone(&def), shared.config.queues.memory);
-        let handle = shared.start_queue(id, def, tx, rx, state);
+        let handle = shared.start_queue(id, def, filters, tx, rx, state);
         tracing::info!(queue = %handle.def.name, "queue created");
         info(d.id, &handle).await.map(Answer::Info)
     });

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tern_codec::{ErrorCode, Ok as OkFrame, Pattern, Subscribe, Unsubscribe};
 
 use super::Reject;
+use crate::filter::{Filter, FilterLimits};
 use crate::router::Subscriber;
 use crate::session::Session;
 
@@ -44,12 +45,13 @@ pub(crate) fn subscribe(session: &mut Session, sub: Subscribe) -> Result<(), Rej
             ));
         }
     }
-    if sub.filter.is_some() {
-        return Err(Reject::new(
-            ErrorCode::InvalidFilter,
-            "content filters are not offered by this server version",
-        ));
-    }
+    // Compiled once, here; a bad filter is refused with the column at fault.
+    let filter = sub
+        .filter
+        .as_deref()
+        .map(|text| Filter::compile(text, &FilterLimits::default()))
+        .transpose()
+        .map_err(|e| Reject::new(ErrorCode::InvalidFilter, e.to_string()))?;
     if session.subs.contains_key(&sub.sid) {
         return Err(Reject::new(
             ErrorCode::SubscriptionIdInUse,
@@ -73,6 +75,7 @@ pub(crate) fn subscribe(session: &mut Session, sub: Subscribe) -> Result<(), Rej
         sub.sid,
         pattern,
         sub.group,
+        filter,
         Arc::clone(&session.outbound),
         session.replies.clone(),
     ));

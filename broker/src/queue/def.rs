@@ -8,7 +8,9 @@ use tern_codec::subject::validate_pattern;
 use tern_codec::{Binding, ErrorCode, Overflow, QueueDeclare, QueueOptions, SubjectLimits};
 
 use crate::config::QueueDefaults;
+use crate::filter::{Filter, FilterError, FilterLimits};
 use crate::handler::Reject;
+use crate::queue::BindingFilters;
 
 pub use tern_codec::names::validate_name;
 
@@ -53,8 +55,8 @@ impl QueueDef {
     ///
     /// # Errors
     ///
-    /// An invalid name, pattern or dead-letter name, a content filter (not offered by
-    /// this version), or a queue that dead-letters into itself.
+    /// An invalid name, pattern, binding filter or dead-letter name, or a queue that
+    /// dead-letters into itself.
     pub fn from_declare(
         d: &QueueDeclare,
         defaults: &QueueDefaults,
@@ -66,11 +68,13 @@ impl QueueDef {
             validate_pattern(&b.pattern, subjects).map_err(|e| {
                 invalid(format!("binding pattern '{}' is not valid: {e}", b.pattern))
             })?;
-            if b.filter.is_some() {
-                return Err(Reject::new(
-                    ErrorCode::InvalidFilter,
-                    "content filters are not offered by this server version",
-                ));
+            if let Some(text) = &b.filter {
+                Filter::compile(text, &FilterLimits::default()).map_err(|e| {
+                    Reject::new(
+                        ErrorCode::InvalidFilter,
+                        format!("binding '{}': {e}", b.pattern),
+                    )
+                })?;
             }
             let def = BindingDef {
                 pattern: b.pattern.to_string(),
@@ -110,6 +114,23 @@ impl QueueDef {
                 Overflow::Reject => OverflowDef::Reject,
             },
         })
+    }
+
+    /// Each binding's compiled filter, in order.
+    ///
+    /// # Errors
+    ///
+    /// A stored filter that no longer compiles (the limits changed, say).
+    pub fn compile_filters(&self) -> Result<BindingFilters, FilterError> {
+        self.bindings
+            .iter()
+            .map(|b| {
+                b.filter
+                    .as_deref()
+                    .map(|text| Filter::compile(text, &FilterLimits::default()))
+                    .transpose()
+            })
+            .collect()
     }
 
     /// The bindings in their wire form.

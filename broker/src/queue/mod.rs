@@ -23,9 +23,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::def::QueueDef;
 use self::state::{Consumer, ConsumerKey};
+use crate::filter::Filter;
 use crate::outbound::Outbound;
 
 pub(crate) use task::{spawn, QueueTask};
+
+/// Each binding's compiled content filter, in the order of the definition's bindings.
+pub(crate) type BindingFilters = Vec<Option<Filter>>;
 
 /// Inputs waiting for a queue task. Bounded: senders wait, which throttles them.
 const INPUT_CAPACITY: usize = 4096;
@@ -67,6 +71,13 @@ pub(crate) enum QueueInput {
         delivery_id: u64,
         reply: ReplyTo,
     },
+    /// Room for `credit` more deliveries to an auto-ack consumer; `reply` (id 0) is
+    /// for an error only.
+    Credit {
+        key: ConsumerKey,
+        credit: u32,
+        reply: ReplyTo,
+    },
     Stats {
         reply: oneshot::Sender<QueueStats>,
     },
@@ -91,7 +102,8 @@ impl QueueInput {
             | QueueInput::Cancel { reply, .. }
             | QueueInput::Ack { reply, .. }
             | QueueInput::Nack { reply, .. }
-            | QueueInput::Received { reply, .. } => Some(reply),
+            | QueueInput::Received { reply, .. }
+            | QueueInput::Credit { reply, .. } => Some(reply),
             _ => None,
         }
     }
@@ -102,10 +114,17 @@ impl QueueInput {
 pub(crate) struct QueueHandle {
     pub id: QueueId,
     pub def: Arc<QueueDef>,
+    /// Each binding's compiled filter, in the order of `def.bindings`.
+    pub filters: BindingFilters,
     pub tx: mpsc::Sender<QueueInput>,
 }
 
 impl QueueHandle {
+    /// The filter of binding number `binding`, if it has one.
+    pub fn filter(&self, binding: usize) -> Option<&Filter> {
+        self.filters.get(binding).and_then(Option::as_ref)
+    }
+
     /// The queue's counters, or `None` if its task has stopped.
     pub async fn stats(&self) -> Option<QueueStats> {
         let (reply, rx) = oneshot::channel();

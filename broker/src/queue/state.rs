@@ -28,6 +28,7 @@ use tern_codec::{AckMode, DeliveryHead, ErrorCode, QueueStats};
 use tern_storage::{MessageMeta, StoredMessage};
 
 use super::def::{OverflowDef, QueueDef};
+use super::ReplyTo;
 use crate::auth::replies::ReplyPermits;
 use crate::handler::Reject;
 use crate::outbound::Outbound;
@@ -99,15 +100,14 @@ pub struct Consumer {
 const AUTO_RETRY_MS: u64 = 10;
 
 impl Consumer {
-    /// Whether the consumer can take another delivery now. Acked consumers are limited
-    /// by their prefetch; auto-ack consumers hold no unsettled deliveries, so they are
-    /// limited by their connection's outbound buffer instead — otherwise a whole queue
-    /// could be poured into the memory of one slow connection.
+    /// Whether the consumer can take another delivery now: fewer than its prefetch
+    /// outstanding (unsettled, or for an auto-ack consumer not yet credited by its
+    /// client). An auto-ack consumer is also paused while its connection's outbound
+    /// buffer is full, so that a whole queue is never poured into one slow connection.
     fn has_credit(&self) -> bool {
-        match self.mode {
-            AckMode::Auto => self.outbound.pending_bytes() < self.outbound.max_pending(),
-            AckMode::Manual | AckMode::ExactlyOnce => self.in_flight < self.prefetch,
-        }
+        self.in_flight < self.prefetch
+            && (self.mode != AckMode::Auto
+                || self.outbound.pending_bytes() < self.outbound.max_pending())
     }
 
     pub fn new(
@@ -168,14 +168,19 @@ pub enum Action {
         /// When the message entered the queue (ms since the epoch).
         enqueued_ms: u64,
     },
-    /// Remove the message from the store.
-    Settle { seq: u64 },
+    /// Remove the message (and, with `forget_meta`, its meta) from the store. With
+    /// `reply`, answer OK to it once that is durable.
+    Settle {
+        seq: u64,
+        forget_meta: bool,
+        reply: Option<ReplyTo>,
+    },
     /// Record (or, with `None`, forget) what must survive a restart about a message.
     /// With `reply`, answer OK to it once that is durable.
     Meta {
         seq: u64,
         meta: Option<MessageMeta>,
-        reply: Option<(Arc<Outbound>, u32)>,
+        reply: Option<ReplyTo>,
     },
     /// Move the message to the dead-letter queue (or drop it if there is none).
     DeadLetter { entry: Entry, reason: DeadReason },
@@ -448,17 +453,6 @@ impl QueueState {
         });
     }
 
-    /// Deletes an entry's meta from the store, if it has one.
-    fn forget_meta(entry: &Entry, out: &mut Vec<Action>) {
-        if entry.has_meta {
-            out.push(Action::Meta {
-                seq: entry.seq,
-                meta: None,
-                reply: None,
-            });
-        }
-    }
-
     /// Puts a delivered entry back in line, remembering its delivery count.
     fn requeue(&mut self, mut entry: Entry, out: &mut Vec<Action>) {
         Self::remember_count(&mut entry, out);
@@ -504,7 +498,14 @@ impl QueueState {
         Ok(f.entry)
     }
 
-    /// The consumer processed a delivery: the message is settled.
+    /// The consumer processed a delivery: the message is settled, and `reply` is
+    /// answered by an action.
+    ///
+    /// An at-least-once ACK is answered at once: should the settle be lost in a crash,
+    /// the message is delivered again, which that mode allows. An exactly-once ACK is
+    /// answered only once the settle is durable, because the client forgets the
+    /// message when it gets the OK: a settle lost after that would bring the message
+    /// back as new.
     ///
     /// # Errors
     ///
@@ -513,15 +514,47 @@ impl QueueState {
         &mut self,
         key: ConsumerKey,
         delivery_id: u64,
+        reply: &ReplyTo,
         now_ms: u64,
         out: &mut Vec<Action>,
     ) -> Result<(), Reject> {
-        let entry = match self.take_in_flight(key, delivery_id) {
-            Ok(entry) => entry,
-            Err(e) if e.code == ErrorCode::StaleDelivery => self.take_held(key, delivery_id)?,
+        match self.take_in_flight(key, delivery_id) {
+            Ok(entry) => {
+                self.settle(entry, None, out);
+                let (outbound, id) = reply.clone();
+                out.push(Action::Ok { outbound, id });
+            }
+            Err(e) if e.code == ErrorCode::StaleDelivery => {
+                let entry = self.take_held(key, delivery_id)?;
+                self.settle(entry, Some(reply.clone()), out);
+            }
             Err(e) => return Err(e),
-        };
-        self.settle(entry, out);
+        }
+        self.dispatch(now_ms, out);
+        Ok(())
+    }
+
+    /// An auto-ack consumer's client credits `credit` deliveries its application has
+    /// taken: that many more may be sent.
+    ///
+    /// # Errors
+    ///
+    /// Unknown consumer, or one that is not in mode auto (it is credited by settling).
+    pub fn credit(
+        &mut self,
+        key: ConsumerKey,
+        credit: u32,
+        now_ms: u64,
+        out: &mut Vec<Action>,
+    ) -> Result<(), Reject> {
+        let c = self.consumer_mut(key)?;
+        if c.mode != AckMode::Auto {
+            return Err(Reject::new(
+                ErrorCode::UnexpectedFrame,
+                "CREDIT is for auto-ack consumers; others are credited by settling",
+            ));
+        }
+        c.in_flight = c.in_flight.saturating_sub(credit);
         self.dispatch(now_ms, out);
         Ok(())
     }
@@ -544,11 +577,14 @@ impl QueueState {
         Ok(held.entry)
     }
 
-    fn settle(&mut self, entry: Entry, out: &mut Vec<Action>) {
+    fn settle(&mut self, entry: Entry, reply: Option<ReplyTo>, out: &mut Vec<Action>) {
         self.stats.acked += 1;
         self.release(&entry);
-        Self::forget_meta(&entry, out);
-        out.push(Action::Settle { seq: entry.seq });
+        out.push(Action::Settle {
+            seq: entry.seq,
+            forget_meta: entry.has_meta,
+            reply,
+        });
     }
 
     /// The consumer did not process a delivery: requeue it (no sooner than `delay_ms`
@@ -743,15 +779,13 @@ impl QueueState {
                 enqueued_ms: entry.enqueued_ms,
             });
             let (mode, consumer) = (c.mode, c.key);
-            if mode != AckMode::Auto {
-                c.in_flight += 1;
-            }
+            c.in_flight += 1;
             self.stats.delivered += 1;
             if entry.delivery_count > 1 {
                 self.stats.redelivered += 1;
             }
             if mode == AckMode::Auto {
-                self.settle(entry, out);
+                self.settle(entry, None, out);
                 continue;
             }
             let deadline_ms = now_ms + ack_timeout;
@@ -775,8 +809,11 @@ impl QueueState {
         let mut n = 0;
         for entry in ready.into_values().chain(delayed.into_values()) {
             self.release(&entry);
-            Self::forget_meta(&entry, out);
-            out.push(Action::Settle { seq: entry.seq });
+            out.push(Action::Settle {
+                seq: entry.seq,
+                forget_meta: entry.has_meta,
+                reply: None,
+            });
             n += 1;
         }
         n
@@ -849,13 +886,22 @@ mod tests {
         }
     }
 
-    fn consumer(cid: u32, prefetch: u32, mode: AckMode) -> Consumer {
-        let outbound = Arc::new(Outbound::new(
+    fn outbound() -> Arc<Outbound> {
+        Arc::new(Outbound::new(
             1 << 20,
             SlowConsumerPolicy::Drop,
             CancellationToken::new(),
             Arc::default(),
-        ));
+        ))
+    }
+
+    /// Where an ACK's answer goes.
+    fn reply() -> ReplyTo {
+        (outbound(), 7)
+    }
+
+    fn consumer(cid: u32, prefetch: u32, mode: AckMode) -> Consumer {
+        let outbound = outbound();
         let name = (mode == AckMode::ExactlyOnce).then(|| Arc::from("billing"));
         Consumer::new(
             ConsumerKey { conn: 1, cid },
@@ -888,7 +934,7 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Settle { seq } => Some(*seq),
+                Action::Settle { seq, .. } => Some(*seq),
                 _ => None,
             })
             .collect()
@@ -921,7 +967,7 @@ mod tests {
         out.clear();
         // Consumer 1 acks: it gets the next message, consumer 2 still holds its own.
         let (_, id, _, _) = deliveries_of(&d, 1);
-        q.ack(key(1), id, 0, &mut out).unwrap();
+        q.ack(key(1), id, &reply(), 0, &mut out).unwrap();
         assert_eq!(settled(&out), [d.iter().find(|x| x.0 == 1).unwrap().2]);
         let next = deliveries(&out);
         assert_eq!(next.len(), 1);
@@ -951,10 +997,12 @@ mod tests {
         assert_eq!((second.2, second.3), (7, 2), "same message, second attempt");
         assert_ne!(second.1, first.1, "a new delivery id");
         out.clear();
-        let err = q.ack(key(1), first.1, 1000, &mut out).unwrap_err();
+        let err = q
+            .ack(key(1), first.1, &reply(), 1000, &mut out)
+            .unwrap_err();
         assert_eq!(err.code, ErrorCode::StaleDelivery);
         assert!(settled(&out).is_empty(), "the stale ack settles nothing");
-        q.ack(key(1), second.1, 1000, &mut out).unwrap();
+        q.ack(key(1), second.1, &reply(), 1000, &mut out).unwrap();
         assert_eq!(settled(&out), [7]);
         assert_eq!(q.stats().redelivered, 1);
     }
@@ -1048,14 +1096,30 @@ mod tests {
     }
 
     #[test]
-    fn auto_ack_settles_as_it_delivers() {
+    fn auto_ack_settles_as_it_delivers_and_waits_for_credit() {
         let mut q = queue(def(5));
         let mut out = Vec::new();
-        q.attach(consumer(1, 1, AckMode::Auto), 0, &mut out)
+        q.attach(consumer(1, 2, AckMode::Auto), 0, &mut out)
             .unwrap();
-        q.append((0..3).map(msg).collect(), 0, &mut out);
-        assert_eq!(deliveries(&out).len(), 3, "no credit is held");
-        assert_eq!(settled(&out), [0, 1, 2]);
+        q.append((0..5).map(msg).collect(), 0, &mut out);
+        assert_eq!(deliveries(&out).len(), 2, "prefetch 2");
+        assert_eq!(settled(&out), [0, 1], "settled as sent");
+        assert_eq!(q.stats().unacked, 0);
+        assert_eq!(q.stats().ready, 3);
+        out.clear();
+        q.credit(key(1), 1, 0, &mut out).unwrap();
+        assert_eq!(settled(&out), [2], "one credit, one more");
+        out.clear();
+        q.credit(key(1), 100, 0, &mut out).unwrap();
+        assert_eq!(settled(&out), [3, 4], "surplus credit is no debt");
+        let mut manual = queue(def(5));
+        manual
+            .attach(consumer(1, 1, AckMode::Manual), 0, &mut out)
+            .unwrap();
+        let err = manual.credit(key(1), 1, 0, &mut out).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnexpectedFrame);
+        let err = manual.credit(key(2), 1, 0, &mut out).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnknownConsumer);
     }
 
     #[test]
@@ -1123,6 +1187,7 @@ mod tests {
         q.ack(
             ConsumerKey { conn: 2, cid: 2 },
             again[0].delivery_id,
+            &reply(),
             20,
             &mut out,
         )
@@ -1131,13 +1196,17 @@ mod tests {
         assert!(
             out.iter().any(|a| matches!(
                 a,
-                Action::Meta {
+                Action::Settle {
                     seq: 1,
-                    meta: None,
-                    ..
+                    forget_meta: true,
+                    reply: Some(_),
                 }
             )),
-            "the hold is forgotten"
+            "the hold is forgotten with the settle, and the OK waits for both"
+        );
+        assert!(
+            !out.iter().any(|a| matches!(a, Action::Ok { .. })),
+            "no OK before the settle is durable"
         );
     }
 

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::state::{Action, DeadReason, Entry, QueueState};
 use super::{QueueInput, Queues, ReplyTo};
 use crate::handler::Reject;
-use crate::journal::{now_ms, Journal, Op};
+use crate::journal::{now_ms, Done, Journal, Op};
 use crate::outbound::Wakes;
 
 /// Everything a queue task uses besides its state.
@@ -93,8 +93,10 @@ impl QueueTask {
                 delivery_id,
                 reply,
             } => {
-                let r = s.ack(key, delivery_id, now, actions);
-                answer(reply, r, wakes);
+                // Answered by the actions: at once, or once the settle is durable.
+                if let Err(e) = s.ack(key, delivery_id, &reply, now, actions) {
+                    answer(reply, Err(e), wakes);
+                }
             }
             QueueInput::Nack {
                 key,
@@ -113,6 +115,11 @@ impl QueueTask {
             } => {
                 // Answered once the hold is durable, by the Meta action's completion.
                 if let Err(e) = s.received(key, delivery_id, Some(reply.clone()), actions) {
+                    answer(reply, Err(e), wakes);
+                }
+            }
+            QueueInput::Credit { key, credit, reply } => {
+                if let Err(e) = s.credit(key, credit, now, actions) {
                     answer(reply, Err(e), wakes);
                 }
             }
@@ -180,26 +187,21 @@ impl QueueTask {
                         tracing::error!(queue = %self.state.def.name, seq = head.seq, "message body missing from the store");
                     }
                 },
-                Action::Settle { seq } => self.journal.send(Op::Settle {
+                Action::Settle {
+                    seq,
+                    forget_meta,
+                    reply,
+                } => self.journal.send(Op::Settle {
                     queue: self.id,
                     seq,
-                    forget_meta: false,
+                    forget_meta,
+                    done: reply.map(answer_when_durable),
                 }),
                 Action::Meta { seq, meta, reply } => self.journal.send(Op::Meta {
                     queue: self.id,
                     seq,
                     meta,
-                    done: reply.map(|reply| {
-                        Box::new(move |result: Result<(), String>| {
-                            let mut wakes = Wakes::default();
-                            answer(
-                                reply,
-                                result.map_err(|e| Reject::new(ErrorCode::StorageFailed, e)),
-                                &mut wakes,
-                            );
-                            wakes.wake_all();
-                        }) as crate::journal::Done
-                    }),
+                    done: reply.map(answer_when_durable),
                 }),
                 Action::DeadLetter { entry, reason } => self.dead_letter(entry, reason),
                 Action::Ok { outbound, id } => {
@@ -241,6 +243,7 @@ impl QueueTask {
                     queue: self.id,
                     seq: entry.seq,
                     forget_meta: entry.has_meta,
+                    done: None,
                 });
                 self.state.dead_lettered(false);
             }
@@ -293,6 +296,19 @@ fn dead_letter_envelope(
     let mut buf = BytesMut::with_capacity(r.encoded_len());
     r.encode(&mut buf).ok()?;
     Some(buf.freeze())
+}
+
+/// What answers `reply` once the journal has committed the change it waits for.
+fn answer_when_durable(reply: ReplyTo) -> Done {
+    Box::new(move |result: Result<(), String>| {
+        let mut wakes = Wakes::default();
+        answer(
+            reply,
+            result.map_err(|e| Reject::new(ErrorCode::StorageFailed, e)),
+            &mut wakes,
+        );
+        wakes.wake_all();
+    })
 }
 
 /// Answers a request: OK (when it has an id) or ERROR.

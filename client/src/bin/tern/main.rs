@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tern_client::{Client, Headers, TlsOptions};
 
 #[derive(Debug, Parser)]
@@ -121,7 +121,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Command::Queue(queue::Command::Create(args)) = &mut cli.command {
+        let create = matches
+            .subcommand_matches("queue")
+            .and_then(|m| m.subcommand_matches("create"));
+        if let Some(Err(e)) = create.map(|m| args.pair_filters(m)) {
+            eprintln!("tern: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -3,7 +3,8 @@
 use std::io::Write;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
+use clap::ArgMatches;
 use serde_json::{json, Value};
 use tern_client::{Client, Overflow, QueueConfig, QueueInfo};
 
@@ -44,6 +45,12 @@ pub struct CreateArgs {
     /// Subject pattern to route into the queue (repeatable)
     #[arg(long = "bind", value_name = "PATTERN")]
     bind: Vec<String>,
+    /// Content filter for the --bind before it: only messages it accepts are stored
+    #[arg(long = "filter", value_name = "EXPR")]
+    filter: Vec<String>,
+    /// Each binding with its filter, paired by position on the command line.
+    #[arg(skip)]
+    bindings: Vec<(String, Option<String>)>,
     /// Delivery attempts before a message is dead-lettered [server default: 5]
     #[arg(long, value_name = "N")]
     max_deliver: Option<u32>,
@@ -64,6 +71,50 @@ pub struct CreateArgs {
     overflow: OverflowArg,
 }
 
+impl CreateArgs {
+    /// Pairs each `--filter` with the `--bind` before it. Clap keeps the two options'
+    /// values apart; only their positions on the command line tell which filter
+    /// belongs to which binding.
+    ///
+    /// # Errors
+    ///
+    /// A `--filter` before any `--bind`, or two for the same binding.
+    pub fn pair_filters(&mut self, matches: &ArgMatches) -> anyhow::Result<()> {
+        let positioned = |id: &str| -> Vec<(usize, String)> {
+            matches
+                .indices_of(id)
+                .into_iter()
+                .flatten()
+                .zip(
+                    matches
+                        .get_many::<String>(id)
+                        .into_iter()
+                        .flatten()
+                        .cloned(),
+                )
+                .collect()
+        };
+        let binds = positioned("bind");
+        let mut bindings: Vec<(String, Option<String>)> =
+            binds.iter().map(|(_, p)| (p.clone(), None)).collect();
+        for (at, filter) in positioned("filter") {
+            let owner = binds
+                .iter()
+                .rposition(|(b, _)| *b < at)
+                .and_then(|i| bindings.get_mut(i));
+            match owner {
+                None => bail!("--filter '{filter}' must follow the --bind it applies to"),
+                Some((pattern, Some(_))) => {
+                    bail!("--bind '{pattern}' has two --filter options; join them with AND")
+                }
+                Some((_, slot)) => *slot = Some(filter),
+            }
+        }
+        self.bindings = bindings;
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum OverflowArg {
     DropHead,
@@ -76,8 +127,11 @@ pub async fn run(client: Client, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Create(a) => {
             let mut config = QueueConfig::new(&a.name);
-            for b in &a.bind {
-                config = config.bind(b);
+            for (pattern, filter) in &a.bindings {
+                config = match filter {
+                    Some(f) => config.bind_filtered(pattern, f),
+                    None => config.bind(pattern),
+                };
             }
             config.max_deliver = a.max_deliver;
             config.ack_timeout = a.ack_timeout;

@@ -1,4 +1,4 @@
-//! `tern sub PATTERN [--group G] [--count N] [--json]`
+//! `tern sub PATTERN [--group G] [--filter EXPR] [--count N] [--json]`
 
 use std::io::Write;
 
@@ -14,6 +14,10 @@ pub struct Args {
     /// Join this queue group (each message goes to one member)
     #[arg(long, short = 'g', value_name = "GROUP")]
     group: Option<String>,
+    /// Receive only messages this content filter accepts, e.g. "region = 'eu' AND
+    /// payload.temp > 30" (see docs/FILTERS.md)
+    #[arg(long, short = 'f', value_name = "EXPR")]
+    filter: Option<String>,
     /// Exit after this many messages
     #[arg(long, value_name = "N")]
     count: Option<u64>,
@@ -26,6 +30,9 @@ pub async fn run(client: Client, args: Args) -> anyhow::Result<()> {
     let mut builder = client.subscribe(&args.pattern);
     if let Some(g) = &args.group {
         builder = builder.group(g);
+    }
+    if let Some(f) = &args.filter {
+        builder = builder.filter(f);
     }
     let mut sub = builder.await?;
     let mut printer = Printer::new(args.json);
