@@ -39,6 +39,12 @@ pub enum ConfigError {
     },
     #[error("invalid value for `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
+    #[error("bridge '{bridge}': invalid value for `{key}`: {reason}")]
+    Bridge {
+        bridge: String,
+        key: String,
+        reason: String,
+    },
     /// As `Invalid`, for keys that are built at run time (`users[alice].password_hash`).
     #[error("invalid value for `{key}`: {reason}")]
     Setting { key: String, reason: String },
