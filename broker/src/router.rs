@@ -84,11 +84,36 @@ impl Subscriber {
     }
 }
 
-/// What a sublist entry routes to: a live subscription, or one binding of a durable
-/// queue (its number in the queue's definition).
+/// Filtered subscriptions without a queue group on one pattern, indexed on their
+/// header equalities.
+///
+/// One per pattern, shared by every route the pattern is part of and changed in place.
+/// So a filtered subscribe costs one index insert rather than a rebuild of every
+/// publisher's routes, and building a route for a new subject of `commands.>` costs
+/// the same with 10 devices subscribed as with 10,000.
+#[derive(Debug, Default)]
+pub(crate) struct FilteredSubs {
+    index: RwLock<EqualityIndex<Arc<Subscriber>>>,
+}
+
+impl FilteredSubs {
+    // Index updates leave it whole at every step: a poisoned lock guards good data.
+    fn read(&self) -> RwLockReadGuard<'_, EqualityIndex<Arc<Subscriber>>> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, EqualityIndex<Arc<Subscriber>>> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What a sublist entry routes to: a live subscription, a pattern's filtered
+/// subscriptions, or one binding of a durable queue (its number in the queue's
+/// definition).
 #[derive(Debug, Clone)]
 pub(crate) enum Route {
     Subscriber(Arc<Subscriber>),
+    Filtered(Arc<FilteredSubs>),
     Queue(Arc<QueueHandle>, usize),
 }
 
@@ -96,6 +121,7 @@ impl PartialEq for Route {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (Route::Subscriber(a), Route::Subscriber(b)) => a == b,
+            (Route::Filtered(a), Route::Filtered(b)) => Arc::ptr_eq(a, b),
             (Route::Queue(a, i), Route::Queue(b, j)) => Arc::ptr_eq(a, b) && i == j,
             _ => false,
         }
@@ -124,10 +150,10 @@ impl QueueRoute {
 pub(crate) struct Interest {
     /// Subscribers without a queue group or filter: each gets every message.
     plain: Vec<Arc<Subscriber>>,
-    /// Filtered subscribers without a queue group: each gets the messages its filter
-    /// accepts. Header equalities are found by hash, so thousands of them cost about as
-    /// much per message as a few.
-    filtered: EqualityIndex<Arc<Subscriber>>,
+    /// Filtered subscribers without a queue group, one set per matching pattern: each
+    /// gets the messages its filter accepts. Header equalities are found by hash, so
+    /// thousands of them cost about as much per message as a few.
+    filtered: Vec<Arc<FilteredSubs>>,
     /// Members of each queue group: one member (whose filter accepts the message) per
     /// group gets each message.
     groups: Vec<Vec<Arc<Subscriber>>>,
@@ -142,6 +168,10 @@ impl Interest {
         for route in routes {
             let s = match route {
                 Route::Subscriber(s) => s,
+                Route::Filtered(f) => {
+                    interest.filtered.push(Arc::clone(f));
+                    continue;
+                }
                 Route::Queue(q, binding) => {
                     match interest.queues.iter_mut().find(|r| r.queue.id == q.id) {
                         Some(r) => r.bindings.push(*binding),
@@ -153,10 +183,9 @@ impl Interest {
                     continue;
                 }
             };
-            match (&s.group, &s.filter) {
-                (None, None) => interest.plain.push(Arc::clone(s)),
-                (None, Some(f)) => interest.filtered.insert((**f).clone(), Arc::clone(s)),
-                (Some(g), _) => {
+            match &s.group {
+                None => interest.plain.push(Arc::clone(s)),
+                Some(g) => {
                     let i = *by_group.entry(g).or_insert_with(|| {
                         interest.groups.push(Vec::new());
                         interest.groups.len() - 1
@@ -183,7 +212,10 @@ impl Interest {
     /// mandatory publish needs besides a queue.
     pub fn has_taker(&self, view: &MessageView<'_>) -> bool {
         !self.plain.is_empty()
-            || self.filtered.matching(view).next().is_some()
+            || self
+                .filtered
+                .iter()
+                .any(|f| f.read().matching(view).next().is_some())
             || self
                 .groups
                 .iter()
@@ -204,15 +236,20 @@ impl Interest {
         wakes: &mut Wakes,
     ) -> (u64, u64) {
         let (mut delivered, mut dropped) = (0, 0);
-        let filtered = self.filtered.matching(view);
-        for s in self.plain.iter().chain(filtered) {
-            match s.deliver(envelope, wakes) {
-                Push::Queued => delivered += 1,
-                Push::Dropped => {
-                    s.outbound.count_drop();
-                    dropped += 1;
-                }
-                Push::Closed => {}
+        let mut deliver = |s: &Subscriber| match s.deliver(envelope, wakes) {
+            Push::Queued => delivered += 1,
+            Push::Dropped => {
+                s.outbound.count_drop();
+                dropped += 1;
+            }
+            Push::Closed => {}
+        };
+        for s in &self.plain {
+            deliver(s);
+        }
+        for set in &self.filtered {
+            for s in set.read().matching(view) {
+                deliver(s);
             }
         }
         for members in &self.groups {
@@ -254,10 +291,17 @@ pub(crate) struct RouteCache {
     routes: FxHashMap<Box<str>, Arc<Interest>>,
 }
 
+/// The sublist, and the filtered subscriptions of each pattern that has some.
+#[derive(Debug)]
+struct Routes {
+    sublist: Sublist<Route>,
+    filtered: HashMap<Box<str>, Arc<FilteredSubs>>,
+}
+
 /// Every subscription on the server.
 #[derive(Debug)]
 pub(crate) struct Router {
-    subs: RwLock<Sublist<Route>>,
+    subs: RwLock<Routes>,
     /// The sublist's generation, readable without the lock.
     generation: Arc<AtomicU64>,
     subscriptions: AtomicUsize,
@@ -268,7 +312,10 @@ impl Default for Router {
         let subs = Sublist::new();
         let generation = subs.generation_handle();
         Self {
-            subs: RwLock::new(subs),
+            subs: RwLock::new(Routes {
+                sublist: subs,
+                filtered: HashMap::new(),
+            }),
             generation,
             subscriptions: AtomicUsize::new(0),
         }
@@ -278,45 +325,73 @@ impl Default for Router {
 impl Router {
     // Sublist operations leave the trie consistent at every step, so a poisoned lock
     // still guards good data.
-    fn read(&self) -> RwLockReadGuard<'_, Sublist<Route>> {
+    fn read(&self) -> RwLockReadGuard<'_, Routes> {
         self.subs.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Sublist<Route>> {
+    fn write(&self) -> RwLockWriteGuard<'_, Routes> {
         self.subs.write().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn subscribe(&self, sub: Arc<Subscriber>) {
-        let pattern = sub.pattern.clone();
-        self.write().insert(&pattern, Route::Subscriber(sub));
+        let mut routes = self.write();
+        let Routes { sublist, filtered } = &mut *routes;
+        match (&sub.group, &sub.filter) {
+            (None, Some(filter)) => {
+                let set = match filtered.get(sub.pattern.as_str()) {
+                    Some(set) => Arc::clone(set),
+                    None => {
+                        let set = Arc::new(FilteredSubs::default());
+                        sublist.insert(&sub.pattern, Route::Filtered(Arc::clone(&set)));
+                        filtered.insert(sub.pattern.as_str().into(), Arc::clone(&set));
+                        set
+                    }
+                };
+                set.write().insert((**filter).clone(), Arc::clone(&sub));
+            }
+            _ => sublist.insert(&sub.pattern, Route::Subscriber(Arc::clone(&sub))),
+        }
         self.subscriptions.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Removes `sub`; no message is delivered on it once this returns.
     pub fn unsubscribe(&self, sub: &Arc<Subscriber>) {
         sub.outbound.deactivate(&sub.active);
-        let pattern = sub.pattern.clone();
-        if self
-            .write()
-            .remove(&pattern, &Route::Subscriber(Arc::clone(sub)))
-        {
+        let mut routes = self.write();
+        let Routes { sublist, filtered } = &mut *routes;
+        let removed = match (&sub.group, &sub.filter) {
+            (None, Some(filter)) => match filtered.get(sub.pattern.as_str()).cloned() {
+                Some(set) => {
+                    let mut index = set.write();
+                    let removed = index.remove(filter, |s| Arc::ptr_eq(s, sub));
+                    if index.is_empty() {
+                        sublist.remove(&sub.pattern, &Route::Filtered(Arc::clone(&set)));
+                        filtered.remove(sub.pattern.as_str());
+                    }
+                    removed
+                }
+                None => false,
+            },
+            _ => sublist.remove(&sub.pattern, &Route::Subscriber(Arc::clone(sub))),
+        };
+        if removed {
             self.subscriptions.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
     /// Routes messages on the queue's binding patterns to it.
     pub fn bind_queue(&self, queue: &Arc<QueueHandle>) {
-        let mut sl = self.write();
+        let sublist = &mut self.write().sublist;
         for (i, b) in queue.def.bindings.iter().enumerate() {
-            sl.insert(&b.pattern, Route::Queue(Arc::clone(queue), i));
+            sublist.insert(&b.pattern, Route::Queue(Arc::clone(queue), i));
         }
     }
 
     /// Stops routing messages to the queue.
     pub fn unbind_queue(&self, queue: &Arc<QueueHandle>) {
-        let mut sl = self.write();
+        let sublist = &mut self.write().sublist;
         for (i, b) in queue.def.bindings.iter().enumerate() {
-            sl.remove(&b.pattern, &Route::Queue(Arc::clone(queue), i));
+            sublist.remove(&b.pattern, &Route::Queue(Arc::clone(queue), i));
         }
     }
 
@@ -343,14 +418,14 @@ impl Router {
 
     /// Who wants `subject`, matched through the sublist and not remembered.
     pub fn lookup_uncached(&self, subject: &str) -> Arc<Interest> {
-        Arc::new(Interest::new(&self.read().matches(subject)))
+        Arc::new(Interest::new(&self.read().sublist.matches(subject)))
     }
 
     /// Who wants `subject`, matched through the sublist and remembered in `cache`.
     pub fn lookup(&self, cache: &mut RouteCache, subject: &str) -> Arc<Interest> {
         let (generation, subs) = {
-            let sl = self.read();
-            (sl.generation(), sl.matches(subject))
+            let routes = self.read();
+            (routes.sublist.generation(), routes.sublist.matches(subject))
         };
         let interest = Arc::new(Interest::new(&subs));
         if cache.generation != generation || cache.routes.len() >= ROUTE_CACHE_MAX {

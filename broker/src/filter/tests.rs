@@ -929,11 +929,21 @@ fn index_basics() {
     assert_eq!(ids(&idx, &other), [3]);
     assert_eq!(ids(&idx, &none), Vec::<i32>::new());
 
-    assert_eq!(idx.retain(|&id| id != 3 && id != 5), 2);
+    assert!(idx.remove(&compile("device IN ('d1', 'd3', NULL)"), |&id| id == 3));
+    assert!(idx.remove(&compile("region = 'eu' OR device = 'd1'"), |&id| id == 5));
+    assert!(
+        !idx.remove(&compile("device = 'd1'"), |&id| id == 2),
+        "not filed under that filter"
+    );
     assert_eq!(idx.len(), 3);
     assert_eq!(ids(&idx, &hot), [1, 4]);
     assert_eq!(ids(&idx, &other), Vec::<i32>::new());
-    assert_eq!(idx.retain(|_| false), 3);
+    assert!(idx.remove(&compile("device = 'd1'"), |&id| id == 1));
+    assert!(idx.remove(&compile("'d2' = device"), |&id| id == 2));
+    assert!(
+        idx.remove(&compile("device = 'd1' AND payload.temp > 30"), |&id| id
+            == 4)
+    );
     assert!(idx.is_empty());
 }
 
@@ -1242,8 +1252,11 @@ proptest! {
             Ok(())
         };
         check(&idx, &|_| true)?;
-        let removed = idx.retain(|&i| i % drop_every != 0);
-        prop_assert_eq!(removed, (0..compiled.len()).filter(|i| i % drop_every == 0).count());
+        let mut removed = 0;
+        for (i, f) in compiled.iter().enumerate().filter(|(i, _)| i % drop_every == 0) {
+            prop_assert!(idx.remove(f, |&j| j == i));
+            removed += 1;
+        }
         prop_assert_eq!(idx.len(), compiled.len() - removed);
         check(&idx, &|i| i % drop_every != 0)?;
     }
