@@ -400,45 +400,90 @@ impl Settings {
     }
 
     /// `self` where set, `lower` elsewhere.
+    ///
+    /// Every field is named in the patterns below (none is skipped with `..`), so a new
+    /// setting cannot be forgotten here: the file's users or TLS being dropped under
+    /// the flags would leave a broker open to everyone.
     pub fn over(self, lower: Settings) -> Settings {
+        /// Takes each listed field of `$hi` or, where unset, of `$lo`, which is
+        /// destructured exhaustively.
         macro_rules! over {
-            ($hi:expr, $lo:expr, $($field:ident),*) => {
-                $( $hi.$field = $hi.$field.or($lo.$field); )*
-            };
+            ($hi:expr, $lo:expr, $ty:ident { $($field:ident),* $(,)? }) => {{
+                let $ty { $($field),* } = $lo;
+                $( $hi.$field = $hi.$field.or($field); )*
+            }};
         }
         let mut hi = self;
-        over!(
-            hi,
-            lower,
+        let Settings {
             listen,
             data_dir,
             metrics_listen,
-            shutdown_timeout
-        );
+            shutdown_timeout,
+            limits,
+            store,
+            queues,
+            bridge,
+            tls,
+            allow_anonymous,
+            users,
+            anonymous,
+        } = lower;
+        hi.listen = hi.listen.or(listen);
+        hi.data_dir = hi.data_dir.or(data_dir);
+        hi.metrics_listen = hi.metrics_listen.or(metrics_listen);
+        hi.shutdown_timeout = hi.shutdown_timeout.or(shutdown_timeout);
+        hi.bridge = hi.bridge.or(bridge);
+        hi.allow_anonymous = hi.allow_anonymous.or(allow_anonymous);
+        hi.anonymous = hi.anonymous.or(anonymous);
+        if hi.users.is_empty() {
+            hi.users = users;
+        }
         over!(
             hi.limits,
-            lower.limits,
-            max_frame_size,
-            max_connections,
-            max_subscriptions,
-            max_headers,
-            max_subject_len,
-            max_subject_tokens,
-            max_pending_bytes,
-            slow_consumer,
-            handshake_timeout,
-            write_timeout,
-            max_connections_per_ip,
-            idle_timeout
+            limits,
+            LimitSettings {
+                max_frame_size,
+                max_connections,
+                max_subscriptions,
+                max_headers,
+                max_subject_len,
+                max_subject_tokens,
+                max_pending_bytes,
+                slow_consumer,
+                handshake_timeout,
+                write_timeout,
+                max_connections_per_ip,
+                idle_timeout,
+            }
         );
-        over!(hi.store, lower.store, sync, dedup_window, dedup_age);
+        over!(
+            hi.store,
+            store,
+            StoreSettings {
+                sync,
+                dedup_window,
+                dedup_age,
+            }
+        );
         over!(
             hi.queues,
-            lower.queues,
-            max_deliver,
-            ack_timeout,
-            memory,
-            max_prefetch
+            queues,
+            QueueSettings {
+                max_deliver,
+                ack_timeout,
+                memory,
+                max_prefetch,
+            }
+        );
+        over!(
+            hi.tls,
+            tls,
+            TlsSettings {
+                listen,
+                cert,
+                key,
+                client_ca,
+            }
         );
         hi
     }
@@ -799,5 +844,34 @@ mod tests {
         let c = Config::from_settings(flags.over(file)).unwrap();
         assert_eq!(c.listen.port(), 2);
         assert_eq!(c.limits.max_headers, 3);
+    }
+
+    #[test]
+    fn file_only_tables_survive_the_flags() {
+        // Users, anonymous permissions and TLS files can only come from the file: the
+        // flag layer (all unset) must not drop them.
+        let file = Settings::from_toml(
+            r#"
+            allow_anonymous = true
+            [[users]]
+            name = "alice"
+            token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+            [anonymous]
+            subscribe = ["public.>"]
+            [tls]
+            listen = "127.0.0.1:0"
+            cert = "/etc/tern/cert.pem"
+            "#,
+        )
+        .unwrap();
+        let merged = Settings::default().over(file);
+        assert_eq!(merged.users.len(), 1);
+        assert_eq!(merged.allow_anonymous, Some(true));
+        assert!(merged.anonymous.is_some());
+        assert_eq!(
+            merged.tls.cert.as_deref(),
+            Some(Path::new("/etc/tern/cert.pem"))
+        );
+        assert!(merged.tls.listen.is_some());
     }
 }

@@ -16,7 +16,7 @@ use tern_codec::{DecodeError, Encode, ErrorCode, ErrorFrame};
 use tern_storage::{
     DedupEntry, MessageMeta, QueueId, QueueRecord, Recover, RecoveredChunk, SledStore, Store,
 };
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -290,11 +290,6 @@ impl Server {
             Some(t) => Some(crate::tls::Tls::new(t.files.clone())?),
             None => None,
         };
-        if !config.auth.has_users() {
-            tracing::warn!("no users configured: every client is anonymous with every permission");
-        } else if config.auth.allows_anonymous() {
-            tracing::warn!("allow_anonymous = true: clients without credentials get the [anonymous] permissions");
-        }
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
         match config.store.sync {
             SyncPolicy::Always => {}
@@ -386,6 +381,12 @@ impl Server {
         }
         if recovered > 0 {
             tracing::info!(queues = recovered, "recovered queues from the store");
+        }
+        // Warned once the server is sure to start, so that a failed start is one line.
+        if !shared.config.auth.has_users() {
+            tracing::warn!("no users configured: every client is anonymous with every permission");
+        } else if shared.config.auth.allows_anonymous() {
+            tracing::warn!("allow_anonymous = true: clients without credentials get the [anonymous] permissions");
         }
         Ok(Self { shared })
     }
@@ -506,6 +507,7 @@ impl Server {
         let tracker = TaskTracker::new();
         *lock(&shared.bridges) = crate::bridge::start(self, &tracker);
         let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
+        let refusals = Arc::new(Semaphore::new(MAX_TLS_REFUSALS));
         tokio::pin!(shutdown);
         loop {
             let (socket, peer, secure) = tokio::select! {
@@ -528,7 +530,29 @@ impl Server {
             let admission = match self.admit(&slots, peer) {
                 Ok(a) => a,
                 Err(refusal) => {
-                    tracker.spawn(refuse(socket, refusal));
+                    match (secure, tls) {
+                        // The reason is told inside TLS (plain bytes on a TLS port read
+                        // as a corrupt record), but only by a few handshakes at once: a
+                        // flood of refused clients must not buy itself CPU.
+                        (true, Some(tls)) => match Arc::clone(&refusals).try_acquire_owned() {
+                            Ok(permit) => {
+                                let acceptor = tls.acceptor();
+                                let timeout = shared.config.limits.handshake_timeout;
+                                tracker.spawn(async move {
+                                    if let Ok(Ok(stream)) =
+                                        tokio::time::timeout(timeout, acceptor.accept(socket)).await
+                                    {
+                                        refuse(stream, refusal).await;
+                                    }
+                                    drop(permit);
+                                });
+                            }
+                            Err(_) => drop(socket),
+                        },
+                        _ => {
+                            tracker.spawn(refuse(socket, refusal));
+                        }
+                    }
                     continue;
                 }
             };
@@ -644,7 +668,8 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// No TLS is configured, or the files are unusable (the old ones stay in force).
+    /// The files are unusable (the old ones stay in force). Without TLS, nothing is
+    /// done.
     pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
         match &self.shared.tls {
             Some(tls) => tls.reload(),
@@ -710,12 +735,19 @@ async fn serve_tls(
     drop(admission);
 }
 
+/// Most TLS handshakes done at once only to tell refused clients why.
+const MAX_TLS_REFUSALS: usize = 16;
+
 /// Tells a client refused at a connection limit why it is being closed.
-async fn refuse(mut socket: TcpStream, reason: String) {
+async fn refuse(mut socket: impl AsyncWrite + Unpin, reason: String) {
     let err = ErrorFrame::new(0, ErrorCode::TooManyConnections, reason);
     let mut buf = bytes::BytesMut::new();
     if err.encode(&mut buf).is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), socket.write_all(&buf)).await;
+        let write = async {
+            socket.write_all(&buf).await?;
+            socket.shutdown().await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
     }
 }
 
@@ -746,19 +778,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let server = server.clone();
         tokio::spawn(async move { server.serve_metrics(metrics).await });
     }
+    // Installed with or without TLS: SIGHUP's default action would end the process.
     #[cfg(unix)]
-    if tls_listener.is_some() {
-        reload_on_sighup(server.clone())?;
-    }
+    reload_on_sighup(server.clone())?;
     server.serve_with(listener, tls_listener, shutdown).await
 }
 
-/// Reloads the TLS certificates on every SIGHUP.
+/// Reloads the TLS certificates on every SIGHUP (and only logs it without TLS).
 #[cfg(unix)]
 fn reload_on_sighup(server: Server) -> std::io::Result<()> {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
+            if server.shared.tls.is_none() {
+                tracing::info!("SIGHUP: no TLS configured, nothing to reload");
+                continue;
+            }
             match server.reload_tls() {
                 Ok(()) => tracing::info!("TLS certificates reloaded"),
                 Err(e) => {
