@@ -209,6 +209,7 @@ impl Request<'_> {
                 ReplyWaiter::One(tx),
             )
             .await?;
+        let _waiter = ForgetOnDrop { client, token };
         let subject = self.subject;
         let outcome = tokio::time::timeout(self.timeout, async move {
             tokio::pin!(rx, confirm);
@@ -228,13 +229,9 @@ impl Request<'_> {
         })
         .await;
         let reply = match outcome {
-            Ok(reply) => reply,
-            Err(_) => Err(Error::Timeout),
+            Ok(reply) => reply?,
+            Err(_) => return Err(Error::Timeout),
         };
-        if reply.is_err() {
-            client.inner.state().inbox.forget(token);
-        }
-        let reply = reply?;
         match reply.headers.get(ERROR_HEADER) {
             Some(message) => Err(Error::Service {
                 message: message.to_string(),
@@ -305,6 +302,7 @@ impl RequestMany<'_> {
                 ReplyWaiter::Many(tx),
             )
             .await?;
+        let _waiter = ForgetOnDrop { client, token };
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut replies = Vec::new();
         let mut confirm = Some(confirm);
@@ -339,8 +337,21 @@ impl RequestMany<'_> {
                 () = tokio::time::sleep_until(gap) => break Ok(()),
             }
         };
-        client.inner.state().inbox.forget(token);
         result.map(|()| replies)
+    }
+}
+
+/// Removes a request's reply waiter from the inbox when the request ends, however it
+/// ends: answered, failed, timed out, or dropped unfinished (by a `select!`, say), so
+/// that abandoned requests do not pile up waiters.
+struct ForgetOnDrop<'a> {
+    client: &'a Client,
+    token: u64,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.client.inner.state().inbox.forget(self.token);
     }
 }
 

@@ -145,10 +145,10 @@ async fn run(command: &str, input: &[u8]) -> Result<Bytes, String> {
         Ok(Bytes::from(output.stdout))
     } else {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let first = stderr.lines().next().unwrap_or("").trim();
-        Err(format!(
-            "'{command}' exited with {}: {first}",
-            output.status
-        ))
+        let failed = format!("'{command}' exited with {}", output.status);
+        match stderr.lines().next().map(str::trim) {
+            Some(first) if !first.is_empty() => Err(format!("{failed}: {first}")),
+            _ => Err(failed),
+        }
     }
 }
