@@ -13,18 +13,7 @@ use tern::Client;
 
 /// `tern ARGS...`, talking to `server` when given.
 fn tern(server: Option<&TestBroker>, args: &[&str]) -> Command {
-    let mut cmd = Command::new(common::bin("tern"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TERN_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env_remove("RUST_LOG");
-    if let Some(b) = server {
-        cmd.args(["--server", &b.url()]);
-    }
-    cmd.args(args);
-    cmd
+    common::tern_cmd(server.map(TestBroker::url).as_deref(), args)
 }
 
 /// Starts `tern sub ...` and waits until the broker has its subscription.

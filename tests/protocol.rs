@@ -368,10 +368,11 @@ async fn request_errors_carry_the_request_id_and_keep_the_connection() {
         sid: 1,
         pattern: "a.b".into(),
         group: None,
-        filter: Some("x > 1".into()),
+        filter: Some("x >".into()),
     })
     .await;
-    raw.expect_error(ErrorCode::InvalidFilter, 22).await;
+    let e = raw.expect_error(ErrorCode::InvalidFilter, 22).await;
+    assert!(e.message.contains("column 4"), "{}", e.message);
     raw.send(&Unsubscribe { id: 23, sid: 77 }).await;
     raw.expect_error(ErrorCode::UnknownSubscription, 23).await;
     raw.send(&subscribe(24, 5, "a.b")).await;

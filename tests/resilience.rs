@@ -4,11 +4,11 @@ mod common;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::{drain, settle, texts, wait_for, within, Proc, RawConn};
+use common::{drain, settle, ternd_cmd, texts, wait_for, within, RawConn, Ternd};
 use tern::{Client, Error, ErrorCode};
 use tern_broker::config::Listen;
 use tern_broker::Config;
@@ -195,79 +195,11 @@ async fn graceful_shutdown_delivers_everything_then_closes() {
 // ternd as a process.
 // ---------------------------------------------------------------------------------------
 
-/// `ternd` with a clean environment (no TERN_* from the caller) and info logs.
-fn ternd(args: &[&str]) -> Command {
-    let mut cmd = Command::new(common::bin("ternd"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TERN_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("RUST_LOG", "info").args(args);
-    cmd
-}
-
-/// A running `ternd` and the lines it writes to stderr.
-struct Daemon {
-    proc: Proc,
-    addr: SocketAddr,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-}
-
-impl Daemon {
-    /// Starts `cmd` and waits for its `listening on ADDR` line.
-    async fn start(mut cmd: Command) -> Daemon {
-        use std::io::BufRead;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut proc = Proc::spawn(&mut cmd);
-        let stderr = proc.child.stderr.take().unwrap();
-        let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let addr = within("ternd to listen", async {
-            loop {
-                let line = lines.recv().await.expect("ternd exited before listening");
-                if let Some((_, rest)) = line.split_once("listening on ") {
-                    let addr = rest.split_whitespace().next().unwrap();
-                    return addr.parse::<SocketAddr>().unwrap();
-                }
-            }
-        })
-        .await;
-        Daemon { proc, addr, lines }
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.proc.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Every stderr line until the process closes it.
-    async fn rest_of_stderr(&mut self) -> Vec<String> {
-        let mut rest = Vec::new();
-        while let Some(l) = within("ternd's stderr", self.lines.recv()).await {
-            rest.push(l);
-        }
-        rest
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ternd_serves_and_exits_cleanly_on_sigterm() {
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().join("store");
-    let mut d = Daemon::start(ternd(&[
+    let mut d = Ternd::spawn(ternd_cmd(&[
         "--listen",
         "127.0.0.1:0",
         "--data-dir",
@@ -326,7 +258,7 @@ async fn ternd_settings_layer_flags_over_environment_over_file() {
     )
     .unwrap();
     let data_dir = dir.path().join("data");
-    let mut cmd = ternd(&[
+    let mut cmd = ternd_cmd(&[
         "--config",
         config.to_str().unwrap(),
         "--listen",
@@ -338,7 +270,7 @@ async fn ternd_settings_layer_flags_over_environment_over_file() {
     ]);
     cmd.env("TERN_MAX_FRAME_SIZE", "65536")
         .env("TERN_MAX_SUBSCRIPTIONS", "5");
-    let d = Daemon::start(cmd).await;
+    let d = Ternd::spawn(cmd).await;
     let c = Client::connect(d.addr.to_string()).await.unwrap();
     assert_eq!(c.max_frame_size(), 65536, "environment over file");
     let _a = c.subscribe("a").await.unwrap();
@@ -367,7 +299,7 @@ async fn ternd_refuses_a_data_dir_that_is_not_a_tern_store() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.bin");
     std::fs::write(&garbage, b"\x00\x01 not a tern store").unwrap();
-    let (out, err) = ternd_fails(&mut ternd(&[
+    let (out, err) = ternd_fails(&mut ternd_cmd(&[
         "--listen",
         "127.0.0.1:0",
         "--data-dir",
@@ -394,7 +326,7 @@ async fn ternd_refuses_a_data_dir_that_is_not_a_tern_store() {
 fn bad_config(dir: &tempfile::TempDir, text: &str) -> Command {
     let config = dir.path().join("ternd.toml");
     std::fs::write(&config, text).unwrap();
-    ternd(&[
+    ternd_cmd(&[
         "--config",
         config.to_str().unwrap(),
         "--listen",
@@ -433,7 +365,7 @@ async fn ternd_config_errors_are_one_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ternd_rejects_an_unknown_flag() {
-    let (out, err) = ternd_fails(&mut ternd(&["--no-such-flag"])).await;
+    let (out, err) = ternd_fails(&mut ternd_cmd(&["--no-such-flag"])).await;
     assert!(err.contains("--no-such-flag"), "{err}");
     assert!(out.is_empty(), "{out}");
 }

@@ -203,10 +203,43 @@ pub fn bin(name: &str) -> PathBuf {
         if profile_dir.ends_with("release") {
             cmd.arg("--release");
         }
+        // Cargo gives this test process its package's variables; a build script that
+        // watches them (ring's does) would see them change and rebuild everything,
+        // here and again on the next outer cargo run.
+        for (k, _) in std::env::vars() {
+            let per_package = [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p));
+            if per_package || k == "CARGO_PRIMARY_PACKAGE" || k == "CARGO_TARGET_TMPDIR" {
+                cmd.env_remove(k);
+            }
+        }
         let status = cmd.status().expect("cargo runs");
         assert!(status.success(), "building the binaries failed");
     });
     profile_dir.join(name)
+}
+
+/// `tern ARGS...` talking to `server` when given, with a clean environment (no TERN_*
+/// or RUST_LOG from the caller).
+pub fn tern_cmd(server: Option<&str>, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin("tern"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TERN_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env_remove("RUST_LOG");
+    if let Some(server) = server {
+        cmd.args(["--server", server]);
+    }
+    cmd.args(args);
+    cmd
 }
 
 // ---------------------------------------------------------------------------------------
@@ -407,4 +440,341 @@ pub async fn run_cmd(
         // Dropped here: the child sees the end of its input.
     }
     p.output().await
+}
+
+// ---------------------------------------------------------------------------------------
+// Durable queues: restarts in process, queue counters.
+// ---------------------------------------------------------------------------------------
+
+/// A config for a broker on exactly `listen`, storing in `dir` (as [`start_broker_with`]
+/// lays it out), so that a broker can be restarted on the same data.
+pub fn config_in(dir: &tempfile::TempDir, listen: SocketAddr) -> Config {
+    Config {
+        listen,
+        data_dir: dir.path().join("data"),
+        metrics_listen: Listen::Off,
+        ..Config::default()
+    }
+}
+
+/// Shuts `b` down gracefully and starts a new broker on the same address and data
+/// directory, with `adjust` applied to the config (give it the adjustments `b` was
+/// started with). Clients that reconnect find it where they left the old one.
+pub async fn restart(b: TestBroker, adjust: impl FnOnce(&mut Config)) -> TestBroker {
+    let addr = b.addr;
+    let dir = b.shutdown().await;
+    let mut config = config_in(&dir, addr);
+    adjust(&mut config);
+    start_on(config, dir).await
+}
+
+/// Polls `client.queue_info(name)` until `condition` holds for it and returns that
+/// info; fails the test after [`PATIENCE`], showing the last info seen.
+pub async fn queue_until(
+    client: &tern::Client,
+    name: &str,
+    what: &str,
+    mut condition: impl FnMut(&tern::QueueStats) -> bool,
+) -> tern::QueueInfo {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let info = within("queue_info", client.queue_info(name))
+            .await
+            .unwrap_or_else(|e| panic!("queue_info({name}): {e}"));
+        if condition(&info.stats) {
+            return info;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what} on queue {name}; last stats: {:?}",
+            info.stats
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// `ternd` as a child process.
+// ---------------------------------------------------------------------------------------
+
+/// `ternd ARGS...` with a clean environment (no TERN_* from the caller) and info logs.
+pub fn ternd_cmd(args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin("ternd"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TERN_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("RUST_LOG", "info").args(args);
+    cmd
+}
+
+/// A running `ternd` on an ephemeral port, and the lines it writes to stderr.
+pub struct Ternd {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Ternd {
+    /// Starts `ternd` on 127.0.0.1:0 with its store in `data_dir` (plus `extra` flags)
+    /// and waits for its `listening on ADDR` line.
+    pub async fn start(data_dir: &std::path::Path, extra: &[&str]) -> Ternd {
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--metrics-listen",
+            "off",
+        ];
+        args.extend_from_slice(extra);
+        Ternd::spawn(ternd_cmd(&args)).await
+    }
+
+    /// Starts `cmd` and waits for its `listening on ADDR` line.
+    pub async fn spawn(cmd: std::process::Command) -> Ternd {
+        match Ternd::try_spawn(cmd).await {
+            Ok(t) => t,
+            Err((status, lines)) => {
+                panic!(
+                    "ternd exited ({status:?}) before listening:\n{}",
+                    lines.join("\n")
+                )
+            }
+        }
+    }
+
+    /// Starts `cmd` and waits until it listens, or exits: then its status and every
+    /// line it wrote to stderr.
+    pub async fn try_spawn(
+        mut cmd: std::process::Command,
+    ) -> Result<Ternd, (std::process::ExitStatus, Vec<String>)> {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut proc = Proc::spawn(&mut cmd);
+        let stderr = proc.child.stderr.take().unwrap();
+        let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        loop {
+            match within("ternd to listen or exit", lines.recv()).await {
+                Some(line) => {
+                    if let Some((_, rest)) = line.split_once("listening on ") {
+                        let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                        return Ok(Ternd { proc, addr, lines });
+                    }
+                    seen.push(line);
+                }
+                None => return Err((proc.wait().await, seen)),
+            }
+        }
+    }
+
+    /// Sends SIGTERM, without waiting.
+    pub fn sigterm(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Every stderr line from here until the process closes it.
+    pub async fn rest_of_stderr(&mut self) -> Vec<String> {
+        let mut rest = Vec::new();
+        while let Some(l) = within("ternd's stderr", self.lines.recv()).await {
+            rest.push(l);
+        }
+        rest
+    }
+
+    pub fn url(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+
+    /// SIGKILL: no chance to flush or clean up. Waits until the process is gone.
+    pub async fn kill9(&mut self) {
+        self.proc.child.kill().expect("SIGKILL");
+        let status = self.proc.wait().await;
+        assert!(status.code().is_none(), "killed by a signal: {status:?}");
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub async fn stop(&mut self) {
+        self.sigterm();
+        let status = self.proc.wait().await;
+        assert_eq!(status.code(), Some(0), "ternd exits 0 on SIGTERM");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A TCP proxy that can cut connections.
+// ---------------------------------------------------------------------------------------
+
+/// A TCP proxy on 127.0.0.1:0 in front of `upstream`. It can hold back what the
+/// server sends (the client's requests still go through: the server acts on them, but
+/// its answers do not arrive), and cut every current connection, as a network failure
+/// would.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    state: std::sync::Arc<ProxyState>,
+    accept: JoinHandle<()>,
+}
+
+struct ProxyState {
+    links: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    hold: tokio::sync::watch::Sender<bool>,
+    refuse: std::sync::atomic::AtomicBool,
+    accepted: std::sync::atomic::AtomicUsize,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (hold, _) = tokio::sync::watch::channel(false);
+        let state = std::sync::Arc::new(ProxyState {
+            links: std::sync::Mutex::new(Vec::new()),
+            hold,
+            refuse: std::sync::atomic::AtomicBool::new(false),
+            accepted: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let accept = tokio::spawn({
+            let state = std::sync::Arc::clone(&state);
+            async move {
+                loop {
+                    let Ok((client, _)) = listener.accept().await else {
+                        return;
+                    };
+                    if state.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                        drop(client);
+                        state
+                            .accepted
+                            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        continue;
+                    }
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        continue; // dropping `client` refuses it
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let (client_rd, client_wr) = client.into_split();
+                    let (server_rd, server_wr) = server.into_split();
+                    let hold = state.hold.subscribe();
+                    let link = tokio::spawn(async move {
+                        tokio::join!(
+                            pump(client_rd, server_wr, None),
+                            pump(server_rd, client_wr, Some(hold))
+                        );
+                    });
+                    state.links.lock().unwrap().push(link);
+                    state
+                        .accepted
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+        Proxy {
+            addr,
+            state,
+            accept,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// While `true`, new connections are closed as soon as they are accepted (the
+    /// server seems down to clients); current ones are left alone.
+    pub fn refuse(&self, refuse: bool) {
+        self.state
+            .refuse
+            .store(refuse, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many connections the proxy has accepted so far (refused ones included).
+    pub fn accepted(&self) -> usize {
+        self.state
+            .accepted
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Holds back (true) or lets through (false) everything the server sends, on
+    /// current and future connections. Bytes already on their way may still arrive.
+    pub fn hold_downstream(&self, hold: bool) {
+        self.state.hold.send_replace(hold);
+    }
+
+    /// Closes every current connection, both sides; new ones are accepted as before.
+    pub fn cut(&self) {
+        for link in self.state.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// Copies `from` to `to` until either ends, pausing while `hold` is true.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut hold: Option<tokio::sync::watch::Receiver<bool>>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if let Some(h) = &mut hold {
+            if *h.borrow_and_update() {
+                if h.changed().await.is_err() {
+                    hold = None;
+                }
+                continue;
+            }
+        }
+        let changed = async {
+            match &mut hold {
+                Some(h) => h.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            n = from.read(&mut buf) => match n {
+                Ok(0) | Err(_) => {
+                    let _ = to.shutdown().await;
+                    return;
+                }
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            still = changed => {
+                if !still {
+                    hold = None;
+                }
+            }
+        }
+    }
 }
