@@ -5,6 +5,15 @@
 //!                   [--subscribers N] [--json]
 //! tern-bench queue  [--server ADDR] [--messages N] [--size BYTES] [--inflight N]
 //!                   [--prefetch N] [--json]
+//! tern-bench rpc    [--server ADDR] [--requests N] [--size BYTES] [--concurrency N]
+//!                   [--json]
+//! tern-bench pipeline [--server ADDR] [--tasks N] [--workers N] [--size BYTES]
+//!                   [--window N] [--json]
+//! tern-bench filter [--server ADDR] [--mode equality|range] [--subscriptions N]
+//!                   [--connections N] [--messages N] [--size BYTES] [--window N]
+//!                   [--json]
+//! tern-bench mqtt-bridge [--messages N] [--publishers N] [--qos 0|1] [--size BYTES]
+//!                   [--mqtt ADDR] [--json]
 //! ```
 //!
 //! Without `--server` each run starts a broker in this process (see [`broker`]), which
@@ -22,9 +31,13 @@
 //!   pipeline, filter, mqtt-bridge) adds a module and a [`Command`] variant.
 
 mod broker;
+mod filter;
+mod mqtt_bridge;
+mod pipeline;
 mod pubsub;
 mod queue;
 mod report;
+mod rpc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -62,6 +75,40 @@ enum Command {
         #[command(flatten)]
         args: queue::Args,
     },
+    /// Request-reply round trips against an echo responder: round trips/s and
+    /// latency, sequential or with many requests in flight
+    Rpc {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: rpc::Args,
+    },
+    /// Push/pull: ventilator → workers (a queue group) → sink, paced by a window;
+    /// tasks/s, and every task checked off at the sink
+    Pipeline {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: pipeline::Args,
+    },
+    /// Content-filtered subscriptions: publish and delivery rates with N filters,
+    /// header equalities (indexed) or payload ranges, every delivery checked
+    Filter {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: filter::Args,
+    },
+    /// MQTT publishers → MQTT broker → bridge → tern subscriber: messages/s and
+    /// latency at QoS 0 or 1 (always an in-process tern broker, which runs the bridge;
+    /// an embedded rumqttd unless --mqtt names an MQTT broker)
+    MqttBridge {
+        /// Print one JSON summary object instead of lines
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        args: mqtt_bridge::Args,
+    },
 }
 
 /// Options every scenario takes.
@@ -88,6 +135,9 @@ struct Common {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::MqttBridge { json, args } => {
+            mqtt_bridge::run(&args)?.print(json);
+        }
         Command::Pubsub { common, args } => {
             let report = measure(
                 &common,
@@ -99,6 +149,24 @@ fn main() -> anyhow::Result<()> {
             let report = measure(
                 &common,
                 |addr| async move { queue::run(&addr, &args).await },
+            )?;
+            report.print(common.json);
+        }
+        Command::Rpc { common, args } => {
+            let report = measure(&common, |addr| async move { rpc::run(&addr, &args).await })?;
+            report.print(common.json);
+        }
+        Command::Pipeline { common, args } => {
+            let report = measure(
+                &common,
+                |addr| async move { pipeline::run(&addr, &args).await },
+            )?;
+            report.print(common.json);
+        }
+        Command::Filter { common, args } => {
+            let report = measure(
+                &common,
+                |addr| async move { filter::run(&addr, &args).await },
             )?;
             report.print(common.json);
         }
