@@ -306,6 +306,28 @@ async fn a_bad_filter_is_refused_with_its_column_and_the_connection_lives_on() {
 }
 
 #[tokio::test]
+async fn the_filter_limits_are_configurable() {
+    let b = common::start_broker_with(|c| {
+        c.limits.filter.max_len = 18;
+        c.limits.filter.max_in_items = 2;
+    })
+    .await;
+    let c = connect(&b).await;
+    let (code, message) = server_error(c.subscribe("a").filter("region = 'eu-west-1'").await);
+    assert_eq!(code, ErrorCode::InvalidFilter);
+    assert!(message.contains("18"), "{message}");
+    let (_, message) = server_error(c.subscribe("a").filter("r IN ('a','b','c')").await);
+    assert!(message.contains('2'), "{message}");
+    c.subscribe("a").filter("r IN ('a','b')").await.unwrap();
+    let (code, message) = server_error(
+        c.declare_queue(&QueueConfig::new("q").bind_filtered("a", "region = 'eu-west-1'"))
+            .await,
+    );
+    assert_eq!(code, ErrorCode::InvalidFilter);
+    assert!(message.contains("binding 'a'"), "{message}");
+}
+
+#[tokio::test]
 async fn a_mandatory_publish_that_every_filter_refuses_has_no_route() {
     let b = common::start_broker().await;
     let c = connect(&b).await;

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use crate::auth::acl::PermissionSettings;
 use crate::auth::{Auth, UserSettings};
 use crate::bridge::{BridgeSettings, MqttBridge};
+use crate::filter::FilterLimits;
 use crate::tls::{TlsError, TlsFiles};
 use tern_codec::{SubjectLimits, MAX_FRAME_SIZE_LIMIT};
 
@@ -361,6 +362,18 @@ pub struct LimitSettings {
     /// A connection silent this long is pinged, and closed if it stays silent as long again [default: 2m]
     #[arg(long, env = "TERN_IDLE_TIMEOUT", value_name = "DURATION")]
     pub idle_timeout: Option<HumanDuration>,
+
+    /// Longest content filter, in bytes [default: 4096]
+    #[arg(long, env = "TERN_MAX_FILTER_LEN", value_name = "BYTES")]
+    pub max_filter_len: Option<usize>,
+
+    /// Deepest nesting in a content filter; at most 128 [default: 64]
+    #[arg(long, env = "TERN_MAX_FILTER_DEPTH", value_name = "N")]
+    pub max_filter_depth: Option<usize>,
+
+    /// Most values in one IN list of a content filter [default: 1024]
+    #[arg(long, env = "TERN_MAX_FILTER_IN_ITEMS", value_name = "N")]
+    pub max_filter_in_items: Option<usize>,
 }
 
 impl Settings {
@@ -454,6 +467,9 @@ impl Settings {
                 write_timeout,
                 max_connections_per_ip,
                 idle_timeout,
+                max_filter_len,
+                max_filter_depth,
+                max_filter_in_items,
             }
         );
         over!(
@@ -565,6 +581,7 @@ pub struct Limits {
     pub write_timeout: Duration,
     pub max_connections_per_ip: usize,
     pub idle_timeout: Duration,
+    pub filter: FilterLimits,
 }
 
 impl Default for Config {
@@ -598,6 +615,7 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(10),
             max_connections_per_ip: 1000,
             idle_timeout: Duration::from_secs(120),
+            filter: FilterLimits::default(),
         }
     }
 }
@@ -611,6 +629,24 @@ fn at_least<T: PartialOrd + fmt::Display + Copy>(
         Some(v) if v < min => Err(ConfigError::Invalid {
             key,
             reason: format!("{v} is below the minimum of {min}"),
+        }),
+        v => Ok(v),
+    }
+}
+
+/// Highest `limits.max_filter_depth`: the parser recurses once per level, and 128
+/// levels stay well inside a worker thread's stack even in a debug build.
+const MAX_FILTER_DEPTH: usize = 128;
+
+fn within(
+    key: &'static str,
+    value: Option<usize>,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<Option<usize>, ConfigError> {
+    match value {
+        Some(v) if !range.contains(&v) => Err(ConfigError::Invalid {
+            key,
+            reason: format!("{v} is outside {}..={}", range.start(), range.end()),
         }),
         v => Ok(v),
     }
@@ -685,6 +721,18 @@ impl Config {
                 .unwrap_or(d.limits.max_connections_per_ip),
                 idle_timeout: nonzero_duration("limits.idle_timeout", l.idle_timeout)?
                     .unwrap_or(d.limits.idle_timeout),
+                filter: FilterLimits {
+                    max_len: at_least("limits.max_filter_len", l.max_filter_len, 1)?
+                        .unwrap_or(d.limits.filter.max_len),
+                    max_depth: within(
+                        "limits.max_filter_depth",
+                        l.max_filter_depth,
+                        1..=MAX_FILTER_DEPTH,
+                    )?
+                    .unwrap_or(d.limits.filter.max_depth),
+                    max_in_items: at_least("limits.max_filter_in_items", l.max_filter_in_items, 1)?
+                        .unwrap_or(d.limits.filter.max_in_items),
+                },
             },
             store: StoreConfig {
                 sync: s.store.sync.unwrap_or(d.store.sync),

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Listen, SyncPolicy};
 use crate::dedup::DedupWindow;
+use crate::filter::FilterLimits;
 use crate::journal::{ChunkSummary, Journal, JournalMetrics, Op, Writer};
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
@@ -196,6 +197,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What the store holds, gathered at start into queue states and journal bookkeeping.
 struct Recovery {
     memory: usize,
+    filter_limits: FilterLimits,
     queues: HashMap<QueueId, (Arc<QueueDef>, BindingFilters, QueueState)>,
     next_seqs: HashMap<QueueId, u64>,
     chunks: HashMap<QueueId, Vec<ChunkSummary>>,
@@ -207,7 +209,7 @@ struct Recovery {
 impl Recover for Recovery {
     fn queue(&mut self, record: QueueRecord) {
         match QueueDef::from_bytes(&record.definition) {
-            Ok(def) => match def.compile_filters() {
+            Ok(def) => match def.compile_filters(&self.filter_limits) {
                 Ok(filters) => {
                     let def = Arc::new(def);
                     let state = QueueState::new(Arc::clone(&def), self.memory);
@@ -299,6 +301,7 @@ impl Server {
         }
         let mut recovery = Recovery {
             memory: config.queues.memory,
+            filter_limits: config.limits.filter,
             queues: HashMap::new(),
             next_seqs: HashMap::new(),
             chunks: HashMap::new(),

@@ -120,6 +120,10 @@ pub(crate) fn declare(session: &mut Session, d: QueueDeclare) -> Result<(), Reje
     require_admin(session, "declare queue", &d.name)?;
     let config = &session.shared.config;
     let def = QueueDef::from_declare(&d, &config.queues, &config.limits.subject)?;
+    // Compiled before anything is stored: a queue must not be stored if it cannot run.
+    let filters = def
+        .compile_filters(&config.limits.filter)
+        .map_err(|e| Reject::new(ErrorCode::InvalidFilter, e.to_string()))?;
     run(session, d.id, move |shared| async move {
         // Held across the journal round trip: two declares of one name must not both
         // create it.
@@ -137,10 +141,6 @@ pub(crate) fn declare(session: &mut Session, d: QueueDeclare) -> Result<(), Reje
             return info(d.id, &existing).await.map(Answer::Info);
         }
         let id = shared.queues.next_id();
-        // Compiled before the queue is stored: it must not be stored if it cannot run.
-        let filters = def
-            .compile_filters()
-            .map_err(|e| Reject::new(ErrorCode::InvalidFilter, e.to_string()))?;
         let def = Arc::new(def);
         let record = QueueRecord {
             id,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tern_codec::{ErrorCode, Ok as OkFrame, Pattern, Subscribe, Unsubscribe};
 
 use super::Reject;
-use crate::filter::{Filter, FilterLimits};
+use crate::filter::Filter;
 use crate::router::Subscriber;
 use crate::session::Session;
 
@@ -49,7 +49,7 @@ pub(crate) fn subscribe(session: &mut Session, sub: Subscribe) -> Result<(), Rej
     let filter = sub
         .filter
         .as_deref()
-        .map(|text| Filter::compile(text, &FilterLimits::default()))
+        .map(|text| Filter::compile(text, &session.shared.config.limits.filter))
         .transpose()
         .map_err(|e| Reject::new(ErrorCode::InvalidFilter, e.to_string()))?;
     if session.subs.contains_key(&sub.sid) {

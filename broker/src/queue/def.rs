@@ -14,6 +14,15 @@ use crate::queue::BindingFilters;
 
 pub use tern_codec::names::validate_name;
 
+/// A binding's content filter that does not compile.
+#[derive(Debug, thiserror::Error)]
+#[error("binding '{pattern}': {source}")]
+pub struct BindingFilterError {
+    pub pattern: String,
+    #[source]
+    pub source: FilterError,
+}
+
 /// A binding: messages on subjects matching `pattern` (and, when set, `filter`) go to
 /// the queue.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -55,8 +64,8 @@ impl QueueDef {
     ///
     /// # Errors
     ///
-    /// An invalid name, pattern, binding filter or dead-letter name, or a queue that
-    /// dead-letters into itself.
+    /// An invalid name, pattern or dead-letter name, or a queue that dead-letters into
+    /// itself. (Binding filters are checked by [`QueueDef::compile_filters`].)
     pub fn from_declare(
         d: &QueueDeclare,
         defaults: &QueueDefaults,
@@ -68,14 +77,6 @@ impl QueueDef {
             validate_pattern(&b.pattern, subjects).map_err(|e| {
                 invalid(format!("binding pattern '{}' is not valid: {e}", b.pattern))
             })?;
-            if let Some(text) = &b.filter {
-                Filter::compile(text, &FilterLimits::default()).map_err(|e| {
-                    Reject::new(
-                        ErrorCode::InvalidFilter,
-                        format!("binding '{}': {e}", b.pattern),
-                    )
-                })?;
-            }
             let def = BindingDef {
                 pattern: b.pattern.to_string(),
                 filter: b.filter.as_ref().map(ToString::to_string),
@@ -120,15 +121,23 @@ impl QueueDef {
     ///
     /// # Errors
     ///
-    /// A stored filter that no longer compiles (the limits changed, say).
-    pub fn compile_filters(&self) -> Result<BindingFilters, FilterError> {
+    /// A filter that does not compile: a bad declare, or a stored filter over limits
+    /// lowered since it was declared.
+    pub fn compile_filters(
+        &self,
+        limits: &FilterLimits,
+    ) -> Result<BindingFilters, BindingFilterError> {
         self.bindings
             .iter()
             .map(|b| {
                 b.filter
                     .as_deref()
-                    .map(|text| Filter::compile(text, &FilterLimits::default()))
+                    .map(|text| Filter::compile(text, limits))
                     .transpose()
+                    .map_err(|source| BindingFilterError {
+                        pattern: b.pattern.clone(),
+                        source,
+                    })
             })
             .collect()
     }
