@@ -28,6 +28,9 @@
 //!   qos = 1
 //! ```
 
+#[path = "../tests/common/mqtt.rs"]
+mod embedded_mqtt;
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -44,7 +47,7 @@ const THRESHOLD: f64 = 30.0;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 1. An MQTT broker, as the sensors' site would have.
-    let mqtt = start_mqtt_broker()?;
+    let mqtt = embedded_mqtt::start()?;
     println!("MQTT broker on {mqtt}");
 
     // 2. A tern broker with a bridge to it.
@@ -226,53 +229,4 @@ async fn wait_for_bridge(server: &Server) -> Result<(), Box<dyn std::error::Erro
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Err("the bridge did not connect".into())
-}
-
-/// An embedded rumqttd on a free loopback port (found by binding port 0 and releasing
-/// it: rumqttd binds its own listener).
-fn start_mqtt_broker() -> Result<SocketAddr, Box<dyn std::error::Error>> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let config = rumqttd::Config {
-        router: rumqttd::RouterConfig {
-            max_connections: 1000,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 100 * 1024 * 1024,
-            max_segment_count: 10,
-            ..Default::default()
-        },
-        v4: Some(HashMap::from([(
-            "1".to_string(),
-            rumqttd::ServerSettings {
-                name: "v4-1".into(),
-                listen: addr,
-                tls: None,
-                next_connection_delay_ms: 1,
-                connections: rumqttd::ConnectionSettings {
-                    connection_timeout_ms: 60_000,
-                    max_payload_size: 1024 * 1024,
-                    max_inflight_count: 100,
-                    auth: None,
-                    external_auth: None,
-                    dynamic_filters: true,
-                },
-            },
-        )])),
-        ..Default::default()
-    };
-    std::thread::spawn(move || {
-        let mut broker = rumqttd::Broker::new(config);
-        if let Err(e) = broker.start() {
-            eprintln!("MQTT broker: {e}");
-        }
-    });
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            return Ok(addr);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Err("the MQTT broker did not start".into())
 }

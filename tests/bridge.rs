@@ -9,8 +9,7 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,60 +24,6 @@ use tokio::sync::mpsc;
 // ---------------------------------------------------------------------------------------
 // The MQTT side.
 // ---------------------------------------------------------------------------------------
-
-/// Starts an embedded rumqttd on a free loopback port and waits until it accepts.
-/// rumqttd cannot be told to bind port 0, so a free port is found by binding and
-/// releasing it; if another process takes it meanwhile, another port is tried.
-fn start_mqtt_broker() -> SocketAddr {
-    for _ in 0..5 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let config = rumqttd::Config {
-            id: 0,
-            router: rumqttd::RouterConfig {
-                max_connections: 1000,
-                max_outgoing_packet_count: 200,
-                max_segment_size: 100 * 1024 * 1024,
-                max_segment_count: 10,
-                ..Default::default()
-            },
-            v4: Some(HashMap::from([(
-                "1".to_string(),
-                rumqttd::ServerSettings {
-                    name: "v4-1".into(),
-                    listen: addr,
-                    tls: None,
-                    next_connection_delay_ms: 1,
-                    connections: rumqttd::ConnectionSettings {
-                        connection_timeout_ms: 60_000,
-                        max_payload_size: 1024 * 1024,
-                        max_inflight_count: 100,
-                        auth: None,
-                        external_auth: None,
-                        dynamic_filters: true,
-                    },
-                },
-            )])),
-            ..Default::default()
-        };
-        // The broker's threads run until the test process exits.
-        std::thread::spawn(move || {
-            let mut broker = rumqttd::Broker::new(config);
-            let _ = broker.start();
-        });
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::time::Instant::now() < deadline {
-            if std::net::TcpStream::connect(addr).is_ok() {
-                return addr;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-    panic!("could not start the MQTT broker");
-}
 
 /// A device or sensor: an MQTT client whose event loop runs in a task, passing on the
 /// messages it receives.
@@ -309,7 +254,7 @@ fn text(payload: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sensor_readings_arrive_on_mapped_subjects_with_headers() {
     logs();
-    let mqtt = start_mqtt_broker();
+    let mqtt = common::mqtt::start().expect("an MQTT broker");
     let b = start_with_bridges(&format!(
         r#"
         [[bridge.mqtt]]
@@ -388,7 +333,7 @@ async fn sensor_readings_arrive_on_mapped_subjects_with_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tern_commands_reach_mqtt_devices() {
     logs();
-    let mqtt = start_mqtt_broker();
+    let mqtt = common::mqtt::start().expect("an MQTT broker");
     let b = start_with_bridges(&format!(
         r#"
         [[bridge.mqtt]]
@@ -453,7 +398,7 @@ async fn tern_commands_reach_mqtt_devices() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imported_messages_are_not_echoed_back() {
     logs();
-    let mqtt = start_mqtt_broker();
+    let mqtt = common::mqtt::start().expect("an MQTT broker");
     let b = start_with_bridges(&format!(
         r#"
         [[bridge.mqtt]]
@@ -536,7 +481,7 @@ async fn imported_messages_are_not_echoed_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_reconnects_and_nothing_sent_around_an_outage_is_lost() {
     logs();
-    let mqtt = start_mqtt_broker();
+    let mqtt = common::mqtt::start().expect("an MQTT broker");
     let proxy = Outage::start(mqtt).await;
     let b = start_with_bridges(&format!(
         r#"
@@ -655,7 +600,7 @@ fn the_mapping_round_trips_for_odd_topics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_topics_cross_the_bridge_both_ways() {
     logs();
-    let mqtt = start_mqtt_broker();
+    let mqtt = common::mqtt::start().expect("an MQTT broker");
     let b = start_with_bridges(&format!(
         r#"
         [[bridge.mqtt]]

@@ -218,64 +218,6 @@ async fn transient_pipeline_processes_every_task_exactly_once() {
 // Durable: queues with acks.
 // ---------------------------------------------------------------------------------------
 
-/// A piece of the test that runs like a separate process: its own single-threaded
-/// runtime on its own thread. [`Process::kill`] drops that runtime with every task and
-/// socket in it, as a crash would.
-struct Process {
-    kill: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Process {
-    fn spawn<F, Fut>(body: F) -> Process
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + 'static,
-    {
-        let (kill, killed) = oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                tokio::select! {
-                    _ = killed => {}
-                    () = body() => {}
-                }
-            });
-            drop(runtime);
-        });
-        Process {
-            kill: Some(kill),
-            thread: Some(thread),
-        }
-    }
-
-    async fn kill(mut self) {
-        if let Some(kill) = self.kill.take() {
-            let _ = kill.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            within(
-                "the killed process to end",
-                tokio::task::spawn_blocking(move || thread.join()),
-            )
-            .await
-            .unwrap()
-            .expect("the process's thread did not panic");
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Some(kill) = self.kill.take() {
-            let _ = kill.send(());
-        }
-    }
-}
-
 /// A durable stage worker: consumes `queue` with prefetch 1; for each task publishes
 /// payload + `mark` on `out` with QoS 1 (waiting for the confirm), then acks.
 fn durable_worker(
@@ -341,7 +283,7 @@ async fn durable_pipeline_loses_no_task_when_a_worker_is_killed() {
     // VICTIM_PREFETCH of them, publishes results for some, acks none, and hangs.
     let (held_tx, mut held_rx) = mpsc::unbounded_channel::<Vec<String>>();
     let url = b.url();
-    let victim = Process::spawn(move || async move {
+    let victim = common::Crashable::spawn(move || async move {
         let client = Client::builder().name("victim").connect(url).await.unwrap();
         let mut consumer = client
             .consume("stage1")

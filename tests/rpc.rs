@@ -21,7 +21,7 @@ use bytes::Bytes;
 use common::{wait_for, TestBroker, PATIENCE};
 use futures_util::future::join_all;
 use tern::{Client, Error, Message, Qos, QueueConfig, Reply, Service, ServiceRequest};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// Awaits `fut` (a future or a builder such as a request), failing the test if it takes
 /// longer than [`PATIENCE`].
@@ -82,67 +82,6 @@ async fn queue_depth(client: &Client, queue: &str) -> u64 {
         .await
         .unwrap();
     info.stats.ready + info.stats.unacked
-}
-
-/// A piece of the test that runs like a separate process: its own single-threaded
-/// runtime on its own thread. [`Process::kill`] stops that runtime between two polls
-/// and drops it with every task and socket in it, as a crash would: no unsubscribe, no
-/// cancel, no final flush, no ack.
-struct Process {
-    kill: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Process {
-    fn spawn<F, Fut>(body: F) -> Process
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + 'static,
-    {
-        let (kill, killed) = oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                tokio::select! {
-                    _ = killed => {}
-                    () = body() => {}
-                }
-            });
-            // Dropping the runtime drops every task it still has, and their sockets.
-            drop(runtime);
-        });
-        Process {
-            kill: Some(kill),
-            thread: Some(thread),
-        }
-    }
-
-    /// Kills the process and waits until it is gone (its sockets are closed).
-    async fn kill(mut self) {
-        if let Some(kill) = self.kill.take() {
-            let _ = kill.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            within(
-                "the killed process to end",
-                tokio::task::spawn_blocking(move || thread.join()),
-            )
-            .await
-            .unwrap()
-            .expect("the process's thread did not panic");
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Some(kill) = self.kill.take() {
-            let _ = kill.send(());
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -603,7 +542,7 @@ async fn durable_rpc_survives_a_worker_killed_mid_request() {
     // Worker A takes the request and dies before answering (or acking) it.
     let (got_tx, mut got) = mpsc::unbounded_channel::<Message>();
     let url = b.url();
-    let worker_a = Process::spawn(move || async move {
+    let worker_a = common::Crashable::spawn(move || async move {
         let client = Client::connect(url).await.unwrap();
         let _service = client
             .serve_queue("rpc-orders")
@@ -718,7 +657,7 @@ async fn a_request_whose_worker_dies_after_the_deadline_is_not_redone() {
     // Worker A takes the request and hangs until after the caller has given up.
     let (got_tx, mut got) = mpsc::unbounded_channel::<Message>();
     let url = b.url();
-    let worker_a = Process::spawn(move || async move {
+    let worker_a = common::Crashable::spawn(move || async move {
         let client = Client::connect(url).await.unwrap();
         let _service = client
             .serve_queue("rpc-gone")

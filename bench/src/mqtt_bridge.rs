@@ -18,7 +18,10 @@
 //! carries its send time in its first 8 bytes for the latency (MQTT publisher → MQTT
 //! broker → bridge → tern → subscriber).
 
-use std::collections::HashMap;
+// The embedded broker the bridge tests use (one copy of its settings).
+#[path = "../../tests/common/mqtt.rs"]
+mod embedded_mqtt;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -84,7 +87,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
 async fn run_async(args: &Args) -> anyhow::Result<Report> {
     let mqtt = match args.mqtt {
         Some(addr) => addr,
-        None => start_rumqttd()?,
+        None => embedded_mqtt::start()?,
     };
     let data = tempfile::Builder::new()
         .prefix("tern-bench-")
@@ -365,53 +368,4 @@ async fn wait_connected(server: &Server) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     bail!("the bridge did not connect to the MQTT broker")
-}
-
-/// An embedded rumqttd on a free loopback port (found by binding port 0 and releasing
-/// it: rumqttd binds its own listener). Its threads run until the process exits.
-fn start_rumqttd() -> anyhow::Result<SocketAddr> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let config = rumqttd::Config {
-        router: rumqttd::RouterConfig {
-            max_connections: 1000,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 100 * 1024 * 1024,
-            max_segment_count: 10,
-            ..Default::default()
-        },
-        v4: Some(HashMap::from([(
-            "1".to_string(),
-            rumqttd::ServerSettings {
-                name: "v4-1".into(),
-                listen: addr,
-                tls: None,
-                next_connection_delay_ms: 1,
-                connections: rumqttd::ConnectionSettings {
-                    connection_timeout_ms: 60_000,
-                    max_payload_size: 1024 * 1024,
-                    max_inflight_count: 100,
-                    auth: None,
-                    external_auth: None,
-                    dynamic_filters: true,
-                },
-            },
-        )])),
-        ..Default::default()
-    };
-    std::thread::spawn(move || {
-        let mut broker = rumqttd::Broker::new(config);
-        if let Err(e) = broker.start() {
-            eprintln!("rumqttd: {e}");
-        }
-    });
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            return Ok(addr);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    bail!("rumqttd did not start on {addr}")
 }

@@ -14,10 +14,10 @@ use tern_codec::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::backoff::Backoff;
 use crate::client::Inner;
 use crate::outbound::Link;
 use crate::queue::Wake;
-use crate::state::Backoff;
 use crate::transport::{ReadHalf, Stream, WriteHalf};
 use crate::Error;
 

@@ -28,6 +28,7 @@
 )]
 
 mod admin;
+mod backoff;
 mod client;
 mod connection;
 mod consumer;
@@ -42,6 +43,7 @@ mod subscription;
 mod transport;
 
 pub use admin::QueueConfig;
+pub use backoff::Backoff;
 pub use client::{Client, ClientBuilder};
 pub use consumer::{ConsumeBuilder, Consumer, Delivery};
 pub use error::Error;

@@ -18,7 +18,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -554,46 +553,6 @@ impl State {
     }
 }
 
-/// Exponential back-off with jitter between reconnect attempts.
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    min: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            min,
-            max: max.max(min),
-            attempt: 0,
-        }
-    }
-
-    /// Attempts made since the last [`Backoff::reset`].
-    pub fn attempts(&self) -> u32 {
-        self.attempt
-    }
-
-    /// The delay before the next attempt: `min * 2^attempt`, capped at `max`, then
-    /// jittered down by up to half so that many clients cut off together do not all
-    /// come back in the same instant.
-    pub fn next_delay(&mut self) -> Duration {
-        let exp = self
-            .min
-            .saturating_mul(1u32.checked_shl(self.attempt).unwrap_or(u32::MAX));
-        self.attempt = self.attempt.saturating_add(1);
-        let capped = exp.min(self.max);
-        let jitter = capped.mul_f64(fastrand::f64() * 0.5);
-        capped - jitter
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -797,26 +756,5 @@ mod tests {
         let waker = futures_util::task::noop_waker();
         let mut v = std::collections::VecDeque::new();
         assert_eq!(queue.poll_take(&mut v, &waker), Some(false), "stream ended");
-    }
-
-    #[test]
-    fn backoff_grows_is_capped_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let mut last_cap = Duration::ZERO;
-        for attempt in 0..40 {
-            let d = b.next_delay();
-            let cap = Duration::from_millis(100)
-                .saturating_mul(1u32.checked_shl(attempt).unwrap_or(u32::MAX))
-                .min(Duration::from_secs(2));
-            assert!(
-                d <= cap && d >= cap / 2,
-                "attempt {attempt}: {d:?} vs {cap:?}"
-            );
-            assert!(cap >= last_cap);
-            last_cap = cap;
-        }
-        assert_eq!(b.attempts(), 40);
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }

@@ -3,6 +3,8 @@
 //! binaries, and condition waits (never bare sleeps).
 #![allow(dead_code)] // each test crate uses a different subset of these helpers
 
+pub mod mqtt;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -619,6 +621,71 @@ impl Ternd {
         self.sigterm();
         let status = self.proc.wait().await;
         assert_eq!(status.code(), Some(0), "ternd exits 0 on SIGTERM");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A part of a test that can crash.
+// ---------------------------------------------------------------------------------------
+
+/// A piece of the test that runs like a separate process: its own single-threaded
+/// runtime on its own thread. [`Crashable::kill`] stops that runtime between two polls
+/// and drops it with every task and socket in it, as a crash would: no unsubscribe, no
+/// cancel, no final flush, no ack.
+pub struct Crashable {
+    kill: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Crashable {
+    pub fn spawn<F, Fut>(body: F) -> Crashable
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let (kill, killed) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                tokio::select! {
+                    _ = killed => {}
+                    () = body() => {}
+                }
+            });
+            // Dropping the runtime drops every task it still has, and their sockets.
+            drop(runtime);
+        });
+        Crashable {
+            kill: Some(kill),
+            thread: Some(thread),
+        }
+    }
+
+    /// Kills the process and waits until it is gone (its sockets are closed).
+    pub async fn kill(mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            within(
+                "the killed process to end",
+                tokio::task::spawn_blocking(move || thread.join()),
+            )
+            .await
+            .unwrap()
+            .expect("the process's thread did not panic");
+        }
+    }
+}
+
+impl Drop for Crashable {
+    fn drop(&mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
     }
 }
 

@@ -39,11 +39,12 @@
 //!
 //! * this file: the `[[bridge.mqtt]]` settings, their validation, status, start.
 //! * [`mapping`]: topics ↔ subjects, filters ↔ patterns, routes.
-//! * `backoff`: reconnect pacing and the once-per-change connection log (no I/O).
+//! * `conn_log`: the once-per-change connection log (no I/O); reconnects are paced by
+//!   the client's `Backoff`.
 //! * `echo`: echo suppression (no I/O).
 //! * `run`: the MQTT connection driver and the bridge task.
 
-mod backoff;
+mod conn_log;
 mod echo;
 pub mod mapping;
 mod run;

@@ -47,10 +47,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::backoff::{Backoff, ConnLog, Note};
+use super::conn_log::{ConnLog, Note};
 use super::echo::EchoFilter;
 use super::{BridgeStatus, MqttBridge};
 use crate::Server;
+use tern_client::Backoff;
 
 /// QoS 1 exports in flight to the MQTT broker at once (and the prefetch of each export
 /// queue's consumer).
@@ -501,48 +502,42 @@ impl Bridge {
     }
 
     async fn connect_tern(&self, server: &Server) -> Option<Client> {
-        let mut backoff = Backoff::new(self.cfg.reconnect_delay_min, self.cfg.reconnect_delay_max);
-        let mut logged = false;
-        loop {
+        self.retry("cannot connect to the broker itself", || {
             let local = server.clone();
-            let connect = Client::builder()
+            Client::builder()
                 .name(format!("bridge:{}", self.cfg.name))
                 .connect_with("local", move || {
                     let pipe = local.connect_local();
                     async move { Ok(pipe) }
-                });
-            tokio::select! {
-                () = self.shutdown.cancelled() => return None,
-                client = connect => match client {
-                    Ok(c) => return Some(c),
-                    Err(e) if !logged => {
-                        logged = true;
-                        tracing::warn!(bridge = %self.cfg.name, error = %e, "cannot connect to the broker itself; retrying");
-                    }
-                    Err(_) => {}
-                },
-            }
-            tokio::select! {
-                () = self.shutdown.cancelled() => return None,
-                () = tokio::time::sleep(backoff.next_delay()) => {}
-            }
-        }
+                })
+        })
+        .await
     }
 
     /// Declares the export queues and starts consuming and subscribing, retrying
     /// until it works or the server stops.
     async fn open_exports(&self, tern: &Client) -> Option<(Deliveries, Messages)> {
+        self.retry("cannot set up the exports", || self.try_open_exports(tern))
+            .await
+    }
+
+    /// Runs `attempt` until it succeeds, backing off between tries and warning once
+    /// that it fails (`what`); `None` once the server stops.
+    async fn retry<T, E, F>(&self, what: &str, mut attempt: impl FnMut() -> F) -> Option<T>
+    where
+        E: std::fmt::Display,
+        F: std::future::Future<Output = Result<T, E>>,
+    {
         let mut backoff = Backoff::new(self.cfg.reconnect_delay_min, self.cfg.reconnect_delay_max);
         let mut logged = false;
         loop {
-            let attempt = self.try_open_exports(tern);
             tokio::select! {
                 () = self.shutdown.cancelled() => return None,
-                opened = attempt => match opened {
-                    Ok(streams) => return Some(streams),
+                result = attempt() => match result {
+                    Ok(v) => return Some(v),
                     Err(e) if !logged => {
                         logged = true;
-                        tracing::warn!(bridge = %self.cfg.name, error = %e, "cannot set up the exports; retrying");
+                        tracing::warn!(bridge = %self.cfg.name, error = %e, "{what}; retrying");
                     }
                     Err(_) => {}
                 },

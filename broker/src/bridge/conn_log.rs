@@ -1,41 +1,4 @@
-//! Reconnect pacing and connection-state logging, with no I/O (unit-tested).
-
-use std::time::Duration;
-
-/// Exponential back-off with jitter: attempt `n` waits a random time between half
-/// and all of `min * 2^n`, capped at `max`. The jitter keeps many bridges (or many
-/// brokers' bridges) that lost the same remote from reconnecting in lock-step.
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    min: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            min,
-            max: max.max(min),
-            attempt: 0,
-        }
-    }
-
-    /// The wait before the next attempt.
-    pub fn next_delay(&mut self) -> Duration {
-        let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);
-        let ceiling = self.min.saturating_mul(factor).min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let half = ceiling / 2;
-        let spread = u64::try_from((ceiling - half).as_millis()).unwrap_or(u64::MAX);
-        half + Duration::from_millis(fastrand::u64(0..=spread))
-    }
-
-    /// After a successful connection: start again from `min`.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
+//! Connection-state logging, with no I/O (unit-tested): one line per change of state.
 
 /// What to say about the connection, once per change of state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,22 +100,6 @@ fn tries(n: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_is_capped() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        for n in 0..10u32 {
-            let ceiling = (100u64 << n).min(2000);
-            let d = b.next_delay().as_millis() as u64;
-            assert!(d >= ceiling / 2 && d <= ceiling, "attempt {n}: {d} ms");
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
-        let mut huge = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-        for _ in 0..100 {
-            assert!(huge.next_delay() <= Duration::from_secs(30));
-        }
-    }
 
     #[test]
     fn each_state_change_is_logged_once() {
