@@ -742,3 +742,150 @@ impl Writer {
 pub(crate) fn lock(m: &Mutex<DedupWindow>) -> std::sync::MutexGuard<'_, DedupWindow> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use bytes::BytesMut;
+    use tern_codec::{Frame, QueueDeclare};
+    use tern_storage::{Recover, SledStore, StorageError};
+    use tokio::io::AsyncReadExt;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::config::{QueueDefaults, SlowConsumerPolicy};
+
+    /// A sled store whose writes fail while `full` is set, as on a full disk.
+    #[derive(Debug)]
+    struct DiskFull {
+        store: SledStore,
+        full: AtomicBool,
+    }
+
+    impl Store for DiskFull {
+        fn recover(&self, into: &mut dyn Recover) -> Result<(), StorageError> {
+            self.store.recover(into)
+        }
+        fn apply(&self, commit: &Commit) -> Result<(), StorageError> {
+            if self.full.load(Ordering::Relaxed) {
+                return Err(StorageError::Refused {
+                    detail: "no space left on device".into(),
+                });
+            }
+            self.store.apply(commit)
+        }
+        fn flush(&self) -> Result<(), StorageError> {
+            self.store.flush()
+        }
+        fn read_message(
+            &self,
+            queue: QueueId,
+            seq: u64,
+        ) -> Result<Option<StoredMessage>, StorageError> {
+            self.store.read_message(queue, seq)
+        }
+        fn size_on_disk(&self) -> Result<u64, StorageError> {
+            self.store.size_on_disk()
+        }
+    }
+
+    fn publish(outbound: &Arc<Outbound>, id: u32, sequence: u64) -> PublishOp {
+        PublishOp {
+            queues: vec![1],
+            envelope: Bytes::from_static(b"message"),
+            enqueued_ms: now_ms(),
+            deadline_ms: None,
+            dedup: Some(DedupEntry {
+                producer: "p".into(),
+                sequence,
+                at_ms: now_ms(),
+            }),
+            confirm: Some(ConfirmTo {
+                outbound: Arc::clone(outbound),
+                id,
+                received: Instant::now(),
+            }),
+        }
+    }
+
+    /// Reads frames from `rd` until one arrives.
+    async fn next_frame(rd: &mut tokio::io::DuplexStream, buf: &mut BytesMut) -> Frame {
+        loop {
+            if let Some(frame) = Frame::decode(buf, 1 << 20).unwrap() {
+                return frame;
+            }
+            assert_ne!(rd.read_buf(buf).await.unwrap(), 0, "the connection ended");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_an_error_confirm_and_the_journal_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(DiskFull {
+            store: SledStore::open(dir.path()).unwrap(),
+            full: AtomicBool::new(true),
+        });
+        let dedup = Arc::new(Mutex::new(DedupWindow::new(1000, 60_000)));
+        let metrics = JournalMetrics {
+            commits: metrics::Counter::noop(),
+            flushes: metrics::Counter::noop(),
+            bytes_written: metrics::Counter::noop(),
+            flush_duration: metrics::Histogram::noop(),
+            confirm_latency: metrics::Histogram::noop(),
+        };
+        let mut writer = Writer::new(
+            Arc::clone(&store) as Arc<dyn Store>,
+            SyncPolicy::Always,
+            Arc::clone(&dedup),
+            metrics,
+        );
+        let declare = QueueDeclare {
+            id: 1,
+            name: "q".into(),
+            bindings: Vec::new(),
+            options: Default::default(),
+        };
+        let def = QueueDef::from_declare(&declare, &QueueDefaults::default(), &Default::default())
+            .unwrap();
+        let (tasks, mut appended) = mpsc::channel(16);
+        writer.recover_queue(1, Arc::new(def), tasks, 0, Vec::new());
+        let (journal, _thread) = writer.spawn().unwrap();
+
+        let outbound = Arc::new(Outbound::new(
+            1 << 20,
+            SlowConsumerPolicy::Drop,
+            CancellationToken::new(),
+            Arc::default(),
+        ));
+        let (wr, mut rd) = tokio::io::duplex(1 << 16);
+        tokio::spawn(Arc::clone(&outbound).write_to(wr, Duration::from_secs(5)));
+        let mut buf = BytesMut::new();
+
+        assert!(lock(&dedup).insert("p", 1, now_ms()));
+        journal.publish(publish(&outbound, 7, 1)).await.unwrap();
+        match next_frame(&mut rd, &mut buf).await {
+            Frame::Error(e) => {
+                assert_eq!((e.id, e.code()), (7, Some(ErrorCode::StorageFailed)));
+                assert!(e.message.contains("no space left"), "{}", e.message);
+            }
+            other => panic!("expected storage_failed, got {other:?}"),
+        }
+        assert!(
+            lock(&dedup).insert("p", 1, now_ms()),
+            "the failed sequence may be sent again"
+        );
+
+        // The disk has room again: the retry is stored and confirmed.
+        store.full.store(false, Ordering::Relaxed);
+        journal.publish(publish(&outbound, 8, 1)).await.unwrap();
+        match next_frame(&mut rd, &mut buf).await {
+            Frame::Confirm(c) => assert_eq!((c.id, c.queues), (8, 1)),
+            other => panic!("expected a confirm, got {other:?}"),
+        }
+        match appended.recv().await {
+            Some(QueueInput::Appended(msgs)) => assert_eq!(msgs.len(), 1),
+            other => panic!("expected the message for the queue, got {other:?}"),
+        }
+    }
+}
