@@ -47,7 +47,7 @@ const THRESHOLD: f64 = 30.0;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 1. An MQTT broker, as the sensors' site would have.
-    let mqtt = embedded_mqtt::start()?;
+    let mqtt = embedded_mqtt::start(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     println!("MQTT broker on {mqtt}");
 
     // 2. A tern broker with a bridge to it.

@@ -2,19 +2,20 @@
 //! simulated sensors and devices (rumqttc clients), and a tern broker whose bridge is
 //! configured from TOML exactly as `ternd.toml` would configure it.
 //!
-//! An MQTT outage is a TCP proxy between the bridge and the MQTT broker that refuses
-//! and cuts connections, then lets them through again: deterministic, and the MQTT
-//! broker keeps the bridge's persistent session as a restarted broker with persistence
-//! would.
+//! Two kinds of outage: a network one (a TCP proxy between the bridge and the MQTT
+//! broker refuses and cuts connections, and the broker keeps the bridge's persistent
+//! session), and a real restart (the MQTT broker runs as a child process, is killed
+//! with SIGKILL and started again on the same port, having forgotten every session and
+//! subscription).
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::{eventually, start_broker_with, wait_for, within, TestBroker, PATIENCE};
+use common::{eventually, start_broker_with, wait_for, within, Proc, Proxy, TestBroker, PATIENCE};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tern::{Client, Qos};
 use tern_broker::bridge::mapping::{mqtt_to_subject, subject_to_mqtt};
@@ -101,73 +102,61 @@ impl Device {
     }
 }
 
-/// A TCP proxy in front of the MQTT broker, standing for the network between the
-/// bridge and it: it can refuse new connections and cut the current ones (the broker
-/// is down), then let them through again (it is back).
-struct Outage {
+/// An MQTT broker in this process, on a free loopback port.
+fn mqtt_broker() -> SocketAddr {
+    common::mqtt::start(SocketAddr::from(([127, 0, 0, 1], 0))).expect("an MQTT broker")
+}
+
+/// An MQTT broker in a child process (`examples/mqtt_broker.rs`), so that it can be
+/// killed and started again on the same port.
+struct MqttProcess {
     addr: SocketAddr,
-    refuse: Arc<AtomicBool>,
-    links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-    accepted: Arc<AtomicUsize>,
-    accept: tokio::task::JoinHandle<()>,
+    proc: Option<Proc>,
 }
 
-impl Outage {
-    async fn start(upstream: SocketAddr) -> Outage {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let refuse = Arc::new(AtomicBool::new(false));
-        let links = Arc::new(Mutex::new(Vec::new()));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let accept = tokio::spawn({
-            let (refuse, links, accepted) = (refuse.clone(), links.clone(), accepted.clone());
-            async move {
-                while let Ok((mut client, _)) = listener.accept().await {
-                    accepted.fetch_add(1, Ordering::SeqCst);
-                    if refuse.load(Ordering::SeqCst) {
-                        continue; // dropped: closed at once
-                    }
-                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
-                        continue;
-                    };
-                    let link = tokio::spawn(async move {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    });
-                    links.lock().unwrap().push(link);
-                }
-            }
+impl MqttProcess {
+    /// Starts the broker on a free loopback port.
+    async fn start() -> MqttProcess {
+        let mut broker = MqttProcess {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            proc: None,
+        };
+        broker.restart().await;
+        broker
+    }
+
+    /// Starts the broker on its address (again), waits until it listens and takes the
+    /// address it prints (the port it found, the first time).
+    async fn restart(&mut self) {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(common::example("mqtt_broker"));
+        cmd.arg(self.addr.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let mut proc = Proc::spawn(&mut cmd);
+        let stdout = proc.child.stdout.take().unwrap();
+        let (tx, listening) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let first = std::io::BufReader::new(stdout).lines().next();
+            let _ = tx.send(first);
         });
-        Outage {
-            addr,
-            refuse,
-            links,
-            accepted,
-            accept,
-        }
+        let line = within("the MQTT broker to start", listening).await;
+        let addr = match &line {
+            Ok(Some(Ok(l))) => l.split_once("listening on ").map(|(_, a)| a.parse()),
+            _ => None,
+        };
+        let Some(Ok(addr)) = addr else {
+            panic!("the MQTT broker did not start: {line:?}");
+        };
+        self.addr = addr;
+        self.proc = Some(proc);
     }
 
-    /// The broker goes down: current connections are cut, new ones refused.
-    fn down(&self) {
-        self.refuse.store(true, Ordering::SeqCst);
-        for link in self.links.lock().unwrap().drain(..) {
-            link.abort();
-        }
-    }
-
-    /// The broker is back.
-    fn up(&self) {
-        self.refuse.store(false, Ordering::SeqCst);
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Outage {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.down();
+    /// SIGKILL; waits until the process is gone.
+    async fn kill9(&mut self) {
+        let mut proc = self.proc.take().expect("running");
+        proc.child.kill().unwrap();
+        proc.wait().await;
     }
 }
 
@@ -254,7 +243,7 @@ fn text(payload: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sensor_readings_arrive_on_mapped_subjects_with_headers() {
     logs();
-    let mqtt = common::mqtt::start().expect("an MQTT broker");
+    let mqtt = mqtt_broker();
     let b = start_with_bridges(&format!(
         r#"
         [[bridge.mqtt]]
@@ -333,7 +322,7 @@ async fn sensor_readings_arrive_on_mapped_subjects_with_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tern_commands_reach_mqtt_devices() {
     logs();
-    let mqtt = common::mqtt::start().expect("an MQTT broker");
+    let mqtt = mqtt_broker();
     let b = start_with_bridges(&format!(
         r#"
         [[bridge.mqtt]]
@@ -398,7 +387,7 @@ async fn tern_commands_reach_mqtt_devices() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imported_messages_are_not_echoed_back() {
     logs();
-    let mqtt = common::mqtt::start().expect("an MQTT broker");
+    let mqtt = mqtt_broker();
     let b = start_with_bridges(&format!(
         r#"
         [[bridge.mqtt]]
@@ -478,16 +467,69 @@ async fn imported_messages_are_not_echoed_back() {
     b.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_bridge_reconnects_and_nothing_sent_around_an_outage_is_lost() {
-    logs();
-    let mqtt = common::mqtt::start().expect("an MQTT broker");
-    let proxy = Outage::start(mqtt).await;
-    let b = start_with_bridges(&format!(
+/// The phases of an outage test.
+const PHASES: [&str; 3] = ["before", "during", "after"];
+
+/// One phase of an outage test: five QoS 1 readings from `sensor` (`sensors/sI`) and
+/// five QoS 1 commands from `app` (`commands.dI`), with payloads `PHASE-I`. A reading is
+/// handed to the sensor's MQTT client, which sends it once it is connected.
+async fn send_phase(sensor: &Device, app: &Client, phase: &str) {
+    for i in 0..5 {
+        let payload = format!("{phase}-{i}");
+        sensor
+            .publish(&format!("sensors/s{i}"), QoS::AtLeastOnce, &payload)
+            .await;
+        app.publish(&format!("commands.d{i}"), payload)
+            .qos(Qos::AtLeastOnce)
+            .await
+            .unwrap();
+    }
+}
+
+/// Takes payloads from `next` until every payload of `phases` has come. QoS 1 is at
+/// least once, so repeats (and probes) are fine; anything else fails the test.
+async fn expect_phases(what: &str, phases: &[&str], mut next: impl AsyncFnMut() -> String) {
+    let payloads = |phases: &[&str]| -> BTreeSet<String> {
+        phases
+            .iter()
+            .flat_map(|p| (0..5).map(move |i| format!("{p}-{i}")))
+            .collect()
+    };
+    let want = payloads(phases);
+    let known = payloads(&PHASES);
+    let mut got = BTreeSet::new();
+    while !want.is_subset(&got) {
+        let payload = within(what, next()).await;
+        assert!(
+            payload == "probe" || known.contains(&payload),
+            "{what}: unexpected {payload:?}"
+        );
+        got.insert(payload);
+    }
+}
+
+async fn expect_readings(readings: &mut tern::Subscription, phases: &[&str]) {
+    expect_phases("imported readings", phases, async || {
+        text(&readings.next().await.unwrap().payload)
+    })
+    .await;
+}
+
+async fn expect_commands(device: &mut Device, phases: &[&str]) {
+    expect_phases("exported commands", phases, async || {
+        text(&device.next_any().await.unwrap().payload)
+    })
+    .await;
+}
+
+/// The bridge of the outage tests: imports `sensors/#`, exports `commands.>`, both at
+/// QoS 1, with a persistent session and quick reconnects.
+fn outage_bridge(url: SocketAddr) -> String {
+    format!(
         r#"
         [[bridge.mqtt]]
         name = "site-a"
-        url = "mqtt://{}"
+        url = "mqtt://{url}"
         client_id = "tern-outage-test"
         clean_session = false
         reconnect_delay_min = "20ms"
@@ -498,10 +540,17 @@ async fn the_bridge_reconnects_and_nothing_sent_around_an_outage_is_lost() {
           [[bridge.mqtt.export]]
           tern = "commands.>"
           qos = 1
-        "#,
-        proxy.addr
-    ))
-    .await;
+        "#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_reconnects_and_nothing_sent_around_an_outage_is_lost() {
+    logs();
+    let mqtt = mqtt_broker();
+    // The network between the bridge and the MQTT broker.
+    let network = Proxy::start(mqtt).await;
+    let b = start_with_bridges(&outage_bridge(network.addr)).await;
     let app = tern_client(&b).await;
     let mut readings = app.subscribe("sensors.>").await.unwrap();
     let mut device = Device::connect(mqtt, "device").await;
@@ -510,65 +559,73 @@ async fn the_bridge_reconnects_and_nothing_sent_around_an_outage_is_lost() {
     wait_export_queue(&app, "bridge.site-a.export.0").await;
     wait_connected(&b.server, "site-a", true).await;
     probe_import(&sensor, "sensors/probe", &mut readings).await;
+    send_phase(&sensor, &app, "before").await;
 
-    let send = |phase: &'static str| {
-        let (app, sensor) = (&app, &sensor);
-        async move {
-            for i in 0..5 {
-                sensor
-                    .publish(
-                        &format!("sensors/s{i}"),
-                        QoS::AtLeastOnce,
-                        &format!("{phase}-{i}"),
-                    )
-                    .await;
-                app.publish(&format!("commands.d{i}"), format!("{phase}-{i}"))
-                    .qos(Qos::AtLeastOnce)
-                    .await
-                    .unwrap();
-            }
-        }
-    };
-    send("before").await;
-
-    // The MQTT broker goes away (for the bridge): connections are cut and refused.
-    proxy.down();
+    // The MQTT broker goes away (for the bridge): connections are cut and refused. It
+    // keeps the bridge's session, queueing the readings for it.
+    network.refuse(true);
+    network.cut();
     wait_connected(&b.server, "site-a", false).await;
-    send("during").await;
+    send_phase(&sensor, &app, "during").await;
     // Refused attempts are retried with back-off.
-    let attempts = proxy.accepted();
-    wait_for("reconnect attempts", || proxy.accepted() >= attempts + 3).await;
+    let attempts = network.accepted();
+    wait_for("reconnect attempts", || network.accepted() >= attempts + 3).await;
 
-    proxy.up();
+    network.refuse(false);
     wait_connected(&b.server, "site-a", true).await;
     let reconnects = "tern_bridge_reconnects_total{bridge=\"site-a\"}";
     assert!(metric(&b.server, reconnects).await.unwrap_or(0.0) >= 1.0);
-    send("after").await;
+    send_phase(&sensor, &app, "after").await;
 
-    let mut want: Vec<String> = ["before", "during", "after"]
-        .iter()
-        .flat_map(|p| (0..5).map(move |i| format!("{p}-{i}")))
-        .collect();
-    want.sort();
-    let mut imported = Vec::new();
-    while imported.len() < want.len() {
-        let m = within("imported readings", readings.next()).await.unwrap();
-        let t = text(&m.payload);
-        if t != "probe" && !imported.contains(&t) {
-            imported.push(t);
-        }
-    }
-    imported.sort();
-    assert_eq!(imported, want, "every QoS 1 reading arrived");
-    let mut exported = Vec::new();
-    while exported.len() < want.len() {
-        let t = text(&device.next().await.payload);
-        if !exported.contains(&t) {
-            exported.push(t);
-        }
-    }
-    exported.sort();
-    assert_eq!(exported, want, "every QoS 1 command arrived");
+    expect_readings(&mut readings, &PHASES).await;
+    expect_commands(&mut device, &PHASES).await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_mqtt_broker_gets_its_subscriptions_back_and_nothing_is_lost() {
+    logs();
+    let mut mqtt = MqttProcess::start().await;
+    // The bridge's and the sensor's networks. A restarted MQTT broker drops what it
+    // receives before somebody subscribes again, as MQTT brokers without a session do;
+    // these keep the bridge and the sensor away until the device has subscribed again.
+    let bridge_net = Proxy::start(mqtt.addr).await;
+    let sensor_net = Proxy::start(mqtt.addr).await;
+    let b = start_with_bridges(&outage_bridge(bridge_net.addr)).await;
+    let app = tern_client(&b).await;
+    let mut readings = app.subscribe("sensors.>").await.unwrap();
+    let mut device = Device::connect(mqtt.addr, "device").await;
+    device.subscribe("commands/#").await;
+    let sensor = Device::connect(sensor_net.addr, "sensor").await;
+    wait_export_queue(&app, "bridge.site-a.export.0").await;
+    wait_connected(&b.server, "site-a", true).await;
+    probe_import(&sensor, "sensors/probe", &mut readings).await;
+    send_phase(&sensor, &app, "before").await;
+    expect_readings(&mut readings, &["before"]).await;
+    expect_commands(&mut device, &["before"]).await;
+
+    bridge_net.refuse(true);
+    sensor_net.refuse(true);
+    mqtt.kill9().await;
+    wait_connected(&b.server, "site-a", false).await;
+    // Readings wait in the sensor's MQTT client; commands in the bridge's export queue.
+    send_phase(&sensor, &app, "during").await;
+
+    mqtt.restart().await;
+    // The device's client reconnects by itself; its subscription is gone with the
+    // broker's memory, so it subscribes again (the request waits for the connection).
+    device.subscribe("commands/#").await;
+    bridge_net.refuse(false);
+    wait_connected(&b.server, "site-a", true).await;
+    // The bridge found no session and subscribed again: a reading from another MQTT
+    // client gets through.
+    let prober = Device::connect(mqtt.addr, "prober").await;
+    probe_import(&prober, "sensors/probe", &mut readings).await;
+    sensor_net.refuse(false);
+    send_phase(&sensor, &app, "after").await;
+
+    expect_readings(&mut readings, &["during", "after"]).await;
+    expect_commands(&mut device, &["during", "after"]).await;
     b.shutdown().await;
 }
 
@@ -600,7 +657,7 @@ fn the_mapping_round_trips_for_odd_topics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_topics_cross_the_bridge_both_ways() {
     logs();
-    let mqtt = common::mqtt::start().expect("an MQTT broker");
+    let mqtt = mqtt_broker();
     let b = start_with_bridges(&format!(
         r#"
         [[bridge.mqtt]]

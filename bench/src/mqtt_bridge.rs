@@ -87,7 +87,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
 async fn run_async(args: &Args) -> anyhow::Result<Report> {
     let mqtt = match args.mqtt {
         Some(addr) => addr,
-        None => embedded_mqtt::start()?,
+        None => embedded_mqtt::start(SocketAddr::from(([127, 0, 0, 1], 0)))?,
     };
     let data = tempfile::Builder::new()
         .prefix("tern-bench-")

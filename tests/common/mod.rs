@@ -188,43 +188,56 @@ impl RawConn {
 /// test never runs a stale one.
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
-    // Test executables live in <target>/<profile>/deps/.
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
     BUILT.get_or_init(|| {
-        let mut cmd = std::process::Command::new(env!("CARGO"));
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "tern-broker",
-            "-p",
-            "tern-client",
-            "--bins",
-        ]);
-        if profile_dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        // Cargo gives this test process its package's variables; a build script that
-        // watches them (ring's does) would see them change and rebuild everything,
-        // here and again on the next outer cargo run.
-        for (k, _) in std::env::vars() {
-            let per_package = [
-                "CARGO_PKG_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-                "CARGO_BIN_",
-            ]
-            .iter()
-            .any(|p| k.starts_with(p));
-            if per_package || k == "CARGO_PRIMARY_PACKAGE" || k == "CARGO_TARGET_TMPDIR" {
-                cmd.env_remove(k);
-            }
-        }
-        let status = cmd.status().expect("cargo runs");
-        assert!(status.success(), "building the binaries failed");
+        cargo_build(&["-p", "tern-broker", "-p", "tern-client", "--bins"]);
     });
-    profile_dir.join(name)
+    profile_dir().join(name)
+}
+
+/// The path of example `name` of the `tern` package (`examples/NAME.rs`), built on
+/// first use.
+pub fn example(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap();
+    if !built.iter().any(|b| b == name) {
+        cargo_build(&["-p", "tern", "--example", name]);
+        built.push(name.to_owned());
+    }
+    profile_dir().join("examples").join(name)
+}
+
+/// Where cargo puts this profile's binaries: test executables live in
+/// `<target>/<profile>/deps/`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// `cargo build --quiet WHAT...` in this test's profile.
+fn cargo_build(what: &[&str]) {
+    let mut cmd = std::process::Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet"]).args(what);
+    if profile_dir().ends_with("release") {
+        cmd.arg("--release");
+    }
+    // Cargo gives this test process its package's variables; a build script that
+    // watches them (ring's does) would see them change and rebuild everything, here
+    // and again on the next outer cargo run.
+    for (k, _) in std::env::vars() {
+        let per_package = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p));
+        if per_package || k == "CARGO_PRIMARY_PACKAGE" || k == "CARGO_TARGET_TMPDIR" {
+            cmd.env_remove(k);
+        }
+    }
+    let status = cmd.status().expect("cargo runs");
+    assert!(status.success(), "cargo build {what:?} failed");
 }
 
 /// `tern ARGS...` talking to `server` when given, with a clean environment (no TERN_*
