@@ -29,6 +29,7 @@ pub fn start(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     Err(std::io::Error::other("the MQTT broker did not start"))
 }
 
+/// Starts rumqttd on `addr`, a real port, and waits until it accepts connections.
 fn start_on(addr: SocketAddr) -> std::io::Result<()> {
     let config = rumqttd::Config {
         router: rumqttd::RouterConfig {
