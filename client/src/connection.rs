@@ -18,7 +18,7 @@ use crate::backoff::Backoff;
 use crate::client::Inner;
 use crate::outbound::Link;
 use crate::queue::Wake;
-use crate::transport::{ReadHalf, Stream, WriteHalf};
+use crate::transport::{self, ReadHalf, Stream, WriteHalf};
 use crate::Error;
 
 /// Bytes reserved for each socket read.
@@ -180,7 +180,7 @@ pub(crate) async fn drive(inner: Arc<Inner>, mut conn: Established) {
 
 /// Runs one connection until it fails or the client closes. Returns why it ended.
 async fn run(inner: &Inner, conn: Established, resubscribe: BytesMut) -> Error {
-    let (rd, mut wr) = conn.stream.split();
+    let (rd, mut wr) = transport::split(conn.stream);
     // Re-subscriptions, consumers and unconfirmed publishes go out before anything
     // buffered (the writer starts below), so that replies to requests published in
     // the meantime find their subscription. The link is already up: see `drive`.

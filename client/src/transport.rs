@@ -8,19 +8,18 @@
 
 use std::future::Future;
 use std::io;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-
-use std::path::{Path, PathBuf};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_util::either::Either;
 
 /// A bidirectional byte stream a custom connector may return.
 pub trait AsyncStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -71,7 +70,7 @@ impl Connector {
                 let stream = TcpStream::connect(addr.as_str()).await?;
                 // Best effort: without it small frames wait for Nagle's timer.
                 let _ = stream.set_nodelay(true);
-                Ok(Stream::Tcp(stream))
+                Ok(Either::Left(stream))
             }
             Connector::Tls {
                 addr,
@@ -81,9 +80,9 @@ impl Connector {
                 let stream = TcpStream::connect(addr.as_str()).await?;
                 let _ = stream.set_nodelay(true);
                 let tls = connector.connect(server_name.clone(), stream).await?;
-                Ok(Stream::Other(Box::new(tls)))
+                Ok(Either::Right(Box::new(tls)))
             }
-            Connector::Custom(connect) => Ok(Stream::Other(connect().await?)),
+            Connector::Custom(connect) => Ok(Either::Right(connect().await?)),
         }
     }
 }
@@ -167,114 +166,23 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-/// An open connection.
-pub(crate) enum Stream {
-    Tcp(TcpStream),
-    Other(BoxStream),
-}
+/// An open connection: TCP, or any other byte stream (TLS, a custom connector's).
+pub(crate) type Stream = Either<TcpStream, BoxStream>;
+/// The reading half of a [`Stream`].
+pub(crate) type ReadHalf = Either<OwnedReadHalf, tokio::io::ReadHalf<BoxStream>>;
+/// The writing half of a [`Stream`].
+pub(crate) type WriteHalf = Either<OwnedWriteHalf, tokio::io::WriteHalf<BoxStream>>;
 
-impl Stream {
-    /// Splits into halves the reader and the writer own. TCP splits without a lock.
-    pub fn split(self) -> (ReadHalf, WriteHalf) {
-        match self {
-            Stream::Tcp(s) => {
-                let (r, w) = s.into_split();
-                (ReadHalf::Tcp(r), WriteHalf::Tcp(w))
-            }
-            Stream::Other(s) => {
-                let (r, w) = tokio::io::split(s);
-                (ReadHalf::Other(r), WriteHalf::Other(w))
-            }
+/// Splits `stream` into halves the reader and the writer own. TCP splits without a lock.
+pub(crate) fn split(stream: Stream) -> (ReadHalf, WriteHalf) {
+    match stream {
+        Either::Left(s) => {
+            let (r, w) = s.into_split();
+            (Either::Left(r), Either::Left(w))
         }
-    }
-}
-
-pub(crate) enum ReadHalf {
-    Tcp(OwnedReadHalf),
-    Other(tokio::io::ReadHalf<BoxStream>),
-}
-
-pub(crate) enum WriteHalf {
-    Tcp(OwnedWriteHalf),
-    Other(tokio::io::WriteHalf<BoxStream>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Other(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Other(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Other(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Other(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-impl AsyncRead for ReadHalf {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ReadHalf::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            ReadHalf::Other(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for WriteHalf {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteHalf::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            WriteHalf::Other(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Tcp(s) => Pin::new(s).poll_flush(cx),
-            WriteHalf::Other(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            WriteHalf::Other(s) => Pin::new(s).poll_shutdown(cx),
+        Either::Right(s) => {
+            let (r, w) = tokio::io::split(s);
+            (Either::Right(r), Either::Right(w))
         }
     }
 }
