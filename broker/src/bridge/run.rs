@@ -721,47 +721,10 @@ impl Bridge {
         }
     }
 
-    /// A message from an export queue: publish it at QoS 1.
-    fn on_delivery(&mut self, i: usize, delivery: Delivery) {
-        if self.imported_here(&delivery.message) {
-            spawn_ack(delivery);
-            return;
-        }
-        match self.topic_for(i, &delivery.message) {
-            Ok((topic, retain)) => {
-                if self
-                    .cfg
-                    .imports
-                    .iter()
-                    .any(|im| im.route.matches_topic(&topic))
-                {
-                    self.echo.record(&topic, &delivery.message.payload);
-                }
-                let seq = self.window.next_seq;
-                self.window.next_seq += 1;
-                self.window.waiting.push_back(Outbound {
-                    seq,
-                    topic,
-                    payload: delivery.message.payload.clone(),
-                    retain,
-                    delivery,
-                });
-                self.flush();
-            }
-            Err(why) => {
-                if let Some(earlier) = self.warn.allow() {
-                    tracing::warn!(bridge = %self.cfg.name, subject = %delivery.message.subject, earlier_drops = earlier, "tern message not exported: {why}");
-                }
-                spawn_ack(delivery);
-            }
-        }
-    }
-
-    /// A message from a QoS 0 export: publish it if connected, else drop it.
-    fn on_message(&mut self, i: usize, msg: &Message) {
-        if self.imported_here(msg) || !self.connected {
-            return;
-        }
+    /// [`Self::topic_for`], remembered for the echo filter when one of this bridge's
+    /// imports subscribes to that topic. `None` when the message cannot go out (a
+    /// warning says why, rate-limited).
+    fn export_topic(&mut self, i: usize, msg: &Message) -> Option<(String, bool)> {
         match self.topic_for(i, msg) {
             Ok((topic, retain)) => {
                 if self
@@ -772,21 +735,55 @@ impl Bridge {
                 {
                     self.echo.record(&topic, &msg.payload);
                 }
-                let mqtt = &self.mqtt;
-                let payload = msg.payload.to_vec();
-                if self
-                    .gate
-                    .send(|| mqtt.try_publish(topic, QoS::AtMostOnce, retain, payload))
-                    .is_ok()
-                {
-                    self.status.messages_out.fetch_add(1, Ordering::Relaxed);
-                }
+                Some((topic, retain))
             }
             Err(why) => {
                 if let Some(earlier) = self.warn.allow() {
                     tracing::warn!(bridge = %self.cfg.name, subject = %msg.subject, earlier_drops = earlier, "tern message not exported: {why}");
                 }
+                None
             }
+        }
+    }
+
+    /// A message from an export queue: publish it at QoS 1.
+    fn on_delivery(&mut self, i: usize, delivery: Delivery) {
+        if self.imported_here(&delivery.message) {
+            spawn_ack(delivery);
+            return;
+        }
+        let Some((topic, retain)) = self.export_topic(i, &delivery.message) else {
+            spawn_ack(delivery);
+            return;
+        };
+        let seq = self.window.next_seq;
+        self.window.next_seq += 1;
+        self.window.waiting.push_back(Outbound {
+            seq,
+            topic,
+            payload: delivery.message.payload.clone(),
+            retain,
+            delivery,
+        });
+        self.flush();
+    }
+
+    /// A message from a QoS 0 export: publish it if connected, else drop it.
+    fn on_message(&mut self, i: usize, msg: &Message) {
+        if self.imported_here(msg) || !self.connected {
+            return;
+        }
+        let Some((topic, retain)) = self.export_topic(i, msg) else {
+            return;
+        };
+        let mqtt = &self.mqtt;
+        let payload = msg.payload.to_vec();
+        if self
+            .gate
+            .send(|| mqtt.try_publish(topic, QoS::AtMostOnce, retain, payload))
+            .is_ok()
+        {
+            self.status.messages_out.fetch_add(1, Ordering::Relaxed);
         }
     }
 

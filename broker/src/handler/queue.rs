@@ -113,6 +113,25 @@ async fn journal(
     }
 }
 
+/// Hands `queue` an input that changes messages and answers how many, then waits
+/// until the journal has made those changes durable: DONE promises they stick.
+async fn count_then_sync(
+    shared: &Shared,
+    queue: &QueueHandle,
+    input: impl FnOnce(oneshot::Sender<u64>) -> QueueInput,
+) -> Result<Answer, Reject> {
+    let name = &queue.def.name;
+    let (reply, rx) = oneshot::channel();
+    queue.tx.send(input(reply)).await.map_err(|_| gone(name))?;
+    let n = rx.await.map_err(|_| gone(name))?;
+    shared
+        .journal
+        .barrier()
+        .await
+        .map_err(|e| Reject::new(ErrorCode::StorageFailed, e))?;
+    Ok(Answer::Done(n))
+}
+
 /// # Errors
 ///
 /// An invalid definition (the rest is answered later).
@@ -221,19 +240,7 @@ pub(crate) fn purge(session: &mut Session, p: QueuePurge) -> Result<(), Reject> 
             .queues
             .get(&p.name)
             .ok_or_else(|| not_found(&p.name))?;
-        let (reply, rx) = oneshot::channel();
-        queue
-            .tx
-            .send(QueueInput::Purge { reply })
-            .await
-            .map_err(|_| gone(&p.name))?;
-        let n = rx.await.map_err(|_| gone(&p.name))?;
-        shared
-            .journal
-            .barrier()
-            .await
-            .map_err(|e| Reject::new(ErrorCode::StorageFailed, e))?;
-        Ok(Answer::Done(n))
+        count_then_sync(&shared, &queue, |reply| QueueInput::Purge { reply }).await
     });
     Ok(())
 }
@@ -258,22 +265,12 @@ pub(crate) fn move_messages(session: &mut Session, m: QueueMove) -> Result<(), R
             .get(&m.from)
             .ok_or_else(|| not_found(&m.from))?;
         let to = shared.queues.get(&m.to).ok_or_else(|| not_found(&m.to))?;
-        let (reply, rx) = oneshot::channel();
-        from.tx
-            .send(QueueInput::MoveTo {
-                to: to.id,
-                max: m.max,
-                reply,
-            })
-            .await
-            .map_err(|_| gone(&m.from))?;
-        let n = rx.await.map_err(|_| gone(&m.from))?;
-        shared
-            .journal
-            .barrier()
-            .await
-            .map_err(|e| Reject::new(ErrorCode::StorageFailed, e))?;
-        Ok(Answer::Done(n))
+        count_then_sync(&shared, &from, |reply| QueueInput::MoveTo {
+            to: to.id,
+            max: m.max,
+            reply,
+        })
+        .await
     });
     Ok(())
 }
