@@ -74,20 +74,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         bridges: tern_broker::bridge::validate(settings.bridge.unwrap_or_default())?,
         ..Config::default()
     };
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let tern_addr = listener.local_addr()?;
-    let server = Server::open(config).await?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn({
-        let server = server.clone();
-        async move {
-            server
-                .serve(listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-        }
-    });
+    let running = Server::start(config).await?;
+    let (tern_addr, server) = (running.addr(), running.server().clone());
     println!("tern broker on {tern_addr}, bridged to mqtt://{mqtt}");
 
     // 3. The application: every reading (to count them), and the hot ones.
@@ -209,8 +197,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         alerted
     );
 
-    let _ = stop.send(());
-    serving.await??;
+    running.stop().await?;
     Ok(())
 }
 

@@ -27,8 +27,7 @@ use tern_broker::tls::TlsFiles;
 use tern_broker::{Config, Server, Settings};
 use tern_codec::{Credentials, Encode, Frame, Hello, Ping, Pong, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::net::TcpStream;
 
 // ---------------------------------------------------------------------------------------
 // Certificates.
@@ -193,7 +192,7 @@ struct TlsBroker {
     addr: SocketAddr,
     tls_addr: SocketAddr,
     server: Server,
-    stop: Option<oneshot::Sender<()>>,
+    _running: tern_broker::Running,
     _dir: tempfile::TempDir,
 }
 
@@ -205,14 +204,6 @@ impl TlsBroker {
     /// The TLS listener by the name its certificate carries.
     fn tls_url(&self) -> String {
         format!("tls://localhost:{}", self.tls_addr.port())
-    }
-}
-
-impl Drop for TlsBroker {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 
@@ -231,27 +222,12 @@ async fn start_tls(files: TlsFiles, adjust: impl FnOnce(&mut Config)) -> TlsBrok
         ..Config::default()
     };
     adjust(&mut config);
-    let listener = TcpListener::bind(config.listen).await.unwrap();
-    let tls_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let tls_addr = tls_listener.local_addr().unwrap();
-    let server = Server::open(config).await.unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn({
-        let server = server.clone();
-        async move {
-            server
-                .serve_with(listener, Some(tls_listener), async {
-                    let _ = stopped.await;
-                })
-                .await
-        }
-    });
+    let running = Server::start(config).await.unwrap();
     TlsBroker {
-        addr,
-        tls_addr,
-        server,
-        stop: Some(stop),
+        addr: running.addr(),
+        tls_addr: running.tls_addr().expect("a TLS listener"),
+        server: running.server().clone(),
+        _running: running,
         _dir: dir,
     }
 }

@@ -12,21 +12,15 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use tern_broker::config::Listen;
-use tern_broker::{Config, Server, StatsSnapshot};
+use tern_broker::{Config, Running, Server, StatsSnapshot};
 use tokio::runtime::Runtime;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// A broker serving on loopback until [`InProcessBroker::stop`].
 #[derive(Debug)]
 pub struct InProcessBroker {
-    addr: SocketAddr,
-    server: Server,
+    running: Running,
     /// Owns the broker's worker threads; dropped (after the server stopped) in `stop`.
     runtime: Runtime,
-    /// Completes the server's shutdown future.
-    shutdown: oneshot::Sender<()>,
-    serving: JoinHandle<Result<(), tern_broker::Error>>,
     /// The sled store's directory, deleted on drop (after the runtime is gone).
     _data_dir: tempfile::TempDir,
 }
@@ -58,42 +52,24 @@ impl InProcessBroker {
             metrics_listen: Listen::Off,
             ..Config::default()
         };
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(config.listen))
-            .context("binding 127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
-        let server = runtime
-            .block_on(Server::open(config))
-            .context("opening the broker")?;
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let serving = {
-            let server = server.clone();
-            runtime.spawn(async move {
-                server
-                    .serve(listener, async {
-                        let _ = stop.await;
-                    })
-                    .await
-            })
-        };
+        let running = runtime
+            .block_on(Server::start(config))
+            .context("starting the broker")?;
         Ok(Self {
-            addr,
-            server,
+            running,
             runtime,
-            shutdown,
-            serving,
             _data_dir: data_dir,
         })
     }
 
     /// Where clients connect.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.running.addr()
     }
 
     /// The broker's counters since it started.
     pub fn stats(&self) -> StatsSnapshot {
-        self.server.stats()
+        self.running.server().stats()
     }
 
     /// Shuts the broker down gracefully and waits for it.
@@ -104,11 +80,8 @@ impl InProcessBroker {
     ///
     /// The server reported an error while shutting down.
     pub fn stop(self) -> anyhow::Result<()> {
-        let _ = self.shutdown.send(());
-        let served = self
-            .runtime
-            .block_on(self.serving)
-            .context("the broker task panicked")?;
-        served.context("broker shutdown")
+        self.runtime
+            .block_on(self.running.stop())
+            .context("broker shutdown")
     }
 }

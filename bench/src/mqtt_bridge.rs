@@ -105,20 +105,8 @@ async fn run_async(args: &Args) -> anyhow::Result<Report> {
         bridges: tern_broker::bridge::validate(settings.bridge.unwrap_or_default())?,
         ..Config::default()
     };
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let addr = listener.local_addr()?;
-    let server = Server::open(config).await.context("opening the broker")?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn({
-        let server = server.clone();
-        async move {
-            server
-                .serve(listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-        }
-    });
+    let running = Server::start(config).await.context("starting the broker")?;
+    let (addr, server) = (running.addr(), running.server().clone());
 
     let subscriber = Client::builder()
         .name("bench-sub")
@@ -269,8 +257,7 @@ async fn run_async(args: &Args) -> anyhow::Result<Report> {
     }
     drop(sub);
     let _ = subscriber.close().await;
-    let _ = stop.send(());
-    serving.await?.context("broker shutdown")?;
+    running.stop().await.context("broker shutdown")?;
     Ok(r)
 }
 

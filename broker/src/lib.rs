@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! * [`server`]: the listener, shared state, graceful shutdown ([`Server`], [`run`]).
+//! * [`server`]: the listener, shared state, graceful shutdown ([`Server`], [`run`]; a
+//!   program that embeds a broker starts it with [`Server::start`]).
 //! * `session`: one task per connection: handshake, frame loop, cleanup.
 //! * `handler`: one handler per frame family (hello, publish, subscribe), mirroring
 //!   `tern_codec::frame`.
@@ -39,5 +40,5 @@ pub mod tls;
 
 pub use config::{Config, ConfigError, Settings};
 pub use error::Error;
-pub use server::{run, ConnectionInfo, Server};
+pub use server::{run, ConnectionInfo, Running, Server};
 pub use stats::StatsSnapshot;

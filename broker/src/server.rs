@@ -754,6 +754,95 @@ async fn refuse(mut socket: impl AsyncWrite + Unpin, reason: String) {
     }
 }
 
+async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// A server serving on a task of its own, as a program embeds it (tests, benchmarks,
+/// examples): [`Server::start`] starts it, [`Running::stop`] shuts it down gracefully.
+/// Dropping it shuts the server down too, without waiting for it.
+#[derive(Debug)]
+pub struct Running {
+    addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    server: Server,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl Server {
+    /// Binds `config.listen` (and the TLS listener when `config.tls` is set), opens the
+    /// store and serves on a spawned task. Port 0 binds a free port: [`Running::addr`]
+    /// says which. The metrics endpoint is not served ([`Server::metrics_text`] gives
+    /// its text) and SIGHUP is left alone: [`run`] is the whole of ternd.
+    ///
+    /// # Errors
+    ///
+    /// An address cannot be bound, or the store cannot be opened.
+    pub async fn start(config: Config) -> Result<Running, Error> {
+        let listener = bind(config.listen).await?;
+        let tls_listener = match &config.tls {
+            Some(t) => Some(bind(t.listen).await?),
+            None => None,
+        };
+        let addr = listener.local_addr()?;
+        let tls_addr = tls_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
+        let server = Server::open(config).await?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let server = server.clone();
+            async move {
+                server
+                    .serve_with(listener, tls_listener, async {
+                        let _ = stopped.await;
+                    })
+                    .await
+            }
+        });
+        Ok(Running {
+            addr,
+            tls_addr,
+            server,
+            stop,
+            task,
+        })
+    }
+}
+
+impl Running {
+    /// Where the plain listener listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Where the TLS listener listens, if there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// The server, for its counters, metrics and local connections.
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// Shuts the server down gracefully (as SIGTERM does ternd) and waits for it.
+    ///
+    /// # Errors
+    ///
+    /// The store could not be flushed, or the serving task panicked.
+    pub async fn stop(self) -> Result<(), Error> {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .map_err(|e| Error::Shutdown(format!("the server task failed: {e}")))?
+    }
+}
+
 /// Opens the store, binds `config.listen` (and the metrics endpoint, unless it is off)
 /// and serves until `shutdown` completes.
 ///
@@ -761,11 +850,6 @@ async fn refuse(mut socket: impl AsyncWrite + Unpin, reason: String) {
 ///
 /// The store cannot be opened, an address cannot be bound, or the final flush failed.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { addr, source })
-    };
     let listener = bind(config.listen).await?;
     let metrics = match config.metrics_listen {
         Listen::On(addr) => Some(bind(addr).await?),

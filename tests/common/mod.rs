@@ -24,12 +24,11 @@ use tokio::task::JoinHandle;
 /// are slow, and a correct test never waits this long.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
-/// A broker running in this process.
+/// A broker running in this process, and its data directory.
 pub struct TestBroker {
     pub addr: SocketAddr,
     pub server: Server,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), tern_broker::Error>>>,
+    running: tern_broker::Running,
     pub dir: tempfile::TempDir,
 }
 
@@ -54,25 +53,11 @@ pub async fn start_broker_with(adjust: impl FnOnce(&mut Config)) -> TestBroker {
 /// A broker on `config` exactly (its `listen` may be a fixed port, to restart a broker
 /// where clients expect it), keeping `dir` alive with it.
 pub async fn start_on(config: Config, dir: tempfile::TempDir) -> TestBroker {
-    let listener = TcpListener::bind(config.listen).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = Server::open(config).await.unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn({
-        let server = server.clone();
-        async move {
-            server
-                .serve(listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-        }
-    });
+    let running = Server::start(config).await.unwrap();
     TestBroker {
-        addr,
-        server,
-        stop: Some(stop),
-        task: Some(task),
+        addr: running.addr(),
+        server: running.server().clone(),
+        running,
         dir,
     }
 }
@@ -83,27 +68,13 @@ impl TestBroker {
     }
 
     /// Shuts the broker down gracefully and waits for it. Returns the data directory.
-    pub async fn shutdown(mut self) -> tempfile::TempDir {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(PATIENCE, task)
-                .await
-                .expect("broker shut down in time")
-                .unwrap()
-                .unwrap();
-        }
-        let dir = tempfile::tempdir().unwrap();
-        std::mem::replace(&mut self.dir, dir)
-    }
-}
-
-impl Drop for TestBroker {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    /// (Dropping a `TestBroker` stops its broker without waiting.)
+    pub async fn shutdown(self) -> tempfile::TempDir {
+        tokio::time::timeout(PATIENCE, self.running.stop())
+            .await
+            .expect("broker shut down in time")
+            .unwrap();
+        self.dir
     }
 }
 
