@@ -470,22 +470,6 @@ async fn imported_messages_are_not_echoed_back() {
 /// The phases of an outage test.
 const PHASES: [&str; 3] = ["before", "during", "after"];
 
-/// One phase of an outage test: five QoS 1 readings from `sensor` (`sensors/sI`) and
-/// five QoS 1 commands from `app` (`commands.dI`), with payloads `PHASE-I`. A reading is
-/// handed to the sensor's MQTT client, which sends it once it is connected.
-async fn send_phase(sensor: &Device, app: &Client, phase: &str) {
-    for i in 0..5 {
-        let payload = format!("{phase}-{i}");
-        sensor
-            .publish(&format!("sensors/s{i}"), QoS::AtLeastOnce, &payload)
-            .await;
-        app.publish(&format!("commands.d{i}"), payload)
-            .qos(Qos::AtLeastOnce)
-            .await
-            .unwrap();
-    }
-}
-
 /// Takes payloads from `next` until every payload of `phases` has come. QoS 1 is at
 /// least once, so repeats (and probes) are fine; anything else fails the test.
 async fn expect_phases(what: &str, phases: &[&str], mut next: impl AsyncFnMut() -> String) {
@@ -508,40 +492,87 @@ async fn expect_phases(what: &str, phases: &[&str], mut next: impl AsyncFnMut() 
     }
 }
 
-async fn expect_readings(readings: &mut tern::Subscription, phases: &[&str]) {
-    expect_phases("imported readings", phases, async || {
-        text(&readings.next().await.unwrap().payload)
-    })
-    .await;
+/// What an outage test runs: a tern broker whose bridge imports `sensors/#` and
+/// exports `commands.>` (both QoS 1, persistent session, quick reconnects), the
+/// application subscribed to the readings, a device subscribed to the commands and a
+/// sensor, all connected and the bridge's subscription in place.
+struct Outage {
+    b: TestBroker,
+    app: Client,
+    readings: tern::Subscription,
+    device: Device,
+    sensor: Device,
 }
 
-async fn expect_commands(device: &mut Device, phases: &[&str]) {
-    expect_phases("exported commands", phases, async || {
-        text(&device.next_any().await.unwrap().payload)
-    })
-    .await;
-}
+impl Outage {
+    /// The bridge reaches the MQTT broker at `bridge_to`, the device at `device_to`,
+    /// the sensor at `sensor_to` (the broker, or proxies in front of it).
+    async fn start(bridge_to: SocketAddr, device_to: SocketAddr, sensor_to: SocketAddr) -> Outage {
+        let b = start_with_bridges(&format!(
+            r#"
+            [[bridge.mqtt]]
+            name = "site-a"
+            url = "mqtt://{bridge_to}"
+            client_id = "tern-outage-test"
+            clean_session = false
+            reconnect_delay_min = "20ms"
+            reconnect_delay_max = "200ms"
+              [[bridge.mqtt.import]]
+              mqtt = "sensors/#"
+              qos = 1
+              [[bridge.mqtt.export]]
+              tern = "commands.>"
+              qos = 1
+            "#
+        ))
+        .await;
+        let app = tern_client(&b).await;
+        let mut readings = app.subscribe("sensors.>").await.unwrap();
+        let mut device = Device::connect(device_to, "device").await;
+        device.subscribe("commands/#").await;
+        let sensor = Device::connect(sensor_to, "sensor").await;
+        wait_export_queue(&app, "bridge.site-a.export.0").await;
+        wait_connected(&b.server, "site-a", true).await;
+        probe_import(&sensor, "sensors/probe", &mut readings).await;
+        Outage {
+            b,
+            app,
+            readings,
+            device,
+            sensor,
+        }
+    }
 
-/// The bridge of the outage tests: imports `sensors/#`, exports `commands.>`, both at
-/// QoS 1, with a persistent session and quick reconnects.
-fn outage_bridge(url: SocketAddr) -> String {
-    format!(
-        r#"
-        [[bridge.mqtt]]
-        name = "site-a"
-        url = "mqtt://{url}"
-        client_id = "tern-outage-test"
-        clean_session = false
-        reconnect_delay_min = "20ms"
-        reconnect_delay_max = "200ms"
-          [[bridge.mqtt.import]]
-          mqtt = "sensors/#"
-          qos = 1
-          [[bridge.mqtt.export]]
-          tern = "commands.>"
-          qos = 1
-        "#
-    )
+    /// One phase: five QoS 1 readings from the sensor (`sensors/sI`) and five QoS 1
+    /// commands from the application (`commands.dI`), with payloads `PHASE-I`. A
+    /// reading is handed to the sensor's MQTT client, which sends it once connected.
+    async fn send_phase(&self, phase: &str) {
+        for i in 0..5 {
+            let payload = format!("{phase}-{i}");
+            self.sensor
+                .publish(&format!("sensors/s{i}"), QoS::AtLeastOnce, &payload)
+                .await;
+            self.app
+                .publish(&format!("commands.d{i}"), payload)
+                .qos(Qos::AtLeastOnce)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Every reading and command of `phases` arrives.
+    async fn expect(&mut self, phases: &[&str]) {
+        let readings = &mut self.readings;
+        expect_phases("imported readings", phases, async || {
+            text(&readings.next().await.unwrap().payload)
+        })
+        .await;
+        let device = &mut self.device;
+        expect_phases("exported commands", phases, async || {
+            text(&device.next_any().await.unwrap().payload)
+        })
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -550,36 +581,27 @@ async fn the_bridge_reconnects_and_nothing_sent_around_an_outage_is_lost() {
     let mqtt = mqtt_broker();
     // The network between the bridge and the MQTT broker.
     let network = Proxy::start(mqtt).await;
-    let b = start_with_bridges(&outage_bridge(network.addr)).await;
-    let app = tern_client(&b).await;
-    let mut readings = app.subscribe("sensors.>").await.unwrap();
-    let mut device = Device::connect(mqtt, "device").await;
-    device.subscribe("commands/#").await;
-    let sensor = Device::connect(mqtt, "sensor").await;
-    wait_export_queue(&app, "bridge.site-a.export.0").await;
-    wait_connected(&b.server, "site-a", true).await;
-    probe_import(&sensor, "sensors/probe", &mut readings).await;
-    send_phase(&sensor, &app, "before").await;
+    let mut t = Outage::start(network.addr, mqtt, mqtt).await;
+    t.send_phase("before").await;
 
     // The MQTT broker goes away (for the bridge): connections are cut and refused. It
     // keeps the bridge's session, queueing the readings for it.
     network.refuse(true);
     network.cut();
-    wait_connected(&b.server, "site-a", false).await;
-    send_phase(&sensor, &app, "during").await;
+    wait_connected(&t.b.server, "site-a", false).await;
+    t.send_phase("during").await;
     // Refused attempts are retried with back-off.
     let attempts = network.accepted();
     wait_for("reconnect attempts", || network.accepted() >= attempts + 3).await;
 
     network.refuse(false);
-    wait_connected(&b.server, "site-a", true).await;
+    wait_connected(&t.b.server, "site-a", true).await;
     let reconnects = "tern_bridge_reconnects_total{bridge=\"site-a\"}";
-    assert!(metric(&b.server, reconnects).await.unwrap_or(0.0) >= 1.0);
-    send_phase(&sensor, &app, "after").await;
+    assert!(metric(&t.b.server, reconnects).await.unwrap_or(0.0) >= 1.0);
+    t.send_phase("after").await;
 
-    expect_readings(&mut readings, &PHASES).await;
-    expect_commands(&mut device, &PHASES).await;
-    b.shutdown().await;
+    t.expect(&PHASES).await;
+    t.b.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -591,42 +613,32 @@ async fn a_restarted_mqtt_broker_gets_its_subscriptions_back_and_nothing_is_lost
     // these keep the bridge and the sensor away until the device has subscribed again.
     let bridge_net = Proxy::start(mqtt.addr).await;
     let sensor_net = Proxy::start(mqtt.addr).await;
-    let b = start_with_bridges(&outage_bridge(bridge_net.addr)).await;
-    let app = tern_client(&b).await;
-    let mut readings = app.subscribe("sensors.>").await.unwrap();
-    let mut device = Device::connect(mqtt.addr, "device").await;
-    device.subscribe("commands/#").await;
-    let sensor = Device::connect(sensor_net.addr, "sensor").await;
-    wait_export_queue(&app, "bridge.site-a.export.0").await;
-    wait_connected(&b.server, "site-a", true).await;
-    probe_import(&sensor, "sensors/probe", &mut readings).await;
-    send_phase(&sensor, &app, "before").await;
-    expect_readings(&mut readings, &["before"]).await;
-    expect_commands(&mut device, &["before"]).await;
+    let mut t = Outage::start(bridge_net.addr, mqtt.addr, sensor_net.addr).await;
+    t.send_phase("before").await;
+    t.expect(&["before"]).await;
 
     bridge_net.refuse(true);
     sensor_net.refuse(true);
     mqtt.kill9().await;
-    wait_connected(&b.server, "site-a", false).await;
+    wait_connected(&t.b.server, "site-a", false).await;
     // Readings wait in the sensor's MQTT client; commands in the bridge's export queue.
-    send_phase(&sensor, &app, "during").await;
+    t.send_phase("during").await;
 
     mqtt.restart().await;
     // The device's client reconnects by itself; its subscription is gone with the
     // broker's memory, so it subscribes again (the request waits for the connection).
-    device.subscribe("commands/#").await;
+    t.device.subscribe("commands/#").await;
     bridge_net.refuse(false);
-    wait_connected(&b.server, "site-a", true).await;
+    wait_connected(&t.b.server, "site-a", true).await;
     // The bridge found no session and subscribed again: a reading from another MQTT
     // client gets through.
     let prober = Device::connect(mqtt.addr, "prober").await;
-    probe_import(&prober, "sensors/probe", &mut readings).await;
+    probe_import(&prober, "sensors/probe", &mut t.readings).await;
     sensor_net.refuse(false);
-    send_phase(&sensor, &app, "after").await;
+    t.send_phase("after").await;
 
-    expect_readings(&mut readings, &["during", "after"]).await;
-    expect_commands(&mut device, &["during", "after"]).await;
-    b.shutdown().await;
+    t.expect(&["during", "after"]).await;
+    t.b.shutdown().await;
 }
 
 /// Topics that need the escaping rule, and the subjects they map to.

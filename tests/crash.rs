@@ -269,15 +269,7 @@ enum Started {
 
 /// Starts `ternd` on `data_dir` and waits until it either listens or exits.
 async fn start_on_store(data_dir: &Path) -> Started {
-    let cmd = common::ternd_cmd(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--metrics-listen",
-        "off",
-    ]);
-    match Ternd::try_spawn(cmd).await {
+    match Ternd::try_spawn(common::ternd_on(data_dir, &[])).await {
         Ok(t) => Started::Serving(t),
         Err((status, lines)) => Started::Exited(status, lines),
     }

@@ -199,15 +199,7 @@ async fn graceful_shutdown_delivers_everything_then_closes() {
 async fn ternd_serves_and_exits_cleanly_on_sigterm() {
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().join("store");
-    let mut d = Ternd::spawn(ternd_cmd(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--metrics-listen",
-        "off",
-    ]))
-    .await;
+    let mut d = Ternd::start(&data_dir, &[]).await;
     assert_ne!(d.addr.port(), 0, "the real port is logged");
 
     let sub_client = Client::builder()

@@ -495,6 +495,21 @@ pub fn ternd_cmd(args: &[&str]) -> std::process::Command {
     cmd
 }
 
+/// `ternd` on 127.0.0.1:0 with its store in `data_dir`, the metrics endpoint off, plus
+/// `extra` flags.
+pub fn ternd_on(data_dir: &std::path::Path, extra: &[&str]) -> std::process::Command {
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--metrics-listen",
+        "off",
+    ];
+    args.extend_from_slice(extra);
+    ternd_cmd(&args)
+}
+
 /// A running `ternd` on an ephemeral port, and the lines it writes to stderr.
 pub struct Ternd {
     pub proc: Proc,
@@ -503,19 +518,9 @@ pub struct Ternd {
 }
 
 impl Ternd {
-    /// Starts `ternd` on 127.0.0.1:0 with its store in `data_dir` (plus `extra` flags)
-    /// and waits for its `listening on ADDR` line.
+    /// Starts [`ternd_on`]`(data_dir, extra)` and waits for its `listening on ADDR` line.
     pub async fn start(data_dir: &std::path::Path, extra: &[&str]) -> Ternd {
-        let mut args = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--metrics-listen",
-            "off",
-        ];
-        args.extend_from_slice(extra);
-        Ternd::spawn(ternd_cmd(&args)).await
+        Ternd::spawn(ternd_on(data_dir, extra)).await
     }
 
     /// Starts `cmd` and waits for its `listening on ADDR` line.
