@@ -633,26 +633,33 @@ async fn durable_rpc_survives_a_worker_killed_mid_request() {
     assert_eq!(stats.redelivered, 1, "{stats:?}");
 }
 
+/// Declares queue `name` bound to `subject`, dead-lettering into `NAME-dlq`.
+async fn declare_with_dlq(admin: &Client, name: &str, subject: &str) {
+    let dlq = format!("{name}-dlq");
+    within("declare", admin.declare_queue(&QueueConfig::new(&dlq)))
+        .await
+        .unwrap();
+    let queue = QueueConfig::new(name).bind(subject).dead_letter(&dlq);
+    within("declare", admin.declare_queue(&queue))
+        .await
+        .unwrap();
+}
+
+/// The first message waiting in dead-letter queue `dlq`, and its consumer (the
+/// delivery can be settled only while the consumer lives).
+async fn one_dead_letter(admin: &Client, dlq: &str) -> (tern::Consumer, tern::Delivery) {
+    let mut consumer = within("consume", admin.consume(dlq).prefetch(1))
+        .await
+        .unwrap();
+    let dead = within("the dead letter", consumer.next()).await.unwrap();
+    (consumer, dead)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_worker_dies_after_the_deadline_is_not_redone() {
     let b = common::start_broker().await;
     let admin = connect(&b).await;
-    within(
-        "declare",
-        admin.declare_queue(&QueueConfig::new("rpc-gone-dlq")),
-    )
-    .await
-    .unwrap();
-    within(
-        "declare",
-        admin.declare_queue(
-            &QueueConfig::new("rpc-gone")
-                .bind("rpc.gone")
-                .dead_letter("rpc-gone-dlq"),
-        ),
-    )
-    .await
-    .unwrap();
+    declare_with_dlq(&admin, "rpc-gone", "rpc.gone").await;
 
     // Worker A takes the request and hangs until after the caller has given up.
     let (got_tx, mut got) = mpsc::unbounded_channel::<Message>();
@@ -718,10 +725,7 @@ async fn a_request_whose_worker_dies_after_the_deadline_is_not_redone() {
     })
     .await;
     assert_eq!(queue_depth(&admin, "rpc-gone").await, 0);
-    let mut dlq = within("consume", admin.consume("rpc-gone-dlq").prefetch(1))
-        .await
-        .unwrap();
-    let dead = within("the dead letter", dlq.next()).await.unwrap();
+    let (_consumer, dead) = one_dead_letter(&admin, "rpc-gone-dlq").await;
     assert_eq!(
         dead.message.headers.get("tern-dead-letter-reason"),
         Some("expired")
@@ -740,22 +744,7 @@ async fn a_request_whose_worker_dies_after_the_deadline_is_not_redone() {
 async fn a_request_left_waiting_past_its_deadline_is_dead_lettered_as_expired() {
     let b = common::start_broker().await;
     let admin = connect(&b).await;
-    within(
-        "declare",
-        admin.declare_queue(&QueueConfig::new("rpc-late-dlq")),
-    )
-    .await
-    .unwrap();
-    within(
-        "declare",
-        admin.declare_queue(
-            &QueueConfig::new("rpc-late")
-                .bind("rpc.late")
-                .dead_letter("rpc-late-dlq"),
-        ),
-    )
-    .await
-    .unwrap();
+    declare_with_dlq(&admin, "rpc-late", "rpc.late").await;
 
     let caller = connect(&b).await;
     let result = within(
@@ -780,10 +769,7 @@ async fn a_request_left_waiting_past_its_deadline_is_dead_lettered_as_expired() 
     assert_eq!(stats.expired, 1, "{stats:?}");
     assert_eq!(stats.delivered, 0, "never delivered: {stats:?}");
 
-    let mut dlq = within("consume", admin.consume("rpc-late-dlq").prefetch(1))
-        .await
-        .unwrap();
-    let dead = within("the dead letter", dlq.next()).await.unwrap();
+    let (_consumer, dead) = one_dead_letter(&admin, "rpc-late-dlq").await;
     let headers = &dead.message.headers;
     assert_eq!(headers.get("tern-dead-letter-reason"), Some("expired"));
     assert_eq!(headers.get("tern-dead-letter-queue"), Some("rpc-late"));
