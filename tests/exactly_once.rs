@@ -264,15 +264,11 @@ async fn a_qos1_publish_made_while_disconnected_is_stored_once() {
 // Consumers.
 // ---------------------------------------------------------------------------------------
 
-/// An exactly-once consumer takes `handed` messages (the client has RECEIVED them
-/// and handed them out), acks `acked` of them, and dies; with `restart`, the broker
-/// restarts too. A new consumer of the same name and state file then consumes the
-/// rest. Returns what each handed to the application.
-async fn consumer_dies_mid_handshake(restart: bool) -> (Vec<String>, Vec<String>) {
-    let b = common::start_broker().await;
-    let admin = connect(&b).await;
-    declare(&admin, QueueConfig::new("billing").bind("billing")).await;
-    let sent: Vec<String> = (0..20).map(|i| format!("b{i}")).collect();
+/// Declares queue `billing` (bound to `billing`) and publishes `n` confirmed
+/// messages `b0`, `b1`, ... into it; returns them.
+async fn billing_queue(admin: &Client, n: usize) -> Vec<String> {
+    declare(admin, QueueConfig::new("billing").bind("billing")).await;
+    let sent: Vec<String> = (0..n).map(|i| format!("b{i}")).collect();
     for p in &sent {
         admin
             .publish("billing", p.clone())
@@ -280,6 +276,17 @@ async fn consumer_dies_mid_handshake(restart: bool) -> (Vec<String>, Vec<String>
             .await
             .unwrap();
     }
+    sent
+}
+
+/// An exactly-once consumer takes `handed` messages (the client has RECEIVED them
+/// and handed them out), acks `acked` of them, and dies; with `restart`, the broker
+/// restarts too. A new consumer of the same name and state file then consumes the
+/// rest. Returns what each handed to the application.
+async fn consumer_dies_mid_handshake(restart: bool) -> (Vec<String>, Vec<String>) {
+    let b = common::start_broker().await;
+    let admin = connect(&b).await;
+    let sent = billing_queue(&admin, 20).await;
     let state_dir = tempfile::tempdir().unwrap();
     let state = state_dir.path().join("billing.state");
 
@@ -458,15 +465,7 @@ async fn tern_consume_exactly_once_killed_with_sigkill_prints_each_message_once(
     common::bin("tern");
     let b = common::start_broker().await;
     let admin = connect(&b).await;
-    declare(&admin, QueueConfig::new("billing").bind("billing")).await;
-    let sent: Vec<String> = (0..30).map(|i| format!("b{i}")).collect();
-    for p in &sent {
-        admin
-            .publish("billing", p.clone())
-            .qos(Qos::AtLeastOnce)
-            .await
-            .unwrap();
-    }
+    let sent = billing_queue(&admin, 30).await;
     let state_dir = tempfile::tempdir().unwrap();
     let state = state_dir.path().join("billing.state");
 

@@ -320,6 +320,27 @@ struct SlowConsumerRun {
     _fast_client: Client,
 }
 
+/// A raw connection subscribed (sid 1) to `pattern`, in `group` if given, that the
+/// test then leaves unread: a subscriber that has stalled.
+async fn stalled_subscriber(
+    addr: std::net::SocketAddr,
+    pattern: &str,
+    group: Option<&str>,
+) -> RawConn {
+    let mut stalled = RawConn::greeted(addr).await;
+    stalled
+        .send(&Subscribe {
+            id: 1,
+            sid: 1,
+            pattern: pattern.into(),
+            group: group.map(Into::into),
+            filter: None,
+        })
+        .await;
+    stalled.expect_ok(1).await;
+    stalled
+}
+
 /// A stalled raw subscriber, a fast client subscriber and a publisher sending
 /// [`SLOW_MESSAGES`]; asserts the fast one got everything in order and that no
 /// connection's queue went over the bound while the stall lasted.
@@ -332,18 +353,8 @@ async fn run_with_stalled_subscriber(policy: SlowConsumerPolicy) -> SlowConsumer
     })
     .await;
 
-    let mut stalled = RawConn::greeted(broker.addr).await;
-    stalled
-        .send(&Subscribe {
-            id: 1,
-            sid: 1,
-            pattern: "load.>".into(),
-            group: None,
-            filter: None,
-        })
-        .await;
-    stalled.expect_ok(1).await;
-    // From here on the raw connection is never read (until the checks at the end).
+    // Never read (until the checks at the end).
+    let stalled = stalled_subscriber(broker.addr, "load.>", None).await;
 
     let fast_client = connect_named(&broker, "fast").await;
     let mut fast = fast_client.subscribe("load.data").await.unwrap();
@@ -779,17 +790,7 @@ async fn burst_to_group_with_a_stalled_member() -> GroupShedding {
         c.limits.write_timeout = Duration::from_secs(120);
     })
     .await;
-    let mut stalled = RawConn::greeted(broker.addr).await;
-    stalled
-        .send(&Subscribe {
-            id: 1,
-            sid: 1,
-            pattern: "work".into(),
-            group: Some("g".into()),
-            filter: None,
-        })
-        .await;
-    stalled.expect_ok(1).await;
+    let mut stalled = stalled_subscriber(broker.addr, "work", Some("g")).await;
     let fast_client = connect_named(&broker, "fast").await;
     let mut fast = fast_client.queue_subscribe("work", "g").await.unwrap();
     let publisher = connect_named(&broker, "publisher").await;

@@ -932,9 +932,10 @@ async fn sighup_without_tls_does_not_stop_ternd() {
 // Authentication.
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn passwords_and_tokens_log_in_and_every_refusal_looks_the_same() {
-    let b = common::start_broker_with(|c| {
+/// A broker with user `alice` (password `s3cret`) and token user `bot` (`tok-123`),
+/// both allowed everything; anonymous clients refused.
+async fn alice_and_bot() -> common::TestBroker {
+    common::start_broker_with(|c| {
         c.auth = auth(
             vec![
                 user("alice", Some("s3cret"), PermissionSettings::default()),
@@ -944,7 +945,12 @@ async fn passwords_and_tokens_log_in_and_every_refusal_looks_the_same() {
             PermissionSettings::default(),
         );
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_and_tokens_log_in_and_every_refusal_looks_the_same() {
+    let b = alice_and_bot().await;
     let url = b.url();
 
     let alice = login(&url, "alice", "s3cret").await;
@@ -1715,17 +1721,7 @@ async fn fails(cmd: &mut Command) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tern_logs_in_with_a_password_a_password_file_or_a_token() {
     common::bin("tern");
-    let b = common::start_broker_with(|c| {
-        c.auth = auth(
-            vec![
-                user("alice", Some("s3cret"), PermissionSettings::default()),
-                token_user("bot", "tok-123", PermissionSettings::default()),
-            ],
-            None,
-            PermissionSettings::default(),
-        );
-    })
-    .await;
+    let b = alice_and_bot().await;
     let url = b.url();
     let watcher = login(&url, "alice", "s3cret").await;
     let mut seen = subscribe(&watcher, "cli.>").await.unwrap();
