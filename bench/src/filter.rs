@@ -76,6 +76,7 @@ use serde_json::json;
 use tern_client::{Client, Headers, Message, Subscription};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::client::connect;
 use crate::report::{self, Report};
 
 /// Last subject token of warm-up messages.
@@ -358,16 +359,6 @@ pub async fn run(addr: &str, args: &Args) -> anyhow::Result<Report> {
         routed,
     };
     summarize(args, &workload, &t, &received)
-}
-
-async fn connect(addr: &str, name: &str) -> anyhow::Result<Client> {
-    Client::builder()
-        .name(name)
-        // A benchmark measures one connection's life; a reconnect would hide a failure.
-        .reconnect(false)
-        .connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))
 }
 
 /// The name of device `i`.

@@ -24,13 +24,14 @@
 //!
 //! * `main`: the command line; runs one scenario between starting and stopping the
 //!   broker.
-//! * `broker`: the in-process broker.
+//! * `broker`: the in-process broker; `client`: how scenarios connect to it.
 //! * `report`: latency histogram, rates, peak memory, and the human and JSON output.
 //! * one module per scenario (`pubsub`), each with its `Args` and an
 //!   `async fn run(addr, &Args) -> Result<Report>`. A new scenario (queue, rpc,
 //!   pipeline, filter, mqtt-bridge) adds a module and a [`Command`] variant.
 
 mod broker;
+mod client;
 mod filter;
 mod mqtt_bridge;
 mod pipeline;

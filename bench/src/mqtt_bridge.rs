@@ -31,8 +31,9 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 use tern_broker::config::Listen;
 use tern_broker::{Config, Server, Settings};
-use tern_client::{Client, Subscription};
+use tern_client::Subscription;
 
+use crate::client;
 use crate::report::{self, Clock, Latency, Report};
 
 /// One message in this many carries a send timestamp.
@@ -108,8 +109,7 @@ async fn run_async(args: &Args) -> anyhow::Result<Report> {
     let running = Server::start(config).await.context("starting the broker")?;
     let (addr, server) = (running.addr(), running.server().clone());
 
-    let subscriber = Client::builder()
-        .name("bench-sub")
+    let subscriber = client::builder("bench-sub")
         .subscription_capacity(1 << 20)
         .connect(addr.to_string())
         .await?;

@@ -31,6 +31,7 @@ use serde_json::json;
 use tern_client::{Client, Subscription};
 use tokio::sync::{oneshot, Semaphore};
 
+use crate::client::connect;
 use crate::report::{self, Clock, Latency, Report};
 
 /// Set in the id of a warm-up task.
@@ -244,16 +245,6 @@ pub async fn run(addr: &str, args: &Args) -> anyhow::Result<Report> {
     sunk.latency
         .add_to(&mut r, "latency", "ventilator to sink latency");
     Ok(r)
-}
-
-async fn connect(addr: &str, name: &str) -> anyhow::Result<Client> {
-    Client::builder()
-        .name(name)
-        // A benchmark measures one connection's life; a reconnect would hide a failure.
-        .reconnect(false)
-        .connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))
 }
 
 /// Waits for one credit of the window; `false` if none came back within `quiet`.

@@ -32,6 +32,7 @@ use serde_json::json;
 use tern_client::{Client, Subscription};
 use tokio::sync::Barrier;
 
+use crate::client::connect;
 use crate::report::{self, Clock, Latency, Report};
 
 /// One message in this many carries a send timestamp.
@@ -184,16 +185,6 @@ pub async fn run(addr: &str, args: &Args) -> anyhow::Result<Report> {
         received.push(r.await.context("a subscriber panicked")?);
     }
     Ok(summarize(args, &sent, &received))
-}
-
-async fn connect(addr: &str, name: &str) -> anyhow::Result<Client> {
-    Client::builder()
-        .name(name)
-        // A benchmark measures one connection's life; a reconnect would hide a failure.
-        .reconnect(false)
-        .connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))
 }
 
 /// `total` split into `parts` shares that differ by at most one.

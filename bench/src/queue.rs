@@ -14,8 +14,9 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
-use tern_client::{Client, Qos, QueueConfig};
+use tern_client::{Qos, QueueConfig};
 
+use crate::client;
 use crate::report::{self, Latency, Report};
 
 /// Options of the `queue` scenario.
@@ -43,8 +44,7 @@ pub struct Args {
 }
 
 pub async fn run(addr: &str, args: &Args) -> anyhow::Result<Report> {
-    let client = Client::builder()
-        .name("tern-bench queue")
+    let client = client::builder("tern-bench queue")
         .max_inflight(args.inflight)
         .connect(addr)
         .await
@@ -78,10 +78,7 @@ pub async fn run(addr: &str, args: &Args) -> anyhow::Result<Report> {
     let publish_time = start.elapsed();
 
     // Consume and ack.
-    let consumer_client = Client::builder()
-        .name("tern-bench consumer")
-        .connect(addr)
-        .await?;
+    let consumer_client = client::connect(addr, "tern-bench consumer").await?;
     let mut consumer = consumer_client
         .consume(&args.queue)
         .prefetch(args.prefetch)

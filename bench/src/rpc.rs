@@ -18,6 +18,7 @@ use bytes::Bytes;
 use serde_json::json;
 use tern_client::{Client, Service, ServiceRequest};
 
+use crate::client::connect;
 use crate::report::{self, Latency, Report};
 
 /// Options of the `rpc` scenario.
@@ -109,16 +110,6 @@ pub async fn run(addr: &str, args: &Args) -> anyhow::Result<Report> {
     requester.close().await?;
     responder.close().await?;
     Ok(r)
-}
-
-async fn connect(addr: &str, name: &str) -> anyhow::Result<Client> {
-    Client::builder()
-        .name(name)
-        // A benchmark measures one connection's life; a reconnect would hide a failure.
-        .reconnect(false)
-        .connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))
 }
 
 /// Answers every request on `subject` with its own payload.
