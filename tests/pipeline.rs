@@ -13,12 +13,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::{Future, IntoFuture};
+use std::future::IntoFuture;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use common::{TestBroker, PATIENCE};
+use common::{wait_until, TestBroker};
 use tern::{Client, Qos, QueueConfig, Subscription};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -32,22 +31,6 @@ async fn connect(b: &TestBroker, name: &str) -> Client {
     within("connect", Client::builder().name(name).connect(b.url()))
         .await
         .unwrap()
-}
-
-/// Polls the async `check` until it holds; fails the test after [`PATIENCE`].
-async fn wait_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 fn text(payload: &[u8]) -> String {

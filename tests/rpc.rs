@@ -11,14 +11,14 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
-use std::future::{Future, IntoFuture};
+use std::future::IntoFuture;
 use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{wait_for, TestBroker, PATIENCE};
+use common::{wait_for, wait_until, TestBroker};
 use futures_util::future::join_all;
 use tern::{Client, Error, Message, Qos, QueueConfig, Reply, Service, ServiceRequest};
 use tokio::sync::mpsc;
@@ -58,22 +58,6 @@ async fn black_hole(client: &Client, pattern: &str) -> (Service, mpsc::Unbounded
         .await
         .unwrap();
     (service, rx)
-}
-
-/// Polls the async `check` until it holds; fails the test after [`PATIENCE`].
-async fn wait_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// `ready + unacked` of a queue.

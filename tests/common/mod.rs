@@ -286,6 +286,19 @@ where
     }
 }
 
+/// Polls the async `check` until it holds; fails the test after [`PATIENCE`].
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    eventually(what, || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Raw protocol helpers.
 // ---------------------------------------------------------------------------------------
