@@ -98,8 +98,9 @@ impl Client {
         }
     }
 
-    /// Publishes `payload` to `inbox_subject` tracked under `token`, returning the
-    /// broker's answer to the (mandatory) publish.
+    /// Publishes `payload` to `subject`, replying to a new token in this client's inbox
+    /// that `waiter` waits on; returns the token and the broker's answer to the
+    /// (mandatory) publish.
     async fn send_request(
         &self,
         subject: &str,
@@ -173,11 +174,13 @@ pub struct Request<'a> {
 }
 
 impl Request<'_> {
+    /// Adds a header (keys may repeat; order is kept).
     pub fn header(mut self, key: &str, value: &str) -> Self {
         self.headers.append(key, value);
         self
     }
 
+    /// Replaces all headers (the deadline header is added when the request is sent).
     pub fn headers(mut self, headers: Headers) -> Self {
         self.headers = headers;
         self
