@@ -3,7 +3,7 @@
 //! Every write — published messages, settles, redelivery counts, queue definitions,
 //! dead-letter moves — goes through this thread. It takes everything waiting in its
 //! channels, applies it as one atomic [`Commit`], flushes once (under `sync = always`),
-//! and only then sends the confirms, tells queue tasks about their new messages and
+//! and only then tells queue tasks about their new messages, sends the confirms and
 //! answers requests. While one flush runs, the next batch gathers, so a busy broker
 //! makes one fsync serve hundreds of confirms.
 //!
@@ -671,6 +671,22 @@ impl Writer {
                 q.chunks.insert(first, Chunk::new(len));
             }
         }
+        // Queue tasks first: a client that has its confirm and then asks the queue (info,
+        // consume) is served after the queue task took the message in, as its inputs are
+        // handled in order.
+        for (queue, msgs) in out.appended {
+            let Some(q) = self.queues.get(&queue) else {
+                continue;
+            };
+            // Waits while the queue task is behind: back-pressure, never a deadlock,
+            // because queue tasks never wait on the journal.
+            if q.tasks.send(QueueInput::Appended(msgs)).await.is_err() {
+                tracing::debug!(
+                    queue,
+                    "queue task stopped; appended messages stay in the store"
+                );
+            }
+        }
         let mut wakes = Wakes::default();
         for (to, result) in out.confirms {
             self.metrics.confirm_latency.record(to.received.elapsed());
@@ -692,19 +708,6 @@ impl Writer {
         wakes.wake_all();
         for done in out.done {
             done(Ok(()));
-        }
-        for (queue, msgs) in out.appended {
-            let Some(q) = self.queues.get(&queue) else {
-                continue;
-            };
-            // Waits while the queue task is behind: back-pressure, never a deadlock,
-            // because queue tasks never wait on the journal.
-            if q.tasks.send(QueueInput::Appended(msgs)).await.is_err() {
-                tracing::debug!(
-                    queue,
-                    "queue task stopped; appended messages stay in the store"
-                );
-            }
         }
     }
 
