@@ -39,6 +39,7 @@ mod pubsub;
 mod queue;
 mod report;
 mod rpc;
+mod stamped;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

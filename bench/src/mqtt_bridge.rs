@@ -26,18 +26,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 use tern_broker::config::Listen;
 use tern_broker::{Config, Server, Settings};
-use tern_client::Subscription;
 
 use crate::client;
-use crate::report::{self, Clock, Latency, Report};
-
-/// One message in this many carries a send timestamp.
-const STAMP_EVERY: u64 = 100;
+use crate::report::{self, Clock, Report};
+use crate::stamped::{receive, Payload};
 
 /// Options of the `mqtt-bridge` scenario.
 #[derive(Debug, Clone, clap::Args)]
@@ -128,12 +125,12 @@ async fn run_async(args: &Args) -> anyhow::Result<Report> {
     // Warm-up, until the subscriber has it all: QoS 0 sent before the bridge's
     // subscription was in place is lost, so send again until some arrives.
     let clock = Clock::new();
-    let payload = vec![0xab; args.size];
+    let payload = Payload::new(args.size);
     let mut warmed = 0;
     for round in 0..20 {
         for (i, p) in publishers.iter().enumerate() {
             for _ in 0..(args.warmup / args.publishers).max(1) {
-                p.publish(format!("bench/p{i}"), qos, false, payload.clone())
+                p.publish(format!("bench/p{i}"), qos, false, payload.plain.to_vec())
                     .await?;
             }
         }
@@ -156,19 +153,12 @@ async fn run_async(args: &Args) -> anyhow::Result<Report> {
         .map(|(i, client)| {
             let share = args.messages / args.publishers
                 + u64::from((i as u64) < args.messages % args.publishers);
-            let size = args.size;
+            let payload = payload.clone();
             tokio::spawn(async move {
                 let topic = format!("bench/p{i}");
-                let plain = vec![0xab; size];
-                let mut buf = BytesMut::with_capacity(size.max(8));
+                let mut buf = BytesMut::new();
                 for n in 0..share {
-                    let body = if size >= 8 && n % STAMP_EVERY == 0 {
-                        buf.put_u64(clock.now_ns());
-                        buf.extend_from_slice(plain.get(8..).unwrap_or_default());
-                        buf.split().to_vec()
-                    } else {
-                        plain.clone()
-                    };
+                    let body = payload.message(n, &mut buf, clock).to_vec();
                     client.publish(topic.as_str(), qos, false, body).await?;
                 }
                 anyhow::Ok((share, Instant::now()))
@@ -259,55 +249,6 @@ async fn run_async(args: &Args) -> anyhow::Result<Report> {
     let _ = subscriber.close().await;
     running.stop().await.context("broker shutdown")?;
     Ok(r)
-}
-
-struct Received {
-    count: u64,
-    last: Option<Instant>,
-    latency: Latency,
-}
-
-/// Takes messages until `want` arrived or none came for `quiet`.
-async fn receive(
-    sub: &mut Subscription,
-    want: u64,
-    quiet: Duration,
-    clock: Option<Clock>,
-) -> Received {
-    let mut got = Received {
-        count: 0,
-        last: None,
-        latency: Latency::new(),
-    };
-    while got.count < want {
-        let Ok(Some(first)) = tokio::time::timeout(quiet, sub.next()).await else {
-            break;
-        };
-        let mut next = Some(first);
-        while let Some(msg) = next {
-            got.count += 1;
-            if let (Some(clock), Some(sent)) = (clock, stamp(&msg.payload)) {
-                got.latency.record_ns(clock.now_ns().saturating_sub(sent));
-            }
-            next = if got.count < want {
-                sub.try_next()
-            } else {
-                None
-            };
-        }
-        got.last = Some(Instant::now());
-    }
-    got
-}
-
-fn stamp(payload: &[u8]) -> Option<u64> {
-    let bytes: [u8; 8] = payload.get(..8)?.try_into().ok()?;
-    match u64::from_be_bytes(bytes) {
-        // The filler (0xab...) of an unstamped payload is not a time either.
-        0 => None,
-        ns if ns == u64::from_be_bytes([0xab; 8]) => None,
-        ns => Some(ns),
-    }
 }
 
 /// An MQTT client whose event loop runs in a task.

@@ -27,18 +27,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use serde_json::json;
-use tern_client::{Client, Subscription};
+use tern_client::Client;
 use tokio::sync::Barrier;
 
 use crate::client::connect;
 use crate::report::{self, Clock, Latency, Report};
-
-/// One message in this many carries a send timestamp.
-const STAMP_EVERY: u64 = 100;
-/// Bytes of the timestamp at the start of a stamped payload.
-const STAMP_LEN: usize = 8;
+use crate::stamped::{receive, Payload, Received};
 
 /// Options of the `pubsub` scenario.
 #[derive(Debug, Clone, clap::Args)]
@@ -84,13 +80,10 @@ struct Published {
 
 /// What one subscriber saw in the measured phase.
 #[derive(Debug)]
-struct Received {
-    count: u64,
-    /// When the last message was taken from the subscription.
-    last: Option<Instant>,
+struct Subscriber {
+    received: Received,
     /// Messages the client dropped because this subscription's buffer was full.
     client_dropped: u64,
-    latency: Latency,
     /// Warm-up messages that never arrived (they were dropped).
     warmup_missing: u64,
 }
@@ -132,9 +125,12 @@ pub async fn run(addr: &str, args: &Args) -> anyhow::Result<Report> {
                 let warm = receive(&mut sub, warmup, quiet, None).await;
                 let _ = warm_tx.send(()).await;
                 drop(warm_tx);
-                let mut measured = receive(&mut sub, expected, quiet, Some(clock)).await;
-                measured.warmup_missing = warmup - warm.count;
-                measured.client_dropped = sub.dropped();
+                let received = receive(&mut sub, expected, quiet, Some(clock)).await;
+                let measured = Subscriber {
+                    received,
+                    client_dropped: sub.dropped(),
+                    warmup_missing: warmup - warm.count,
+                };
                 drop(sub);
                 let _ = client.close().await;
                 measured
@@ -192,37 +188,6 @@ fn shares(total: u64, parts: u64) -> impl Iterator<Item = u64> {
     (0..parts).map(move |i| total / parts + u64::from(i < total % parts))
 }
 
-/// The payloads a publisher sends: one shared unstamped payload, and the template for
-/// stamped ones.
-#[derive(Debug, Clone)]
-struct Payload {
-    /// Sent as is, 99 times in 100: cloning it costs a reference count, not a copy.
-    plain: Bytes,
-    /// Whether payloads are long enough to carry a timestamp.
-    stamped: bool,
-}
-
-impl Payload {
-    fn new(size: usize) -> Self {
-        // Zeros where the timestamp goes (so "not stamped"), a recognisable filler after.
-        let mut bytes = vec![0xab; size];
-        if let Some(stamp) = bytes.get_mut(..STAMP_LEN) {
-            stamp.fill(0);
-        }
-        Self {
-            plain: Bytes::from(bytes),
-            stamped: size >= STAMP_LEN,
-        }
-    }
-
-    /// A copy of the payload with `now_ns` in its first 8 bytes.
-    fn stamp(&self, buf: &mut BytesMut, now_ns: u64) -> Bytes {
-        buf.extend_from_slice(&now_ns.to_be_bytes());
-        buf.extend_from_slice(self.plain.get(STAMP_LEN..).unwrap_or_default());
-        buf.split().freeze()
-    }
-}
-
 async fn publish(
     client: &Client,
     subject: &str,
@@ -233,12 +198,9 @@ async fn publish(
     let mut stamp_buf = BytesMut::new();
     let started = Instant::now();
     for i in 0..count {
-        let bytes = if payload.stamped && i % STAMP_EVERY == 0 {
-            payload.stamp(&mut stamp_buf, clock.now_ns())
-        } else {
-            payload.plain.clone()
-        };
-        client.publish(subject, bytes).await?;
+        client
+            .publish(subject, payload.message(i, &mut stamp_buf, clock))
+            .await?;
     }
     Ok(Published {
         count,
@@ -247,57 +209,7 @@ async fn publish(
     })
 }
 
-/// Takes messages from `sub` until `want` arrived or none came for `quiet`. With a
-/// `clock`, records the latency of stamped messages.
-///
-/// Drains what is already buffered without touching a timer, and reads the clock once
-/// per drained batch rather than once per message.
-async fn receive(
-    sub: &mut Subscription,
-    want: u64,
-    quiet: Duration,
-    clock: Option<Clock>,
-) -> Received {
-    let mut got = Received {
-        count: 0,
-        last: None,
-        client_dropped: 0,
-        latency: Latency::new(),
-        warmup_missing: 0,
-    };
-    while got.count < want {
-        let Ok(Some(first)) = tokio::time::timeout(quiet, sub.next()).await else {
-            break; // quiet for too long, or the client closed
-        };
-        let mut next = Some(first);
-        while let Some(msg) = next {
-            got.count += 1;
-            if let Some(clock) = clock {
-                if let Some(sent) = stamp(&msg.payload) {
-                    got.latency.record_ns(clock.now_ns().saturating_sub(sent));
-                }
-            }
-            next = if got.count < want {
-                sub.try_next()
-            } else {
-                None
-            };
-        }
-        got.last = Some(Instant::now());
-    }
-    got
-}
-
-/// The send time in a stamped payload.
-fn stamp(payload: &[u8]) -> Option<u64> {
-    let bytes: [u8; STAMP_LEN] = payload.get(..STAMP_LEN)?.try_into().ok()?;
-    match u64::from_be_bytes(bytes) {
-        0 => None,
-        ns => Some(ns),
-    }
-}
-
-fn summarize(args: &Args, sent: &[Published], received: &[Received]) -> Report {
+fn summarize(args: &Args, sent: &[Published], subscribers: &[Subscriber]) -> Report {
     let mut r = Report::new("pubsub");
     r.add(
         "messages",
@@ -328,11 +240,16 @@ fn summarize(args: &Args, sent: &[Published], received: &[Received]) -> Report {
         "msgs/s",
     );
 
-    let last = received.iter().filter_map(|s| s.last).max().unwrap_or(t0);
-    let elapsed = last.saturating_duration_since(t0);
-    let delivered: u64 = received.iter().map(|s| s.count).sum();
-    let per_sub: Vec<_> = received
+    let last = subscribers
         .iter()
+        .filter_map(|s| s.received.last)
+        .max()
+        .unwrap_or(t0);
+    let elapsed = last.saturating_duration_since(t0);
+    let delivered: u64 = subscribers.iter().map(|s| s.received.count).sum();
+    let per_sub: Vec<_> = subscribers
+        .iter()
+        .map(|s| &s.received)
         .map(|s| {
             let t = s
                 .last
@@ -349,7 +266,10 @@ fn summarize(args: &Args, sent: &[Published], received: &[Received]) -> Report {
     r.add(
         "delivered",
         "delivered per subscriber",
-        json!(received.iter().map(|s| s.count).collect::<Vec<_>>()),
+        json!(subscribers
+            .iter()
+            .map(|s| s.received.count)
+            .collect::<Vec<_>>()),
         "msgs",
     );
     r.add(
@@ -377,9 +297,9 @@ fn summarize(args: &Args, sent: &[Published], received: &[Received]) -> Report {
         report::mb_per_second(delivered * payload_bytes, elapsed),
         "MB/s",
     );
-    let missing: u64 = received
+    let missing: u64 = subscribers
         .iter()
-        .map(|s| args.messages.saturating_sub(s.count))
+        .map(|s| args.messages.saturating_sub(s.received.count))
         .sum();
     r.add(
         "missing",
@@ -390,13 +310,13 @@ fn summarize(args: &Args, sent: &[Published], received: &[Received]) -> Report {
     r.add(
         "client_dropped",
         "dropped by client (subscription full)",
-        json!(received
+        json!(subscribers
             .iter()
             .map(|s| s.client_dropped)
             .collect::<Vec<_>>()),
         "msgs",
     );
-    let warmup_missing: u64 = received.iter().map(|s| s.warmup_missing).sum();
+    let warmup_missing: u64 = subscribers.iter().map(|s| s.warmup_missing).sum();
     if warmup_missing > 0 {
         r.add(
             "warmup_missing",
@@ -407,8 +327,8 @@ fn summarize(args: &Args, sent: &[Published], received: &[Received]) -> Report {
     }
 
     let mut latency = Latency::new();
-    for s in received {
-        latency.merge(&s.latency);
+    for s in subscribers {
+        latency.merge(&s.received.latency);
     }
     latency.add_to(&mut r, "latency", "latency");
     r
@@ -422,17 +342,5 @@ mod tests {
     fn shares_add_up() {
         assert_eq!(shares(10, 3).collect::<Vec<_>>(), [4, 3, 3]);
         assert_eq!(shares(2, 4).sum::<u64>(), 2);
-    }
-
-    #[test]
-    fn stamped_payloads_round_trip() {
-        let p = Payload::new(32);
-        assert_eq!(stamp(&p.plain), None, "the shared payload is unstamped");
-        let mut buf = BytesMut::new();
-        let s = p.stamp(&mut buf, 12_345);
-        assert_eq!(s.len(), 32);
-        assert_eq!(stamp(&s), Some(12_345));
-        assert!(!Payload::new(7).stamped);
-        assert_eq!(stamp(&Payload::new(7).plain), None);
     }
 }
