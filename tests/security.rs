@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::{drain, run_cmd, settle, subjects, texts, wait_for, within, RawConn};
-use tern::{Client, ClientBuilder, Error, ErrorCode, Qos, QueueConfig, TlsOptions};
+use tern::{Client, ClientBuilder, Error, ErrorCode, Qos, QueueConfig, Service, TlsOptions};
 use tern_broker::auth::acl::PermissionSettings;
 use tern_broker::auth::{token_sha256, Auth, UserSettings};
 use tern_broker::config::{Listen, TlsListen};
@@ -1580,33 +1580,11 @@ fn silent_connection_budget(wanted: usize) -> usize {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_thousand_silent_connections_are_dropped_while_the_broker_keeps_serving() {
-    const WANTED: usize = 2000;
-    let timeout = Duration::from_secs(1);
-    let n = silent_connection_budget(WANTED);
-    let note =
-        format!("{n} silent connections (wanted {WANTED}; the open-file limit allows no more)");
-    assert!(n >= 200, "{note}");
-    let pki = Pki::new();
-    let b = start_tls(pki.server_files(None), |c| {
-        c.limits.handshake_timeout = timeout;
-        c.limits.max_connections = 3 * WANTED;
-        c.limits.max_connections_per_ip = 3 * WANTED;
-    })
-    .await;
-    let responder = try_connect(Client::builder(), &b.url()).await.unwrap();
-    let _echo = responder
-        .serve("echo")
-        .run(|req| async move { Ok::<_, std::convert::Infallible>(req.message.payload) })
-        .await
-        .unwrap();
-    let earlier = try_connect(Client::builder(), &b.url()).await.unwrap();
-
-    // Slowloris: connect and say nothing. One in four on the TLS port. In batches, so
-    // that the listen backlog never overflows.
-    let flood = Instant::now();
-    let mut silent: Vec<(TcpStream, bool, Instant)> = Vec::with_capacity(n);
+/// A slowloris flood: `n` connections that say nothing, one in four on the TLS port,
+/// each with the moment it was opened. In batches, so that the listen backlog never
+/// overflows.
+async fn silent_flood(b: &TlsBroker, n: usize, note: &str) -> Vec<(TcpStream, bool, Instant)> {
+    let mut silent = Vec::with_capacity(n);
     while silent.len() < n {
         let batch = (n - silent.len()).min(25);
         let start = silent.len();
@@ -1627,35 +1605,73 @@ async fn two_thousand_silent_connections_are_dropped_while_the_broker_keeps_serv
             ));
         }
     }
-    let flooded = flood.elapsed();
-    eprintln!("flood of {n} took {flooded:?}");
+    silent
+}
 
-    // Meanwhile a new client gets in and a request-reply round trip completes; an
-    // existing client is served too.
-    let asked = Instant::now();
-    let fresh = try_connect(Client::builder(), &b.url()).await.unwrap();
-    let reply = within(
-        "the echo",
-        fresh.request("echo", "still serving").into_future(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(reply.payload, "still serving");
-    earlier.flush().await.unwrap();
-    let round_trip = asked.elapsed();
-    assert!(
-        round_trip < Duration::from_secs(2),
-        "{note}: connect + request took {round_trip:?}"
-    );
-    assert_eq!(
-        b.server.stats().protocol_errors,
-        0,
-        "{note}: the round trip ({round_trip:?}, after a flood of {flooded:?}) should \
-         finish before any silent connection timed out"
-    );
+/// A broker with room for `wanted` silent connections and the given handshake timeout,
+/// an echo service (kept alive by the returned client and handle), and a second client
+/// connected before any flood.
+async fn flood_target(
+    wanted: usize,
+    handshake_timeout: Duration,
+) -> (TlsBroker, (Client, Service), Client) {
+    let pki = Pki::new();
+    let b = start_tls(pki.server_files(None), |c| {
+        c.limits.handshake_timeout = handshake_timeout;
+        c.limits.max_connections = 3 * wanted;
+        c.limits.max_connections_per_ip = 3 * wanted;
+    })
+    .await;
+    let responder = try_connect(Client::builder(), &b.url()).await.unwrap();
+    let echo = responder
+        .serve("echo")
+        .run(|req| async move { Ok::<_, std::convert::Infallible>(req.message.payload) })
+        .await
+        .unwrap();
+    let earlier = try_connect(Client::builder(), &b.url()).await.unwrap();
+    (b, (responder, echo), earlier)
+}
+
+/// Serving while flooded and dropping the flood are two behaviours, checked on two
+/// brokers: with a timeout that cannot fire during the test, every silent connection
+/// is certainly still open during the round trip, however slowly a loaded machine
+/// opens them; with a short one, every silent connection is closed, none early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_thousand_silent_connections_are_dropped_while_the_broker_keeps_serving() {
+    const WANTED: usize = 2000;
+    let n = silent_connection_budget(WANTED);
+    let note =
+        format!("{n} silent connections (wanted {WANTED}; the open-file limit allows no more)");
+    assert!(n >= 200, "{note}");
+
+    // While all of them are held, a new client gets in and a request-reply round trip
+    // completes; an existing client is served too.
+    {
+        let (b, _responder, earlier) = flood_target(WANTED, Duration::from_secs(3600)).await;
+        let silent = silent_flood(&b, n, &note).await;
+        let fresh = try_connect(Client::builder(), &b.url()).await.unwrap();
+        let reply = within(
+            "the echo",
+            fresh.request("echo", "still serving").into_future(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.payload, "still serving");
+        earlier.flush().await.unwrap();
+        assert_eq!(
+            b.server.stats().protocol_errors,
+            0,
+            "{note}: nothing timed out"
+        );
+        drop(silent);
+    }
 
     // Every silent connection is closed by the broker, none before the timeout: plain
     // ones get ERROR handshake_timeout first; on the TLS port there is nobody to tell.
+    // The broker goes on serving afterwards.
+    let timeout = Duration::from_secs(1);
+    let (b, _responder, earlier) = flood_target(WANTED, timeout).await;
+    let silent = silent_flood(&b, n, &note).await;
     let closed =
         futures_util::future::join_all(silent.into_iter().map(|(mut s, tls, at)| async move {
             let bytes = read_to_close(&mut s).await;
@@ -1684,11 +1700,13 @@ async fn two_thousand_silent_connections_are_dropped_while_the_broker_keeps_serv
         b.server.stats().protocol_errors == dropped
     })
     .await;
-    assert_eq!(b.server.connections().len(), 3, "{note}");
+    assert_eq!(b.server.connections().len(), 2, "{note}");
+    let fresh = try_connect(Client::builder(), &b.url()).await.unwrap();
     let reply = within("the echo", fresh.request("echo", "after").into_future())
         .await
         .unwrap();
     assert_eq!(reply.payload, "after");
+    earlier.flush().await.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------
