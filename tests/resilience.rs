@@ -5,7 +5,7 @@ mod common;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use common::{drain, settle, ternd_cmd, texts, wait_for, within, RawConn, Ternd};
@@ -128,7 +128,9 @@ async fn publishes_while_the_broker_is_down_are_delivered_after_reconnect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_delivers_everything_then_closes() {
-    let b = common::start_broker_with(|c| c.shutdown_timeout = Duration::from_secs(10)).await;
+    // A shutdown timeout that cannot run out during the test: connections must close
+    // by themselves once everything is delivered.
+    let b = common::start_broker_with(|c| c.shutdown_timeout = Duration::from_secs(3600)).await;
     let addr = b.addr;
     let sub_client = Client::builder()
         .reconnect(false)
@@ -149,13 +151,7 @@ async fn graceful_shutdown_delivers_everything_then_closes() {
     }
     within("publisher flush", publisher.flush()).await.unwrap();
 
-    let started = Instant::now();
-    b.shutdown().await; // serve() returned Ok
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "connections did not close by themselves; shutdown waited {:?}",
-        started.elapsed()
-    );
+    b.shutdown().await; // serve() returned Ok, well before PATIENCE
 
     let mut got = Vec::new();
     while let Some(m) = within("the subscription to end", sub.next()).await {
@@ -199,7 +195,8 @@ async fn graceful_shutdown_delivers_everything_then_closes() {
 async fn ternd_serves_and_exits_cleanly_on_sigterm() {
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().join("store");
-    let mut d = Ternd::start(&data_dir, &[]).await;
+    // A shutdown timeout that cannot run out during the test.
+    let mut d = Ternd::start(&data_dir, &["--shutdown-timeout", "1h"]).await;
     assert_ne!(d.addr.port(), 0, "the real port is logged");
 
     let sub_client = Client::builder()
@@ -216,18 +213,12 @@ async fn ternd_serves_and_exits_cleanly_on_sigterm() {
     assert_eq!(texts(&drain(&mut sub)), ["one", "two", "three"]);
 
     // Connected clients do not hold the shutdown up.
-    let started = Instant::now();
     d.sigterm();
-    let status = d.proc.wait().await;
+    let status = within("ternd to exit", d.proc.wait()).await;
     assert_eq!(
         status.code(),
         Some(0),
         "ternd exits 0 on SIGTERM: {status:?}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "shutdown took {:?}",
-        started.elapsed()
     );
     assert!(within("the subscription to end", sub.next())
         .await
@@ -419,17 +410,12 @@ async fn a_stalled_client_cannot_hold_up_shutdown() {
     let b = common::start_broker_with(|c| {
         hold_everything(c);
         c.shutdown_timeout = Duration::from_millis(300);
-        c.limits.write_timeout = Duration::from_secs(60);
+        // Cannot run out during the test: the shutdown timeout must end the wait.
+        c.limits.write_timeout = Duration::from_secs(3600);
     })
     .await;
     let _raw = stalled_subscriber(&b).await;
-    let started = Instant::now();
-    b.shutdown().await;
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "shutdown took {:?} with a 300 ms shutdown timeout",
-        started.elapsed()
-    );
+    b.shutdown().await; // within PATIENCE, so the 300 ms shutdown timeout ended it
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -180,23 +180,18 @@ async fn no_responders_fails_at_once_not_after_the_timeout() {
     let other = connect(&b).await;
     let _service = echo(&other, "svc.elsewhere").await;
 
-    let started = Instant::now();
+    // A timeout far beyond PATIENCE: the answer must come without waiting for it.
     let result = within(
         "the request",
         caller
             .request("svc.nobody", "anyone?")
-            .timeout(Duration::from_secs(10)),
+            .timeout(Duration::from_secs(3600)),
     )
     .await;
-    let took = started.elapsed();
     match result {
         Err(Error::NoResponders { subject }) => assert_eq!(subject, "svc.nobody"),
         other => panic!("expected NoResponders, got {other:?}"),
     }
-    assert!(
-        took < Duration::from_secs(2),
-        "no responders took {took:?}; it must not wait for the 10 s timeout"
-    );
 
     // The failed request left the client usable.
     let reply = within("the reply", caller.request("svc.elsewhere", "hi"))
@@ -432,13 +427,13 @@ async fn scatter_gather_stops_at_max_replies() {
     let _gateways = gateways(&b).await;
     let caller = connect(&b).await;
 
-    let started = Instant::now();
+    // A timeout far beyond PATIENCE: it must stop at the 4th reply.
     let replies = within(
         "scatter-gather",
         caller
             .request_many("status.all", "status?")
             .max_replies(4)
-            .timeout(Duration::from_secs(10)),
+            .timeout(Duration::from_secs(3600)),
     )
     .await
     .unwrap();
@@ -447,11 +442,6 @@ async fn scatter_gather_stops_at_max_replies() {
         names(&replies),
         all_gateways(),
         "one reply from each gateway"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "returned after {:?}: it must stop at the 4th reply, not wait for the timeout",
-        started.elapsed()
     );
 }
 
@@ -470,42 +460,37 @@ async fn scatter_gather_stops_after_a_quiet_gap() {
     .unwrap();
     assert_eq!(warm.len(), 4);
 
-    let started = Instant::now();
+    // The gateways answer at once, so a loaded machine does not stretch a gap between
+    // their replies to a second; the timeout is far beyond PATIENCE, so only the quiet
+    // gap can end the wait.
     let replies = within(
         "scatter-gather",
         caller
             .request_many("status.all", "status?")
-            .quiet(Duration::from_millis(100))
-            .timeout(Duration::from_secs(10)),
+            .quiet(Duration::from_secs(1))
+            .timeout(Duration::from_secs(3600)),
     )
     .await
     .unwrap();
-    let took = started.elapsed();
     assert_eq!(names(&replies), all_gateways(), "all four replied");
     assert_eq!(replies.len(), 4, "each gateway replied once");
-    assert!(
-        took < Duration::from_secs(5),
-        "returned after {took:?}: the quiet gap should end it long before the 10 s timeout"
-    );
 }
 
 #[tokio::test]
 async fn scatter_gather_with_nobody_subscribed_fails_with_no_responders() {
     let b = common::start_broker().await;
     let caller = connect(&b).await;
-    let started = Instant::now();
     let result = within(
         "scatter-gather",
         caller
             .request_many("status.all", "status?")
-            .timeout(Duration::from_secs(10)),
+            .timeout(Duration::from_secs(3600)),
     )
     .await;
     assert!(
         matches!(&result, Err(Error::NoResponders { subject }) if subject == "status.all"),
         "expected NoResponders, got {result:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(2));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1016,8 +1001,12 @@ async fn cli_req_reads_the_payload_from_stdin_and_reports_a_service_error() {
 async fn cli_req_with_nobody_serving_says_no_responders() {
     common::bin("tern");
     let b = common::start_broker().await;
-    let started = Instant::now();
-    let out = run_tern(&b, &["req", "cli.nobody", "x", "--timeout", "10s"]).await;
+    // A timeout far beyond PATIENCE: no responders must not wait for it.
+    let out = within(
+        "tern req",
+        run_tern(&b, &["req", "cli.nobody", "x", "--timeout", "1h"]),
+    )
+    .await;
     assert!(
         !out.status.success(),
         "tern req succeeded with nobody serving"
@@ -1026,11 +1015,6 @@ async fn cli_req_with_nobody_serving_says_no_responders() {
     assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr:?}");
     assert!(stderr.contains("no responders"), "stderr: {stderr:?}");
     assert_eq!(text(&out.stdout), "");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}: no responders must not wait for the timeout",
-        started.elapsed()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
