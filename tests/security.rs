@@ -1377,6 +1377,151 @@ async fn a_responder_may_reply_to_the_requests_it_was_handed_and_nowhere_else() 
     assert_eq!(b.server.connections().len(), 3);
 }
 
+/// Alice's attack from the audit: allowed to publish only on `a.b.*`, she named a
+/// subject she may not publish to as the reply-to of her own message, received it,
+/// and used the reply permit it granted to publish there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_to_does_not_launder_publish_permissions() {
+    let b = common::start_broker_with(|c| {
+        c.auth = auth(
+            vec![
+                user(
+                    "alice",
+                    Some("pw"),
+                    PermissionSettings {
+                        publish: list(&["a.b.*"]),
+                        subscribe: list(&["a.b.*", "watch.>", "_INBOX.>"]),
+                        ..PermissionSettings::default()
+                    },
+                ),
+                user("bob", Some("pw"), PermissionSettings::default()),
+            ],
+            None,
+            PermissionSettings::default(),
+        );
+    })
+    .await;
+    let url = b.url();
+    let alice = login(&url, "alice", "pw").await;
+    let bob = login(&url, "bob", "pw").await;
+    let mut secret = subscribe(&bob, "secret.target").await.unwrap();
+    let mut watched = subscribe(&bob, "watch.x").await.unwrap();
+    let mut own = subscribe(&alice, "a.b.x").await.unwrap();
+
+    // A reply-to she could not read the answer on is refused outright.
+    let named = within(
+        "the publish",
+        alice
+            .publish("a.b.x", "hi")
+            .reply_to("secret.target")
+            .qos(Qos::AtLeastOnce)
+            .into_future(),
+    )
+    .await;
+    assert_denied(named, "use as reply-to", "secret.target");
+
+    // One she may read, on her own message: delivered to her, but it grants nothing.
+    within(
+        "the publish",
+        alice
+            .publish("a.b.x", "hi")
+            .reply_to("watch.x")
+            .qos(Qos::AtLeastOnce)
+            .into_future(),
+    )
+    .await
+    .unwrap();
+    let mine = within("her own message", own.next()).await.unwrap();
+    assert_eq!(mine.reply_to.as_deref(), Some("watch.x"));
+    for subject in ["watch.x", "secret.target"] {
+        assert_denied(
+            publish_confirmed(&alice, subject, "forged").await,
+            "publish to",
+            subject,
+        );
+    }
+    settle(&alice, &[&bob]).await;
+    assert!(drain(&mut secret).is_empty());
+    assert!(drain(&mut watched).is_empty());
+    assert_eq!(b.server.connections().len(), 2);
+}
+
+/// A permit allows one reply, to exactly the reply subject, before the request's
+/// deadline: not a second reply, and nothing once the requester has given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_permit_allows_one_reply_before_the_deadline() {
+    let b = common::start_broker_with(|c| {
+        c.auth = auth(
+            vec![
+                user(
+                    "responder",
+                    Some("pw"),
+                    PermissionSettings {
+                        publish: list(&["svc.status"]),
+                        subscribe: list(&["svc.>"]),
+                        ..PermissionSettings::default()
+                    },
+                ),
+                user("requester", Some("pw"), PermissionSettings::default()),
+            ],
+            None,
+            PermissionSettings::default(),
+        );
+    })
+    .await;
+    let url = b.url();
+    let responder = login(&url, "responder", "pw").await;
+    let requester = login(&url, "requester", "pw").await;
+    let mut requests = subscribe(&responder, "svc.echo").await.unwrap();
+
+    // Answered once; the second answer to the same request is refused.
+    let asking = tokio::spawn({
+        let requester = requester.clone();
+        async move { requester.request("svc.echo", "ping").await }
+    });
+    let request = within("the request", requests.next()).await.unwrap();
+    let inbox = request.reply_to.clone().expect("a reply-to").to_string();
+    publish_confirmed(&responder, &inbox, "pong").await.unwrap();
+    assert_denied(
+        publish_confirmed(&responder, &inbox, "again").await,
+        "publish to",
+        &inbox,
+    );
+    let reply = within("the reply", asking).await.unwrap().unwrap();
+    assert_eq!(reply.payload, "pong");
+
+    // A request whose deadline has passed can no longer be answered.
+    let timeout = Duration::from_millis(300);
+    let asked = Instant::now();
+    let asking = tokio::spawn({
+        let requester = requester.clone();
+        async move { requester.request("svc.echo", "late").timeout(timeout).await }
+    });
+    let request = within("the request", requests.next()).await.unwrap();
+    let inbox = request.reply_to.clone().expect("a reply-to").to_string();
+    assert!(matches!(
+        within("the requester to give up", asking).await.unwrap(),
+        Err(Error::Timeout)
+    ));
+    assert!(asked.elapsed() >= timeout);
+    let deadline: u128 = request
+        .headers
+        .get(tern::DEADLINE_HEADER)
+        .unwrap()
+        .parse()
+        .unwrap();
+    wait_for("the request's deadline to pass", || {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        now.unwrap().as_millis() > deadline
+    })
+    .await;
+    assert_denied(
+        publish_confirmed(&responder, &inbox, "too late").await,
+        "publish to",
+        &inbox,
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Limits.
 // ---------------------------------------------------------------------------------------

@@ -71,14 +71,13 @@ impl Subscriber {
         }
     }
 
-    fn deliver(&self, envelope: &Envelope, wakes: &mut Wakes) -> Push {
+    /// Delivers a message that connection `publisher` sent.
+    fn deliver(&self, envelope: &Envelope, publisher: u64, wakes: &mut Wakes) -> Push {
         let pushed = self
             .outbound
             .push_message(self.sid, &self.active, envelope, wakes);
-        if let (Push::Queued, Some(permits), Some(reply_to)) =
-            (pushed, &self.replies, &envelope.reply_to)
-        {
-            permits.grant(reply_to);
+        if let (Push::Queued, Some(permits)) = (pushed, &self.replies) {
+            permits.grant_for(envelope, publisher == self.conn);
         }
         pushed
     }
@@ -228,15 +227,17 @@ impl Interest {
     ///
     /// A group member is picked at random; if it refuses (full or closing, or its
     /// filter does not accept the message), the next one is tried, so a slow member
-    /// sheds load to its peers instead of losing it. Returns `(delivered, dropped)`.
+    /// sheds load to its peers instead of losing it. `publisher` is the sending
+    /// connection. Returns `(delivered, dropped)`.
     pub fn deliver(
         &self,
         envelope: &Envelope,
         view: &MessageView<'_>,
+        publisher: u64,
         wakes: &mut Wakes,
     ) -> (u64, u64) {
         let (mut delivered, mut dropped) = (0, 0);
-        let mut deliver = |s: &Subscriber| match s.deliver(envelope, wakes) {
+        let mut deliver = |s: &Subscriber| match s.deliver(envelope, publisher, wakes) {
             Push::Queued => delivered += 1,
             Push::Dropped => {
                 s.outbound.count_drop();
@@ -263,7 +264,7 @@ impl Interest {
                 .skip(start)
                 .take(members.len())
                 .filter(|s| s.filter.as_ref().is_none_or(|f| f.matches(view)))
-                .any(|s| match s.deliver(envelope, wakes) {
+                .any(|s| match s.deliver(envelope, publisher, wakes) {
                     Push::Queued => true,
                     Push::Dropped => {
                         first_full.get_or_insert(s);

@@ -30,8 +30,7 @@ use tokio::task::JoinHandle;
 use crate::state::ReplyWaiter;
 use crate::{Client, Error, Message};
 
-/// Header carrying a request's deadline, in milliseconds since the Unix epoch.
-pub const DEADLINE_HEADER: &str = "tern-deadline";
+pub use tern_codec::DEADLINE_HEADER;
 /// Header of an error reply; its value is the responder's error message.
 pub const ERROR_HEADER: &str = "tern-error";
 

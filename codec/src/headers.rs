@@ -13,6 +13,11 @@ use bytestring::ByteString;
 use crate::error::{DecodeError, EncodeError};
 use crate::wire::{self, Reader};
 
+/// Header in which a request carries its deadline, in milliseconds since the Unix
+/// epoch (decimal): a message still in a queue past it expires, and a responder's
+/// permit to reply to it lapses.
+pub const DEADLINE_HEADER: &str = "tern-deadline";
+
 /// Ordered message headers. Keys are case-sensitive and may repeat.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Headers(Vec<(ByteString, ByteString)>);

@@ -47,7 +47,7 @@ pub use frame::{
     QueueMove, QueueOptions, QueuePurge, QueueQuery, QueueStats, Received, ServerInfo, ServerQuery,
     Subscribe, Unsubscribe, Welcome,
 };
-pub use headers::Headers;
+pub use headers::{Headers, DEADLINE_HEADER};
 pub use subject::{Pattern, Subject, SubjectError, SubjectLimits};
 
 /// The protocol version this crate speaks, sent in [`Hello`] and echoed in [`Welcome`].

@@ -8,14 +8,11 @@
 
 use bytes::BytesMut;
 use tern_codec::subject::{validate_subject, SubjectError};
-use tern_codec::{Confirm, ErrorCode, Ok as OkFrame, Publish, Qos};
+use tern_codec::{Confirm, ErrorCode, Ok as OkFrame, Publish, Qos, DEADLINE_HEADER};
 use tern_storage::DedupEntry;
 
 use super::Reject;
 
-/// Header in which a request carries its deadline (ms since the Unix epoch); a message
-/// still in a queue past it expires.
-pub(crate) const DEADLINE_HEADER: &str = "tern-deadline";
 use crate::dedup::MAX_PRODUCER_LEN;
 use crate::filter::MessageView;
 use crate::journal::{self, now_ms, ConfirmTo, PublishOp};
@@ -43,10 +40,10 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
             } else if session
                 .replies
                 .as_ref()
-                .is_some_and(|r| r.allows(&env.subject))
+                .is_some_and(|r| r.take(&env.subject))
             {
-                // A reply to a request this connection was handed; not cached, so the
-                // permit's expiry is honoured.
+                // The one reply to a request another connection handed this one; not
+                // cached, so the permit is used up (`auth::replies`).
                 router.lookup_uncached(&env.subject)
             } else {
                 return Err(Reject::denied("publish to", &env.subject));
@@ -56,6 +53,11 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
     if let Some(reply_to) = &env.reply_to {
         validate_subject(reply_to, &limits.subject)
             .map_err(|e| invalid_subject("reply-to subject", reply_to, &e))?;
+        // A reply-to hands the responder a permit to publish there: it must be a
+        // subject the requester could read the reply on.
+        if !session.principal.permissions.subscribe.allows(reply_to) {
+            return Err(Reject::denied("use as reply-to", reply_to));
+        }
     }
     if env.headers.len() > limits.max_headers {
         return Err(Reject::new(
@@ -134,7 +136,7 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
         q.0 += 1;
         q.1 += env.payload.len() as u64;
     }
-    let (delivered, dropped) = interest.deliver(env, &view, &mut session.wakes);
+    let (delivered, dropped) = interest.deliver(env, &view, session.id, &mut session.wakes);
     session.counts.messages_out += delivered;
     session.counts.drops += dropped;
 

@@ -168,11 +168,8 @@ impl QueueTask {
                 } => match self.body(head.seq, body) {
                     Some(env) => {
                         if let Some(permits) = replies {
-                            let reply_to = Envelope::decode_bytes(env.clone())
-                                .ok()
-                                .and_then(|e| e.reply_to);
-                            if let Some(reply_to) = reply_to {
-                                permits.grant(&reply_to);
+                            if let Ok(request) = Envelope::decode_bytes(env.clone()) {
+                                permits.grant_for(&request, false);
                             }
                         }
                         if head.delivery_count == 1 {
