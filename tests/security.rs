@@ -1522,6 +1522,79 @@ async fn a_reply_permit_allows_one_reply_before_the_deadline() {
     );
 }
 
+/// Exactly-once deduplication keys on the user as well as the producer id: Bob's
+/// real publish was answered "duplicate" and never stored because Alice had used the
+/// same producer id and sequence. Checked before and after a restart, so the store
+/// keeps the namespaces too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_cannot_make_anothers_exactly_once_publish_a_duplicate() {
+    let users = |c: &mut Config| {
+        c.auth = auth(
+            vec![
+                user("alice", Some("pw"), PermissionSettings::default()),
+                user(
+                    "bob",
+                    Some("pw"),
+                    PermissionSettings {
+                        admin: Some(true),
+                        ..PermissionSettings::default()
+                    },
+                ),
+            ],
+            None,
+            PermissionSettings::default(),
+        );
+    };
+    let b = common::start_broker_with(users).await;
+    let publish = |c: Client, payload: &'static str| async move {
+        within("an exactly-once publish", async {
+            c.publish("ledger", payload)
+                .idempotent("sensor", 1)
+                .send()
+                .await?
+                .await
+        })
+        .await
+        .unwrap()
+    };
+    let bob = login(&b.url(), "bob", "pw").await;
+    within(
+        "declare",
+        bob.declare_queue(&QueueConfig::new("ledger").bind("ledger")),
+    )
+    .await
+    .unwrap();
+    let alice = login(&b.url(), "alice", "pw").await;
+    assert!(!publish(alice.clone(), "alice's").await.duplicate);
+    let bobs = publish(bob.clone(), "bob's").await;
+    assert!(!bobs.duplicate, "bob's publish was taken for alice's");
+    assert_eq!(bobs.queues, 1);
+    assert!(
+        publish(bob.clone(), "bob's").await.duplicate,
+        "bob's own retry"
+    );
+    drop((alice, bob));
+
+    let b = common::restart(b, users).await;
+    let alice = login(&b.url(), "alice", "pw").await;
+    let bob = login(&b.url(), "bob", "pw").await;
+    assert!(publish(alice, "alice's").await.duplicate);
+    assert!(publish(bob.clone(), "bob's").await.duplicate);
+    let mut ledger = within("consume", bob.consume("ledger").into_future())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let d = within("a message", ledger.next()).await.unwrap();
+        got.push(String::from_utf8(d.message.payload.to_vec()).unwrap());
+        d.ack().await.unwrap();
+    }
+    got.sort();
+    assert_eq!(got, ["alice's", "bob's"]);
+    let s = bob.queue_info("ledger").await.unwrap().stats;
+    assert_eq!(s.ready, 0, "nothing else was stored");
+}
+
 // ---------------------------------------------------------------------------------------
 // Limits.
 // ---------------------------------------------------------------------------------------

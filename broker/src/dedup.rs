@@ -5,6 +5,10 @@
 //! The journal writes each pair to the store with its message (the window survives
 //! restarts) and takes the pair back out if that write fails, so a retry after a failed
 //! write is not mistaken for a duplicate.
+//!
+//! Producer ids are chosen by clients, so each user has a namespace of its own
+//! ([`ProducerKey`]): one user's producer can never make another's publish look like a
+//! duplicate. Anonymous clients share one namespace.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -12,6 +16,27 @@ use tern_storage::DedupEntry;
 
 /// Longest producer id, in bytes.
 pub const MAX_PRODUCER_LEN: usize = 255;
+
+/// A producer id within its user's namespace, as the window and the store key it:
+/// `<user's length in bytes>:<user>:<producer>` (`0::<producer>` when anonymous). The
+/// length prefix makes the split unambiguous whatever bytes the two names hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerKey(String);
+
+impl ProducerKey {
+    pub fn new(user: Option<&str>, producer: &str) -> Self {
+        let user = user.unwrap_or_default();
+        Self(format!("{}:{user}:{producer}", user.len()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
 
 /// Remembered (producer, sequence) pairs, bounded in count and age.
 #[derive(Debug)]
@@ -75,6 +100,24 @@ impl DedupWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn producer_keys_are_per_user_and_unambiguous() {
+        let alice = ProducerKey::new(Some("alice"), "p");
+        assert_eq!(alice.as_str(), "5:alice:p");
+        assert_eq!(ProducerKey::new(None, "p").as_str(), "0::p");
+        assert_ne!(alice, ProducerKey::new(Some("bob"), "p"));
+        assert_ne!(alice, ProducerKey::new(None, "p"));
+        // A user name holding the separator cannot impersonate another namespace.
+        assert_ne!(
+            ProducerKey::new(Some("a:b"), "c"),
+            ProducerKey::new(Some("a"), "b:c")
+        );
+        let mut w = DedupWindow::new(10, 1000);
+        assert!(w.insert(alice.as_str(), 1, 0));
+        assert!(w.insert(ProducerKey::new(Some("bob"), "p").as_str(), 1, 0));
+        assert!(!w.insert(alice.as_str(), 1, 0));
+    }
 
     #[test]
     fn duplicates_are_caught_until_they_expire() {

@@ -13,7 +13,7 @@ use tern_storage::DedupEntry;
 
 use super::Reject;
 
-use crate::dedup::MAX_PRODUCER_LEN;
+use crate::dedup::{ProducerKey, MAX_PRODUCER_LEN};
 use crate::filter::MessageView;
 use crate::journal::{self, now_ms, ConfirmTo, PublishOp};
 use crate::session::Session;
@@ -98,7 +98,8 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
                 format!("producer ids are 1 to {MAX_PRODUCER_LEN} bytes"),
             ));
         }
-        if !journal::lock(&session.shared.dedup).insert(&p.producer, p.sequence, now) {
+        let producer = ProducerKey::new(session.principal.user.as_deref(), &p.producer);
+        if !journal::lock(&session.shared.dedup).insert(producer.as_str(), p.sequence, now) {
             session.counts.duplicates += 1;
             if publish.id != 0 {
                 session.reply(&Confirm {
@@ -110,7 +111,7 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
             return Ok(());
         }
         dedup = Some(DedupEntry {
-            producer: p.producer.to_string(),
+            producer: producer.into_string(),
             sequence: p.sequence,
             at_ms: now,
         });
