@@ -2009,6 +2009,50 @@ async fn tern_logs_in_with_a_password_a_password_file_or_a_token() {
     );
 }
 
+/// A QoS 0 publish is sent without waiting for an answer; its refusal must still reach
+/// the application (after a flush) and fail `tern pub`, naming subject and permission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_qos0_publish_is_reported_to_the_library_and_fails_the_cli() {
+    common::bin("tern");
+    let b = common::start_broker_with(|c| {
+        c.auth = auth(
+            vec![user(
+                "carol",
+                Some("pw"),
+                PermissionSettings {
+                    publish: list(&["public.>"]),
+                    ..PermissionSettings::default()
+                },
+            )],
+            None,
+            PermissionSettings::default(),
+        );
+    })
+    .await;
+    let url = b.url();
+    let carol = login(&url, "carol", "pw").await;
+    carol.publish("public.x", "fine").await.unwrap();
+    carol.publish("admin.x", "1").await.unwrap();
+    carol.publish("public.y", "fine").await.unwrap();
+    within("the flush", carol.flush()).await.unwrap();
+    let errors = carol.take_errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_denied(
+        Err::<(), _>(errors.into_iter().next().unwrap()),
+        "publish to",
+        "admin.x",
+    );
+    assert!(carol.take_errors().is_empty(), "taken once");
+
+    let s = format!("--server {url} --user carol --password pw");
+    let refused = fails(&mut tern(&format!("{s} pub admin.x 1"))).await;
+    assert!(
+        refused.contains("permission denied: publish to 'admin.x'"),
+        "{refused}"
+    );
+    succeeds(&mut tern(&format!("{s} pub public.x 1"))).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tern_speaks_tls_and_mutual_tls() {
     common::bin("tern");

@@ -397,6 +397,22 @@ impl Client {
         ConsumeBuilder::new(self, queue)
     }
 
+    /// Errors the server sent that answer no request of this client, oldest first, and
+    /// forgets them: most often a publish sent without waiting for an answer (QoS 0)
+    /// that the server refused — a permission it lacks, a limit it broke. The newest
+    /// 64 are kept until taken; each is also logged as it comes.
+    ///
+    /// The server answers in order, so once [`Client::flush`] has returned, the
+    /// refusal of every publish sent before it is here.
+    pub fn take_errors(&self) -> Vec<Error> {
+        self.inner
+            .state()
+            .take_unanswered()
+            .into_iter()
+            .map(Error::from)
+            .collect()
+    }
+
     /// Waits until the server has processed everything sent before this call.
     ///
     /// # Errors

@@ -16,7 +16,7 @@
 //! | subscribe, consume | waits: re-sent on the next connection |
 //! | QoS 1/2 publish | waits: re-sent on the next connection (QoS 2 is deduplicated) |
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -140,7 +140,14 @@ pub(crate) struct State {
     subs: FxHashMap<u32, SubEntry>,
     consumers: FxHashMap<u32, ConsumerEntry>,
     pub inbox: Inbox,
+    /// Errors that answered no request (a refused QoS 0 publish, say), the newest
+    /// [`UNANSWERED_KEPT`], until the application takes them.
+    unanswered: VecDeque<ErrorFrame>,
 }
+
+/// Most unanswered errors kept for the application; older ones are dropped (and were
+/// logged when they came).
+pub(crate) const UNANSWERED_KEPT: usize = 64;
 
 /// Where replies to this client's requests arrive: one wildcard subscription per
 /// client (`<prefix>.>`), each request waiting on its own last token. One
@@ -274,10 +281,16 @@ impl State {
                 self.remove_consumer(c.cid);
                 Ok(Handled::default())
             }
-            Frame::Error(e) => Ok(Handled {
-                wake: None,
-                unanswered: self.on_error(e),
-            }),
+            Frame::Error(e) => {
+                let unanswered = self.on_error(e);
+                if let Some(e) = &unanswered {
+                    self.keep_unanswered(e.clone());
+                }
+                Ok(Handled {
+                    wake: None,
+                    unanswered,
+                })
+            }
             other => Err(other.frame_type()),
         }
     }
@@ -371,6 +384,18 @@ impl State {
             }
             None => {}
         }
+    }
+
+    fn keep_unanswered(&mut self, e: ErrorFrame) {
+        if self.unanswered.len() == UNANSWERED_KEPT {
+            self.unanswered.pop_front();
+        }
+        self.unanswered.push_back(e);
+    }
+
+    /// The errors that answered no request, oldest first; none are kept after.
+    pub fn take_unanswered(&mut self) -> Vec<ErrorFrame> {
+        self.unanswered.drain(..).collect()
     }
 
     /// An ERROR. Returns it back when it answers no request (id 0, or a request
@@ -641,6 +666,19 @@ mod tests {
         let mut st = State::default();
         let e = ErrorFrame::new(0, ErrorCode::InvalidSubject, "bad");
         assert_eq!(st.on_error(e.clone()), Some(e));
+    }
+
+    #[test]
+    fn unanswered_errors_are_kept_for_the_application_bounded() {
+        let mut st = State::default();
+        for i in 0..UNANSWERED_KEPT + 3 {
+            let e = ErrorFrame::new(0, ErrorCode::PermissionDenied, format!("no {i}"));
+            st.on_frame(Frame::Error(e)).unwrap();
+        }
+        let kept = st.take_unanswered();
+        assert_eq!(kept.len(), UNANSWERED_KEPT);
+        assert_eq!(kept[0].message, "no 3", "the oldest went first");
+        assert!(st.take_unanswered().is_empty(), "taken");
     }
 
     #[test]

@@ -92,6 +92,9 @@ impl Publisher<'_> {
         }
     }
 
+    /// Waits for every confirm, then for the server to have processed the unconfirmed
+    /// (QoS 0) publishes too: a refusal of one of those comes back as an error that
+    /// answers no request, and must fail the command like a refused confirm.
     async fn finish(mut self) -> anyhow::Result<()> {
         while !self.pending.is_empty() {
             self.settle_one().await;
@@ -101,6 +104,17 @@ impl Publisher<'_> {
                 "{} message(s) were not confirmed; the first error: {e}",
                 self.failed
             );
+        }
+        self.client
+            .flush()
+            .await
+            .context("the server did not answer")?;
+        let refused = self.client.take_errors();
+        if let Some(e) = refused.first() {
+            match refused.len() {
+                1 => bail!("the server refused a message: {e}"),
+                n => bail!("the server refused {n} messages; the first: {e}"),
+            }
         }
         Ok(())
     }
