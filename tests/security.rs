@@ -1595,6 +1595,83 @@ async fn one_user_cannot_make_anothers_exactly_once_publish_a_duplicate() {
     assert_eq!(s.ready, 0, "nothing else was stored");
 }
 
+/// A user sees only the queues it may consume from or administer; asking for another
+/// by name is answered as if it did not exist. Through the library and `tern queue`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_listings_show_only_the_queues_a_user_may_consume_or_administer() {
+    common::bin("tern");
+    let b = common::start_broker_with(|c| {
+        c.auth = auth(
+            vec![
+                user(
+                    "carol",
+                    Some("pw"),
+                    PermissionSettings {
+                        consume: list(&["mine", "mine.>"]),
+                        ..PermissionSettings::default()
+                    },
+                ),
+                user(
+                    "ops",
+                    Some("pw"),
+                    PermissionSettings {
+                        admin: Some(true),
+                        consume: list(&[]),
+                        ..PermissionSettings::default()
+                    },
+                ),
+            ],
+            None,
+            PermissionSettings::default(),
+        );
+    })
+    .await;
+    let url = b.url();
+    let ops = login(&url, "ops", "pw").await;
+    for name in ["mine", "mine.jobs", "theirs", "payroll.secret"] {
+        within(
+            "declare",
+            ops.declare_queue(&QueueConfig::new(name).bind(&format!("in.{name}"))),
+        )
+        .await
+        .unwrap();
+    }
+    let names = |infos: Vec<tern::QueueInfo>| {
+        let mut names: Vec<String> = infos.into_iter().map(|i| i.name.to_string()).collect();
+        names.sort();
+        names
+    };
+    let carol = login(&url, "carol", "pw").await;
+    let seen = within("list", carol.queues()).await.unwrap();
+    assert_eq!(names(seen), ["mine", "mine.jobs"]);
+    let all = within("list", ops.queues()).await.unwrap();
+    assert_eq!(
+        names(all),
+        ["mine", "mine.jobs", "payroll.secret", "theirs"]
+    );
+
+    let hidden = within("info", carol.queue_info("theirs")).await;
+    let absent = within("info", carol.queue_info("nowhere")).await;
+    match (&hidden, &absent) {
+        (Err(Error::Server { code: h, .. }), Err(Error::Server { code: a, .. })) => {
+            assert_eq!(*h, Some(ErrorCode::QueueNotFound));
+            assert_eq!(h, a);
+        }
+        other => panic!("expected queue_not_found twice, got {other:?}"),
+    }
+    assert_eq!(
+        within("info", carol.queue_info("mine")).await.unwrap().name,
+        "mine"
+    );
+
+    let out = succeeds(&mut tern(&format!(
+        "--server {url} --user carol --password pw queue ls"
+    )))
+    .await;
+    assert!(out.contains("mine.jobs"), "{out}");
+    assert!(!out.contains("theirs") && !out.contains("payroll"), "{out}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Limits.
 // ---------------------------------------------------------------------------------------

@@ -206,14 +206,23 @@ pub(crate) fn delete(session: &mut Session, d: QueueDelete) -> Result<(), Reject
     Ok(())
 }
 
+/// A user sees the queues it may consume from or administer, and no other: to the
+/// rest, a queue's name, bindings and depth are none of its business, and an unseen
+/// queue is answered exactly as an absent one, so that asking reveals nothing.
+///
 /// # Errors
 ///
 /// Never at once; an unknown name is answered later.
 pub(crate) fn query(session: &mut Session, q: QueueQuery) -> Result<(), Reject> {
+    let permissions = Arc::clone(&session.principal.permissions);
+    let visible = move |name: &str| permissions.admin || permissions.consume.allows(name);
     run(session, q.id, move |shared| async move {
         if q.name.is_empty() {
             let mut infos = Vec::new();
             for queue in shared.queues.all() {
+                if !visible(&queue.def.name) {
+                    continue;
+                }
                 // A queue deleted while listing is simply left out.
                 if let Ok(i) = info(q.id, &queue).await {
                     infos.push(i);
@@ -224,6 +233,7 @@ pub(crate) fn query(session: &mut Session, q: QueueQuery) -> Result<(), Reject> 
         let queue = shared
             .queues
             .get(&q.name)
+            .filter(|queue| visible(&queue.def.name))
             .ok_or_else(|| not_found(&q.name))?;
         info(q.id, &queue).await.map(Answer::Info)
     });
