@@ -68,14 +68,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "#
     ))?;
     let config = Config {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        listen: Listen::On(SocketAddr::from(([127, 0, 0, 1], 0))),
         data_dir: data.path().to_owned(),
         metrics_listen: Listen::Off,
         bridges: tern_broker::bridge::validate(settings.bridge.unwrap_or_default())?,
         ..Config::default()
     };
     let running = Server::start(config).await?;
-    let (tern_addr, server) = (running.addr(), running.server().clone());
+    let tern_addr = running.addr().ok_or("no plaintext listener")?;
+    let server = running.server().clone();
     println!("tern broker on {tern_addr}, bridged to mqtt://{mqtt}");
 
     // 3. The application: every reading (to count them), and the hot ones.

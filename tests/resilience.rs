@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use common::{drain, settle, ternd_cmd, texts, wait_for, within, RawConn, Ternd};
 use tern::{Client, Error, ErrorCode};
-use tern_broker::config::Listen;
 use tern_broker::Config;
 use tern_codec::Frame;
 use tokio::io::AsyncReadExt;
@@ -19,16 +18,6 @@ fn fast_reconnect(name: &str) -> tern::ClientBuilder {
     Client::builder()
         .name(name)
         .reconnect_delay(Duration::from_millis(10), Duration::from_millis(100))
-}
-
-/// A config for a broker on exactly `addr`, storing in `dir`.
-fn config_on(addr: SocketAddr, dir: &tempfile::TempDir) -> Config {
-    Config {
-        listen: addr,
-        data_dir: dir.path().join("data"),
-        metrics_listen: Listen::Off,
-        ..Config::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,7 +33,7 @@ async fn client_reconnects_and_resubscribes_after_a_restart() {
 
     // Restart on the same address and the same data directory.
     let dir = first.shutdown().await;
-    let second = common::start_on(config_on(addr, &dir), dir).await;
+    let second = common::start_on(common::config_in(&dir, addr), dir).await;
     wait_for("both subscriptions to be re-established", || {
         second.server.subscription_count() == 2
     })
@@ -114,7 +103,7 @@ async fn publishes_while_the_broker_is_down_are_delivered_after_reconnect() {
         .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let second = common::start_on(config_on(addr, &dir), dir).await;
+    let second = common::start_on(common::config_in(&dir, addr), dir).await;
     // The flush was buffered behind the publishes; it is answered after the reconnect,
     // and the re-subscription went out before both.
     within("flush across the reconnect", c.flush())
@@ -464,7 +453,7 @@ async fn a_subscription_made_while_disconnected_works_after_reconnect() {
     let mut pending = c.subscribe("late.x").into_future();
     poll_once(&mut pending).await;
     let dir = tempfile::tempdir().unwrap();
-    let second = common::start_on(config_on(addr, &dir), dir).await;
+    let second = common::start_on(common::config_in(&dir, addr), dir).await;
     let mut late = within("the subscribe across the reconnect", pending)
         .await
         .expect("subscribed after the reconnect");
@@ -500,7 +489,7 @@ async fn unsubscribing_while_disconnected_succeeds() {
     let mut pending = Box::pin(gone.unsubscribe());
     poll_once(&mut pending).await;
     let dir = tempfile::tempdir().unwrap();
-    let second = common::start_on(config_on(addr, &dir), dir).await;
+    let second = common::start_on(common::config_in(&dir, addr), dir).await;
     let result = within("the unsubscribe across the reconnect", pending).await;
     assert!(
         result.is_ok(),

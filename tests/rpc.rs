@@ -764,19 +764,6 @@ async fn connect_reconnecting(b: &TestBroker, name: &str) -> Client {
     .unwrap()
 }
 
-/// Restarts `b` on the same address and data directory.
-async fn restart(b: TestBroker) -> TestBroker {
-    let addr = b.addr;
-    let dir = b.shutdown().await;
-    let config = tern_broker::Config {
-        listen: addr,
-        data_dir: dir.path().join("data"),
-        metrics_listen: tern_broker::config::Listen::Off,
-        ..tern_broker::Config::default()
-    };
-    common::start_on(config, dir).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_work_again_after_the_broker_restarts() {
     let b = common::start_broker().await;
@@ -793,7 +780,7 @@ async fn requests_work_again_after_the_broker_restarts() {
         "the service and the inbox"
     );
 
-    let b = restart(b).await;
+    let b = common::restart(b, |_| {}).await;
     // Both the responder's subscription and the caller's inbox come back.
     wait_for("the service and the inbox to be re-subscribed", || {
         b.server.subscription_count() == 2
@@ -830,7 +817,7 @@ async fn a_durable_request_survives_a_broker_restart() {
     .await;
     drop(admin);
 
-    let b = restart(b).await;
+    let b = common::restart(b, |_| {}).await;
     wait_for("the caller's inbox to be re-subscribed", || {
         b.server.subscription_count() == 1
     })

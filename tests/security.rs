@@ -224,7 +224,7 @@ async fn start_tls(files: TlsFiles, adjust: impl FnOnce(&mut Config)) -> TlsBrok
     adjust(&mut config);
     let running = Server::start(config).await.unwrap();
     TlsBroker {
-        addr: running.addr(),
+        addr: running.addr().expect("a plaintext listener"),
         tls_addr: running.tls_addr().expect("a TLS listener"),
         server: running.server().clone(),
         _running: running,
@@ -1631,7 +1631,7 @@ async fn queue_listings_show_only_the_queues_a_user_may_consume_or_administer() 
     for name in ["mine", "mine.jobs", "theirs", "payroll.secret"] {
         within(
             "declare",
-            ops.declare_queue(&QueueConfig::new(name).bind(&format!("in.{name}"))),
+            ops.declare_queue(&QueueConfig::new(name).bind(format!("in.{name}"))),
         )
         .await
         .unwrap();
@@ -2128,6 +2128,94 @@ async fn a_refused_qos0_publish_is_reported_to_the_library_and_fails_the_cli() {
         "{refused}"
     );
     succeeds(&mut tern(&format!("{s} pub public.x 1"))).await;
+}
+
+/// With TLS configured the plaintext listener can be turned off; without TLS that is a
+/// config error naming the key (no client could connect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plaintext_listener_can_be_turned_off() {
+    let pki = Pki::new();
+    let b = start_tls_only(pki.server_files(None)).await;
+    let c = try_connect(Client::builder().tls(trusting(&pki.ca.pem)), &b.tls_url)
+        .await
+        .unwrap();
+    let info = within("server info", c.server_info()).await.unwrap();
+    assert_eq!(info.listeners, [format!("tls://{}", b.tls_addr)]);
+    assert_eq!(
+        config_error("listen = \"off\"\n"),
+        "invalid value for `listen`: is off and there is no TLS listener (tls.listen): \
+         no client could connect"
+    );
+}
+
+/// A TLS-only broker: `--listen off`.
+struct TlsOnly {
+    tls_addr: SocketAddr,
+    tls_url: String,
+    _running: tern_broker::Running,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_tls_only(files: TlsFiles) -> TlsOnly {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        listen: Listen::Off,
+        data_dir: dir.path().join("data"),
+        metrics_listen: Listen::Off,
+        tls: Some(TlsListen {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            files,
+        }),
+        ..Config::default()
+    };
+    let running = Server::start(config).await.unwrap();
+    assert_eq!(running.addr(), None, "no plaintext listener");
+    let tls_addr = running.tls_addr().expect("a TLS listener");
+    TlsOnly {
+        tls_addr,
+        tls_url: format!("tls://localhost:{}", tls_addr.port()),
+        _running: running,
+        _dir: dir,
+    }
+}
+
+/// Passwords on a plaintext listener that is not loopback travel in the clear: ternd
+/// warns at start (and not on loopback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ternd_warns_of_passwords_on_a_remote_plaintext_listener() {
+    common::bin("ternd");
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.toml");
+    std::fs::write(
+        &users,
+        format!(
+            "[[users]]\nname = \"alice\"\npassword_hash = \"{}\"\n",
+            cheap_hash("s3cret")
+        ),
+    )
+    .unwrap();
+    let users = users.to_str().unwrap();
+    for (listen, warned) in [("0.0.0.0:0", true), ("127.0.0.1:0", false)] {
+        let store = dir.path().join(format!("store-{warned}"));
+        let mut d = common::Ternd::spawn(common::ternd_cmd(&[
+            "--listen",
+            listen,
+            "--data-dir",
+            store.to_str().unwrap(),
+            "--metrics-listen",
+            "off",
+            "--config",
+            users,
+        ]))
+        .await;
+        d.sigterm();
+        let rest = d.rest_of_stderr().await;
+        let warning = rest.iter().find(|l| l.contains("in the clear"));
+        assert_eq!(warning.is_some(), warned, "{listen}: {rest:#?}");
+        if let Some(w) = warning {
+            assert!(w.contains("WARN") && w.contains("TLS"), "{w}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

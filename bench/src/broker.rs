@@ -47,7 +47,7 @@ impl InProcessBroker {
         let runtime = builder.build().context("building the broker runtime")?;
 
         let config = Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listen: Listen::On(SocketAddr::from(([127, 0, 0, 1], 0))),
             data_dir: data_dir.path().to_owned(),
             metrics_listen: Listen::Off,
             ..Config::default()
@@ -64,7 +64,8 @@ impl InProcessBroker {
 
     /// Where clients connect.
     pub fn addr(&self) -> SocketAddr {
-        self.running.addr()
+        // `start` turns the plaintext listener on.
+        self.running.addr().expect("a plaintext listener")
     }
 
     /// The broker's counters since it started.

@@ -97,14 +97,15 @@ async fn run_async(args: &Args) -> anyhow::Result<Report> {
         args.qos
     ))?;
     let config = Config {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        listen: Listen::On(SocketAddr::from(([127, 0, 0, 1], 0))),
         data_dir: data.path().to_owned(),
         metrics_listen: Listen::Off,
         bridges: tern_broker::bridge::validate(settings.bridge.unwrap_or_default())?,
         ..Config::default()
     };
     let running = Server::start(config).await.context("starting the broker")?;
-    let (addr, server) = (running.addr(), running.server().clone());
+    let addr = running.addr().context("no plaintext listener")?;
+    let server = running.server().clone();
 
     let subscriber = client::builder("bench-sub")
         .subscription_capacity(1 << 20)

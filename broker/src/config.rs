@@ -170,9 +170,10 @@ deserialize_from_str!(Listen, HumanDuration, SyncPolicy);
 #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Address for tern protocol clients [default: 127.0.0.1:7400]
-    #[arg(long, env = "TERN_LISTEN", value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
+    /// Address for plaintext tern protocol clients, or `off` (then a TLS listener is
+    /// needed) [default: 127.0.0.1:7400]
+    #[arg(long, env = "TERN_LISTEN", value_name = "ADDR|off")]
+    pub listen: Option<Listen>,
 
     /// Directory of the embedded store [default: ./tern-data]
     #[arg(long, env = "TERN_DATA_DIR", value_name = "DIR")]
@@ -508,7 +509,8 @@ impl Settings {
 /// The broker's resolved, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: SocketAddr,
+    /// The plaintext listener; `Off` only with a TLS listener.
+    pub listen: Listen,
     pub data_dir: PathBuf,
     pub metrics_listen: Listen,
     pub shutdown_timeout: Duration,
@@ -587,7 +589,7 @@ pub struct Limits {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            listen: Listen::On(SocketAddr::from(([127, 0, 0, 1], 7400))),
             data_dir: PathBuf::from("./tern-data"),
             metrics_listen: Listen::On(SocketAddr::from(([127, 0, 0, 1], 9464))),
             shutdown_timeout: Duration::from_secs(5),
@@ -686,8 +688,17 @@ impl Config {
         }
         let max_pending_bytes = at_least("limits.max_pending_bytes", l.max_pending_bytes, 1024)?
             .unwrap_or(d.limits.max_pending_bytes);
+        let listen = s.listen.unwrap_or(d.listen);
+        let tls = tls_listen(s.tls)?;
+        if listen == Listen::Off && tls.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "listen",
+                reason: "is off and there is no TLS listener (tls.listen): no client could connect"
+                    .into(),
+            });
+        }
         Ok(Config {
-            listen: s.listen.unwrap_or(d.listen),
+            listen,
             data_dir: s.data_dir.unwrap_or(d.data_dir),
             metrics_listen: s.metrics_listen.unwrap_or(d.metrics_listen),
             shutdown_timeout: s.shutdown_timeout.map_or(d.shutdown_timeout, |t| t.0),
@@ -751,7 +762,7 @@ impl Config {
                     .unwrap_or(d.queues.max_prefetch),
             },
             bridges: crate::bridge::validate(s.bridge.unwrap_or_default())?,
-            tls: tls_listen(s.tls)?,
+            tls,
             auth: Arc::new(
                 Auth::new(
                     s.users,
@@ -890,7 +901,7 @@ mod tests {
             ..Settings::default()
         };
         let c = Config::from_settings(flags.over(file)).unwrap();
-        assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.listen, Listen::On("127.0.0.1:2".parse().unwrap()));
         assert_eq!(c.limits.max_headers, 3);
     }
 

@@ -474,25 +474,34 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
-        self.serve_with(listener, None, shutdown).await
+        self.serve_with(Some(listener), None, shutdown).await
     }
 
     /// As [`Server::serve`], with a TLS listener too (the server must have been opened
-    /// with a TLS configuration).
+    /// with a TLS configuration), and the plaintext one optional.
     ///
     /// # Errors
     ///
     /// As [`Server::serve`]; or a TLS listener without a TLS configuration.
     pub async fn serve_with(
         &self,
-        listener: TcpListener,
+        listener: Option<TcpListener>,
         tls_listener: Option<TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
         let shared = &self.shared;
-        let addr = listener.local_addr()?;
-        tracing::info!("listening on {addr}");
-        shared.add_listener(format!("tcp://{addr}"));
+        if let Some(listener) = &listener {
+            let addr = listener.local_addr()?;
+            tracing::info!("listening on {addr}");
+            shared.add_listener(format!("tcp://{addr}"));
+            if !addr.ip().is_loopback() && shared.config.auth.has_passwords() {
+                tracing::warn!(
+                    "users log in with passwords on the plaintext listener {addr}, which \
+                     carries them in the clear: serve remote clients over TLS and set \
+                     listen to a loopback address or off"
+                );
+            }
+        }
         let tls = match (&tls_listener, &shared.tls) {
             (None, _) => None,
             (Some(l), Some(tls)) => {
@@ -514,7 +523,7 @@ impl Server {
         tokio::pin!(shutdown);
         loop {
             let (socket, peer, secure) = tokio::select! {
-                accepted = listener.accept() => match accepted {
+                accepted = accept(listener.as_ref()) => match accepted {
                     Ok((s, p)) => (s, p, false),
                     Err(e) => {
                         backoff_after_accept_error(e).await;
@@ -760,12 +769,20 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
         .map_err(|source| Error::Bind { addr, source })
 }
 
+/// Binds `listen`, unless it is off.
+async fn bind_listen(listen: Listen) -> Result<Option<TcpListener>, Error> {
+    match listen {
+        Listen::On(addr) => bind(addr).await.map(Some),
+        Listen::Off => Ok(None),
+    }
+}
+
 /// A server serving on a task of its own, as a program embeds it (tests, benchmarks,
 /// examples): [`Server::start`] starts it, [`Running::stop`] shuts it down gracefully.
 /// Dropping it shuts the server down too, without waiting for it.
 #[derive(Debug)]
 pub struct Running {
-    addr: SocketAddr,
+    addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
     server: Server,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -782,12 +799,12 @@ impl Server {
     ///
     /// An address cannot be bound, or the store cannot be opened.
     pub async fn start(config: Config) -> Result<Running, Error> {
-        let listener = bind(config.listen).await?;
+        let listener = bind_listen(config.listen).await?;
         let tls_listener = match &config.tls {
             Some(t) => Some(bind(t.listen).await?),
             None => None,
         };
-        let addr = listener.local_addr()?;
+        let addr = listener.as_ref().map(TcpListener::local_addr).transpose()?;
         let tls_addr = tls_listener
             .as_ref()
             .map(TcpListener::local_addr)
@@ -815,8 +832,8 @@ impl Server {
 }
 
 impl Running {
-    /// Where the plain listener listens.
-    pub fn addr(&self) -> SocketAddr {
+    /// Where the plaintext listener listens, unless it is off.
+    pub fn addr(&self) -> Option<SocketAddr> {
         self.addr
     }
 
@@ -850,11 +867,8 @@ impl Running {
 ///
 /// The store cannot be opened, an address cannot be bound, or the final flush failed.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let listener = bind(config.listen).await?;
-    let metrics = match config.metrics_listen {
-        Listen::On(addr) => Some(bind(addr).await?),
-        Listen::Off => None,
-    };
+    let listener = bind_listen(config.listen).await?;
+    let metrics = bind_listen(config.metrics_listen).await?;
     let tls_listener = match &config.tls {
         Some(t) => Some(bind(t.listen).await?),
         None => None,

@@ -55,7 +55,7 @@ pub async fn start_broker_with(adjust: impl FnOnce(&mut Config)) -> TestBroker {
 pub async fn start_on(config: Config, dir: tempfile::TempDir) -> TestBroker {
     let running = Server::start(config).await.unwrap();
     TestBroker {
-        addr: running.addr(),
+        addr: running.addr().expect("a plaintext listener"),
         server: running.server().clone(),
         running,
         dir,
@@ -449,7 +449,7 @@ pub async fn run_cmd(
 /// lays it out), so that a broker can be restarted on the same data.
 pub fn config_in(dir: &tempfile::TempDir, listen: SocketAddr) -> Config {
     Config {
-        listen,
+        listen: Listen::On(listen),
         data_dir: dir.path().join("data"),
         metrics_listen: Listen::Off,
         ..Config::default()

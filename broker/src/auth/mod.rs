@@ -227,6 +227,12 @@ impl Auth {
         !self.users.is_empty()
     }
 
+    /// Whether any user logs in with a password (which a plaintext listener would
+    /// carry in the clear).
+    pub fn has_passwords(&self) -> bool {
+        self.users.values().any(|u| u.password_hash.is_some())
+    }
+
     /// Whether clients without credentials are let in.
     pub fn allows_anonymous(&self) -> bool {
         self.allow_anonymous
