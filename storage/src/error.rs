@@ -26,4 +26,8 @@ pub enum StorageError {
     Refused { detail: String },
     #[error("store I/O failed: {0}")]
     Io(#[from] sled::Error),
+    /// An `fsync`/`fdatasync` of the store's files failed: what it covered is not
+    /// durable, and must never be reported so.
+    #[error("syncing the store's files to disk failed: {0}")]
+    Sync(#[source] std::io::Error),
 }

@@ -27,12 +27,19 @@
 //!
 //! Integers in keys are big-endian, so key order is numeric order. Nothing outside this
 //! crate sees a `sled::Tree`: callers use the [`Store`] operations only.
+//!
+//! # Durability
+//!
+//! [`Store::flush`] returns once everything applied is on stable storage: sled's own
+//! flush only `sync_file_range`s its log, so the engine adds the `fdatasync`s and
+//! directory `fsync`s that make it so (`file_sync`).
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
 mod error;
+mod file_sync;
 mod record;
 mod sled_store;
 

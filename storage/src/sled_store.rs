@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
+use crate::file_sync::FileSync;
 use crate::record::{self, Corrupt};
 use crate::{
     Commit, QueueId, Recover, RecoveredChunk, StorageError, Store, StoredMessage, FORMAT_VERSION,
@@ -59,6 +60,8 @@ fn split13(key: &[u8]) -> Option<(u32, u64)> {
 #[derive(Debug)]
 pub struct SledStore {
     db: sled::Db,
+    /// The syncs sled's own flush leaves out.
+    files: FileSync,
     path: PathBuf,
     /// Distinguishes dedup keys written in the same millisecond.
     dedup_counter: AtomicU64,
@@ -100,8 +103,10 @@ impl SledStore {
                 path: path.clone(),
                 source,
             })?;
+        let files = FileSync::open(dir).map_err(StorageError::Sync)?;
         let store = Self {
             db,
+            files,
             path,
             dedup_counter: AtomicU64::new(0),
         };
@@ -135,8 +140,7 @@ impl SledStore {
             }),
             None if fresh || self.db.is_empty() => {
                 self.db.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())?;
-                self.db.flush()?;
-                Ok(())
+                self.flush()
             }
             None => Err(StorageError::NotATernStore {
                 path: self.path.clone(),
@@ -339,9 +343,10 @@ impl Store for SledStore {
         Ok(())
     }
 
+    /// sled's flush, then the syncs it leaves out (`file_sync`).
     fn flush(&self) -> Result<(), StorageError> {
         self.db.flush()?;
-        Ok(())
+        self.files.sync().map_err(StorageError::Sync)
     }
 
     fn read_message(
