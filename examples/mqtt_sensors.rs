@@ -35,7 +35,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS};
 use tern::{Client, Qos};
 use tern_broker::config::Listen;
 use tern_broker::{Config, Server, Settings};
@@ -113,6 +113,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             .send((p.topic, String::from_utf8_lossy(&p.payload).into_owned()));
                     }
                     Ok(_) => {}
+                    // The sensor is gone: rumqttc would reconnect only to report it again.
+                    Err(ConnectionError::RequestsDone) => return,
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }

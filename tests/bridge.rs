@@ -16,7 +16,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{eventually, start_broker_with, wait_for, within, Proc, Proxy, TestBroker, PATIENCE};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS};
 use tern::{Client, Qos};
 use tern_broker::bridge::mapping::{mqtt_to_subject, subject_to_mqtt};
 use tern_broker::{Config, Server, Settings};
@@ -37,7 +37,7 @@ struct Device {
 impl Device {
     async fn connect(addr: SocketAddr, id: &str) -> Device {
         let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-        options.set_keep_alive(Duration::from_secs(30));
+        options.set_keep_alive(30);
         let (client, mut eventloop) = AsyncClient::new(options, 1000);
         let (tx, messages) = mpsc::unbounded_channel();
         let (sub_tx, subacks) = mpsc::unbounded_channel();
@@ -57,6 +57,9 @@ impl Device {
                         let _ = up_tx.send(());
                     }
                     Ok(_) => {}
+                    // Every client handle dropped: rumqttc would reconnect only to
+                    // report it again.
+                    Err(ConnectionError::RequestsDone) => return,
                     Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
             }

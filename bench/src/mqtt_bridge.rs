@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::BytesMut;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 use tern_broker::config::Listen;
 use tern_broker::{Config, Server, Settings};
@@ -255,7 +255,7 @@ async fn run_async(args: &Args) -> anyhow::Result<Report> {
 /// An MQTT client whose event loop runs in a task.
 async fn mqtt_client(addr: SocketAddr, id: &str) -> anyhow::Result<AsyncClient> {
     let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-    options.set_keep_alive(Duration::from_secs(30));
+    options.set_keep_alive(30);
     options.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(options, 1000);
     let (up_tx, up) = tokio::sync::oneshot::channel();
@@ -269,6 +269,8 @@ async fn mqtt_client(addr: SocketAddr, id: &str) -> anyhow::Result<AsyncClient> 
                     }
                 }
                 Ok(_) => {}
+                // The client is gone: rumqttc would reconnect only to report it again.
+                Err(ConnectionError::RequestsDone) => return,
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }

@@ -185,8 +185,10 @@ fn qos(q: u8) -> QoS {
 
 fn options(cfg: &MqttBridge, max_packet: usize) -> MqttOptions {
     let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-    // Validated: 0 or 1 s to 65535 s, and a non-empty client id (rumqttc asserts both).
-    o.set_keep_alive(cfg.keep_alive);
+    // Validated: keep-alive 0 or 1 s to 65535 s, so its whole seconds (MQTT's unit, and
+    // rumqttc's) fit a u16; and a non-empty client id (rumqttc asserts one when
+    // clean_session is off).
+    o.set_keep_alive(u16::try_from(cfg.keep_alive.as_secs()).unwrap_or(u16::MAX));
     o.set_clean_session(cfg.clean_session);
     o.set_manual_acks(true);
     o.set_inflight(MQTT_INFLIGHT);
