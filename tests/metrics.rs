@@ -6,11 +6,10 @@ mod common;
 use std::collections::HashMap;
 use std::process::Command;
 
-use common::{bin, start_broker, within, RawConn};
+use common::{bin, http_get, start_broker, within, RawConn};
 use futures_util::future::join_all;
 use tern::{Client, Qos, QueueConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// One sample of the exposition: name, labels, value.
 type Samples = HashMap<(String, Vec<(String, String)>), f64>;
@@ -87,20 +86,6 @@ fn get(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
     *samples
         .get(&key)
         .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
-}
-
-/// An HTTP GET, the way Prometheus scrapes: returns status line and body.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    within("the HTTP response", s.read_to_string(&mut response))
-        .await
-        .unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_string(), body.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -277,6 +277,11 @@ pub struct StoreSettings {
     /// How long a (producer, sequence) pair is remembered [default: 10m]
     #[arg(long, env = "TERN_DEDUP_AGE", value_name = "DURATION")]
     pub dedup_age: Option<HumanDuration>,
+
+    /// Free bytes the store's filesystem must keep: below it new messages are refused
+    /// until space is freed (the disk alarm) [default: 67108864, 64 MiB]
+    #[arg(long, env = "TERN_MIN_FREE_BYTES", value_name = "BYTES")]
+    pub min_free_bytes: Option<u64>,
 }
 
 /// The `[queues]` table: defaults for queues declared without these options.
@@ -480,6 +485,7 @@ impl Settings {
                 sync,
                 dedup_window,
                 dedup_age,
+                min_free_bytes,
             }
         );
         over!(
@@ -537,6 +543,8 @@ pub struct StoreConfig {
     pub sync: SyncPolicy,
     pub dedup_window: usize,
     pub dedup_age: Duration,
+    /// Below this many free bytes on the store's filesystem, new messages are refused.
+    pub min_free_bytes: u64,
 }
 
 /// Defaults and limits for queues.
@@ -554,6 +562,7 @@ impl Default for StoreConfig {
             sync: SyncPolicy::Always,
             dedup_window: 1_000_000,
             dedup_age: Duration::from_secs(600),
+            min_free_bytes: 64 << 20,
         }
     }
 }
@@ -751,6 +760,7 @@ impl Config {
                     .unwrap_or(d.store.dedup_window),
                 dedup_age: nonzero_duration("store.dedup_age", s.store.dedup_age)?
                     .unwrap_or(d.store.dedup_age),
+                min_free_bytes: s.store.min_free_bytes.unwrap_or(d.store.min_free_bytes),
             },
             queues: QueueDefaults {
                 max_deliver: at_least("queues.max_deliver", s.queues.max_deliver, 1)?

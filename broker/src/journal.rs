@@ -28,6 +28,7 @@ use crate::handler::Reject;
 use crate::outbound::{Outbound, Wakes};
 use crate::queue::def::{OverflowDef, QueueDef};
 use crate::queue::QueueInput;
+use crate::store_health::StoreHealth;
 
 /// Most operations taken into one commit, to bound its latency.
 const MAX_BATCH: usize = 4096;
@@ -264,6 +265,8 @@ struct Outcome {
 /// The journal thread's state.
 pub(crate) struct Writer {
     store: Arc<dyn Store>,
+    /// The disk alarm and write failures, shared with `/healthz`.
+    health: Arc<StoreHealth>,
     metrics: JournalMetrics,
     sync: SyncPolicy,
     queues: HashMap<QueueId, JournalQueue>,
@@ -294,12 +297,14 @@ pub(crate) struct JournalMetrics {
 impl Writer {
     pub fn new(
         store: Arc<dyn Store>,
+        health: Arc<StoreHealth>,
         sync: SyncPolicy,
         dedup: Arc<Mutex<DedupWindow>>,
         metrics: JournalMetrics,
     ) -> Self {
         Self {
             store,
+            health,
             metrics,
             sync,
             queues: HashMap::new(),
@@ -436,7 +441,7 @@ impl Writer {
         for op in ops {
             self.stage_op(op, &mut commit, &mut out, &mut chunk_msgs, &mut touched);
         }
-        for p in publishes {
+        for p in self.admit(publishes) {
             self.stage_publish(p, &mut out, &mut chunk_msgs);
         }
         for (queue, msgs) in chunk_msgs {
@@ -476,6 +481,8 @@ impl Writer {
             self.write(&commit)
         };
         let shutdown = out.shutdown.take();
+        self.health
+            .commit_result(result.as_ref().map(|_| ()).map_err(String::as_str));
         match result {
             Ok(()) => self.succeeded(out).await,
             Err(e) => {
@@ -486,6 +493,34 @@ impl Writer {
         if let Some(done) = shutdown {
             self.finish(done);
         }
+    }
+
+    /// The publishes the store may take now: all of them, or none while the disk alarm
+    /// is raised. Those refused are answered `storage_failed` with the alarm's reason
+    /// and leave the dedup window, so that a retry after the alarm is stored.
+    fn admit(&mut self, publishes: Vec<PublishOp>) -> Vec<PublishOp> {
+        if publishes.is_empty() {
+            return publishes;
+        }
+        let Some(reason) = self.health.check_disk(&*self.store) else {
+            return publishes;
+        };
+        let mut wakes = Wakes::default();
+        let mut window = lock(&self.dedup);
+        for p in publishes {
+            if let Some(d) = &p.dedup {
+                window.remove(&d.producer, d.sequence);
+            }
+            if let Some(to) = p.confirm {
+                to.outbound.push_control(
+                    &ErrorFrame::new(to.id, ErrorCode::StorageFailed, reason.clone()),
+                    &mut wakes,
+                );
+            }
+        }
+        drop(window);
+        wakes.wake_all();
+        Vec::new()
     }
 
     fn write(&mut self, commit: &Commit) -> Result<(), String> {
@@ -748,7 +783,7 @@ pub(crate) fn lock(m: &Mutex<DedupWindow>) -> std::sync::MutexGuard<'_, DedupWin
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     use bytes::BytesMut;
     use tern_codec::{Frame, QueueDeclare};
@@ -759,11 +794,13 @@ mod tests {
     use super::*;
     use crate::config::{QueueDefaults, SlowConsumerPolicy};
 
-    /// A sled store whose writes fail while `full` is set, as on a full disk.
+    /// A sled store whose writes fail while `full` is set, as on a full disk, and
+    /// whose filesystem reports `free` bytes free.
     #[derive(Debug)]
     struct DiskFull {
         store: SledStore,
         full: AtomicBool,
+        free: AtomicU64,
     }
 
     impl Store for DiskFull {
@@ -790,6 +827,9 @@ mod tests {
         }
         fn size_on_disk(&self) -> Result<u64, StorageError> {
             self.store.size_on_disk()
+        }
+        fn free_bytes(&self) -> Result<u64, StorageError> {
+            Ok(self.free.load(Ordering::Relaxed))
         }
     }
 
@@ -822,73 +862,155 @@ mod tests {
         }
     }
 
+    /// A journal with one queue over a [`DiskFull`] store, and a connection to read
+    /// its answers from.
+    struct Rig {
+        store: Arc<DiskFull>,
+        health: Arc<StoreHealth>,
+        dedup: Arc<Mutex<DedupWindow>>,
+        journal: Journal,
+        outbound: Arc<Outbound>,
+        rd: tokio::io::DuplexStream,
+        buf: BytesMut,
+        appended: mpsc::Receiver<QueueInput>,
+        _dir: tempfile::TempDir,
+    }
+
+    const MIN_FREE: u64 = 1 << 20;
+
+    impl Rig {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(DiskFull {
+                store: SledStore::open(dir.path()).unwrap(),
+                full: AtomicBool::new(false),
+                free: AtomicU64::new(u64::MAX),
+            });
+            let health = Arc::new(StoreHealth::new(
+                MIN_FREE,
+                metrics::Gauge::noop(),
+                metrics::Counter::noop(),
+            ));
+            let dedup = Arc::new(Mutex::new(DedupWindow::new(1000, 60_000)));
+            let metrics = JournalMetrics {
+                commits: metrics::Counter::noop(),
+                flushes: metrics::Counter::noop(),
+                bytes_written: metrics::Counter::noop(),
+                flush_duration: metrics::Histogram::noop(),
+                confirm_latency: metrics::Histogram::noop(),
+            };
+            let mut writer = Writer::new(
+                Arc::clone(&store) as Arc<dyn Store>,
+                Arc::clone(&health),
+                SyncPolicy::Always,
+                Arc::clone(&dedup),
+                metrics,
+            );
+            let declare = QueueDeclare {
+                id: 1,
+                name: "q".into(),
+                bindings: Vec::new(),
+                options: Default::default(),
+            };
+            let def =
+                QueueDef::from_declare(&declare, &QueueDefaults::default(), &Default::default())
+                    .unwrap();
+            let (tasks, appended) = mpsc::channel(16);
+            writer.recover_queue(1, Arc::new(def), tasks, 0, Vec::new());
+            let (journal, _thread) = writer.spawn().unwrap();
+            let outbound = Arc::new(Outbound::new(
+                1 << 20,
+                SlowConsumerPolicy::Drop,
+                CancellationToken::new(),
+                Arc::default(),
+            ));
+            let (wr, rd) = tokio::io::duplex(1 << 16);
+            tokio::spawn(Arc::clone(&outbound).write_to(wr, Duration::from_secs(5)));
+            Rig {
+                store,
+                health,
+                dedup,
+                journal,
+                outbound,
+                rd,
+                buf: BytesMut::new(),
+                appended,
+                _dir: dir,
+            }
+        }
+
+        /// Publishes (producer "p", `sequence`) with confirm id `id`, recording the
+        /// pair in the window first as the session does; returns the answer.
+        async fn publish(&mut self, id: u32, sequence: u64) -> Frame {
+            assert!(lock(&self.dedup).insert("p", sequence, now_ms()));
+            self.journal
+                .publish(publish(&self.outbound, id, sequence))
+                .await
+                .unwrap();
+            next_frame(&mut self.rd, &mut self.buf).await
+        }
+
+        /// The answer must be storage_failed for `id`, its message containing `why`,
+        /// with the pair out of the window so that a retry is stored.
+        fn refused(&self, answer: Frame, id: u32, sequence: u64, why: &str) {
+            match answer {
+                Frame::Error(e) => {
+                    assert_eq!((e.id, e.code()), (id, Some(ErrorCode::StorageFailed)));
+                    assert!(e.message.contains(why), "{}", e.message);
+                }
+                other => panic!("expected storage_failed, got {other:?}"),
+            }
+            assert!(
+                lock(&self.dedup).insert("p", sequence, now_ms()),
+                "the refused sequence may be sent again"
+            );
+            lock(&self.dedup).remove("p", sequence);
+        }
+
+        /// The answer must be a confirm for `id`, and the queue task must get the
+        /// message.
+        async fn stored(&mut self, answer: Frame, id: u32) {
+            match answer {
+                Frame::Confirm(c) => assert_eq!((c.id, c.queues), (id, 1)),
+                other => panic!("expected a confirm, got {other:?}"),
+            }
+            match self.appended.recv().await {
+                Some(QueueInput::Appended(msgs)) => assert_eq!(msgs.len(), 1),
+                other => panic!("expected the message for the queue, got {other:?}"),
+            }
+            assert_eq!(self.health.problem(), None);
+        }
+    }
+
     #[tokio::test]
     async fn a_failed_write_is_an_error_confirm_and_the_journal_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(DiskFull {
-            store: SledStore::open(dir.path()).unwrap(),
-            full: AtomicBool::new(true),
-        });
-        let dedup = Arc::new(Mutex::new(DedupWindow::new(1000, 60_000)));
-        let metrics = JournalMetrics {
-            commits: metrics::Counter::noop(),
-            flushes: metrics::Counter::noop(),
-            bytes_written: metrics::Counter::noop(),
-            flush_duration: metrics::Histogram::noop(),
-            confirm_latency: metrics::Histogram::noop(),
-        };
-        let mut writer = Writer::new(
-            Arc::clone(&store) as Arc<dyn Store>,
-            SyncPolicy::Always,
-            Arc::clone(&dedup),
-            metrics,
-        );
-        let declare = QueueDeclare {
-            id: 1,
-            name: "q".into(),
-            bindings: Vec::new(),
-            options: Default::default(),
-        };
-        let def = QueueDef::from_declare(&declare, &QueueDefaults::default(), &Default::default())
-            .unwrap();
-        let (tasks, mut appended) = mpsc::channel(16);
-        writer.recover_queue(1, Arc::new(def), tasks, 0, Vec::new());
-        let (journal, _thread) = writer.spawn().unwrap();
-
-        let outbound = Arc::new(Outbound::new(
-            1 << 20,
-            SlowConsumerPolicy::Drop,
-            CancellationToken::new(),
-            Arc::default(),
-        ));
-        let (wr, mut rd) = tokio::io::duplex(1 << 16);
-        tokio::spawn(Arc::clone(&outbound).write_to(wr, Duration::from_secs(5)));
-        let mut buf = BytesMut::new();
-
-        assert!(lock(&dedup).insert("p", 1, now_ms()));
-        journal.publish(publish(&outbound, 7, 1)).await.unwrap();
-        match next_frame(&mut rd, &mut buf).await {
-            Frame::Error(e) => {
-                assert_eq!((e.id, e.code()), (7, Some(ErrorCode::StorageFailed)));
-                assert!(e.message.contains("no space left"), "{}", e.message);
-            }
-            other => panic!("expected storage_failed, got {other:?}"),
-        }
-        assert!(
-            lock(&dedup).insert("p", 1, now_ms()),
-            "the failed sequence may be sent again"
-        );
+        let mut rig = Rig::new();
+        rig.store.full.store(true, Ordering::Relaxed);
+        let answer = rig.publish(7, 1).await;
+        rig.refused(answer, 7, 1, "no space left");
+        let problem = rig.health.problem().expect("unhealthy while writes fail");
+        assert!(problem.contains("no space left"), "{problem}");
 
         // The disk has room again: the retry is stored and confirmed.
-        store.full.store(false, Ordering::Relaxed);
-        journal.publish(publish(&outbound, 8, 1)).await.unwrap();
-        match next_frame(&mut rd, &mut buf).await {
-            Frame::Confirm(c) => assert_eq!((c.id, c.queues), (8, 1)),
-            other => panic!("expected a confirm, got {other:?}"),
-        }
-        match appended.recv().await {
-            Some(QueueInput::Appended(msgs)) => assert_eq!(msgs.len(), 1),
-            other => panic!("expected the message for the queue, got {other:?}"),
-        }
+        rig.store.full.store(false, Ordering::Relaxed);
+        let answer = rig.publish(8, 1).await;
+        rig.stored(answer, 8).await;
+    }
+
+    #[tokio::test]
+    async fn below_min_free_new_messages_are_refused_until_space_returns() {
+        let mut rig = Rig::new();
+        rig.store.free.store(MIN_FREE - 1, Ordering::Relaxed);
+        // Writes would fail too: the alarm must refuse before the store is touched.
+        rig.store.full.store(true, Ordering::Relaxed);
+        let answer = rig.publish(7, 1).await;
+        rig.refused(answer, 7, 1, "disk alarm");
+        let problem = rig.health.problem().expect("unhealthy under the alarm");
+        assert!(problem.contains("store.min_free_bytes"), "{problem}");
+
+        rig.store.free.store(MIN_FREE, Ordering::Relaxed);
+        rig.store.full.store(false, Ordering::Relaxed);
+        let answer = rig.publish(8, 1).await;
+        rig.stored(answer, 8).await;
     }
 }

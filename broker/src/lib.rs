@@ -35,6 +35,7 @@ mod router;
 pub mod server;
 mod session;
 pub mod stats;
+mod store_health;
 pub mod sublist;
 pub mod tls;
 

@@ -48,6 +48,8 @@ pub(crate) struct Metrics {
     pub commits: Counter,
     pub flushes: Counter,
     pub bytes_written: Counter,
+    pub disk_alarm: Gauge,
+    pub disk_alarms: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -72,6 +74,8 @@ impl Metrics {
             commits: counter(&recorder, "tern_store_commits_total", &[]),
             flushes: counter(&recorder, "tern_store_flushes_total", &[]),
             bytes_written: counter(&recorder, "tern_store_bytes_written_total", &[]),
+            disk_alarm: gauge(&recorder, "tern_store_disk_alarm", &[]),
+            disk_alarms: counter(&recorder, "tern_store_disk_alarms_total", &[]),
             recorder,
             started: Instant::now(),
         };
@@ -311,6 +315,14 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
         "tern_store_bytes_written_total",
         "Message bytes appended to the store.",
     ),
+    (
+        "tern_store_disk_alarm",
+        "1 while free space on the store's filesystem is below store.min_free_bytes and new messages are refused.",
+    ),
+    (
+        "tern_store_disk_alarms_total",
+        "Times the disk alarm was raised.",
+    ),
     ("tern_store_size_bytes", "Bytes the store occupies on disk."),
     (
         "tern_store_flush_duration_seconds",
@@ -384,7 +396,23 @@ async fn answer(shared: &Shared, mut socket: TcpStream) -> std::io::Result<()> {
             )
             .await
         }
-        (b"GET", _) => respond(&mut socket, "404 Not Found", "text/plain", "try /metrics\n").await,
+        (b"GET", b"/healthz") => {
+            // Checked now, not only when the journal next writes: a broker with
+            // nothing to store still reports the alarm cleared once space is back.
+            let store = &shared.store_health;
+            let _ = store.check_disk(&*shared.store);
+            match store.problem() {
+                None => respond(&mut socket, "200 OK", "text/plain", "ok\n").await,
+                Some(problem) => {
+                    let body = format!("{problem}\n");
+                    respond(&mut socket, "503 Service Unavailable", "text/plain", &body).await
+                }
+            }
+        }
+        (b"GET", _) => {
+            let hint = "try /metrics or /healthz\n";
+            respond(&mut socket, "404 Not Found", "text/plain", hint).await
+        }
         _ => respond(&mut socket, "405 Method Not Allowed", "text/plain", "").await,
     }
 }

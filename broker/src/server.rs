@@ -34,6 +34,7 @@ use crate::queue::{BindingFilters, QueueHandle, QueueInput, QueueTask, Queues};
 use crate::router::Router;
 use crate::session;
 use crate::stats::{Stats, StatsSnapshot};
+use crate::store_health::StoreHealth;
 use crate::Error;
 
 /// State every connection shares.
@@ -45,6 +46,8 @@ pub(crate) struct Shared {
     /// Random per process; sent in WELCOME.
     pub server_id: String,
     pub store: Arc<dyn Store>,
+    /// Whether the store takes new messages (the disk alarm), for `/healthz`.
+    pub store_health: Arc<StoreHealth>,
     pub journal: Journal,
     pub queues: Arc<Queues>,
     /// The exactly-once window. A std `Mutex`: one hash-set operation per QoS 2
@@ -326,8 +329,14 @@ impl Server {
         }
         let dedup = Arc::new(Mutex::new(window));
         let metrics = Metrics::new();
+        let store_health = Arc::new(StoreHealth::new(
+            store_config.min_free_bytes,
+            metrics.disk_alarm.clone(),
+            metrics.disk_alarms.clone(),
+        ));
         let mut writer = Writer::new(
             Arc::clone(&store),
+            Arc::clone(&store_health),
             store_config.sync,
             Arc::clone(&dedup),
             JournalMetrics {
@@ -363,6 +372,7 @@ impl Server {
             stats: Arc::default(),
             server_id: format!("{:016x}", fastrand::u64(..)),
             store,
+            store_health,
             journal,
             queues: Arc::default(),
             dedup,

@@ -107,6 +107,12 @@ impl FileSync {
     }
 }
 
+/// Bytes available to unprivileged writers on the filesystem holding `dir`.
+pub(crate) fn free_bytes(dir: &Path) -> io::Result<u64> {
+    let s = rustix::fs::statvfs(dir)?;
+    Ok(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
 /// `fsync`s a directory, which makes the names in it durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

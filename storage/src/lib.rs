@@ -146,6 +146,15 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     fn read_message(&self, queue: QueueId, seq: u64)
         -> Result<Option<StoredMessage>, StorageError>;
 
+    /// Bytes free for the store on its filesystem (for an unprivileged process), so
+    /// that the broker can stop taking messages before the disk is full: the engine
+    /// cannot be trusted to recover from running out of space mid-write.
+    ///
+    /// # Errors
+    ///
+    /// The filesystem could not be asked.
+    fn free_bytes(&self) -> Result<u64, StorageError>;
+
     /// Bytes the store occupies on disk.
     ///
     /// # Errors

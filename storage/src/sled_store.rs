@@ -384,6 +384,10 @@ impl Store for SledStore {
     fn size_on_disk(&self) -> Result<u64, StorageError> {
         Ok(self.db.size_on_disk()?)
     }
+
+    fn free_bytes(&self) -> Result<u64, StorageError> {
+        crate::file_sync::free_bytes(&self.path).map_err(StorageError::Sync)
+    }
 }
 
 #[cfg(test)]
