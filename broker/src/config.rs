@@ -282,6 +282,14 @@ pub struct StoreSettings {
     /// until space is freed (the disk alarm) [default: 67108864, 64 MiB]
     #[arg(long, env = "TERN_MIN_FREE_BYTES", value_name = "BYTES")]
     pub min_free_bytes: Option<u64>,
+
+    /// Bytes of the store engine's page cache [default: 16777216, 16 MiB]
+    #[arg(
+        long = "store-cache-bytes",
+        env = "TERN_STORE_CACHE_BYTES",
+        value_name = "BYTES"
+    )]
+    pub cache_bytes: Option<u64>,
 }
 
 /// The `[queues]` table: defaults for queues declared without these options.
@@ -486,6 +494,7 @@ impl Settings {
                 dedup_window,
                 dedup_age,
                 min_free_bytes,
+                cache_bytes,
             }
         );
         over!(
@@ -545,6 +554,8 @@ pub struct StoreConfig {
     pub dedup_age: Duration,
     /// Below this many free bytes on the store's filesystem, new messages are refused.
     pub min_free_bytes: u64,
+    /// The store engine's page cache.
+    pub cache_bytes: u64,
 }
 
 /// Defaults and limits for queues.
@@ -563,6 +574,7 @@ impl Default for StoreConfig {
             dedup_window: 1_000_000,
             dedup_age: Duration::from_secs(600),
             min_free_bytes: 64 << 20,
+            cache_bytes: tern_storage::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -761,6 +773,7 @@ impl Config {
                 dedup_age: nonzero_duration("store.dedup_age", s.store.dedup_age)?
                     .unwrap_or(d.store.dedup_age),
                 min_free_bytes: s.store.min_free_bytes.unwrap_or(d.store.min_free_bytes),
+                cache_bytes: s.store.cache_bytes.unwrap_or(d.store.cache_bytes),
             },
             queues: QueueDefaults {
                 max_deliver: at_least("queues.max_deliver", s.queues.max_deliver, 1)?

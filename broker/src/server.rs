@@ -295,7 +295,10 @@ impl Server {
             Some(t) => Some(crate::tls::Tls::new(t.files.clone())?),
             None => None,
         };
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
+        let store: Arc<dyn Store> = Arc::new(SledStore::open_with_cache(
+            &config.data_dir,
+            config.store.cache_bytes,
+        )?);
         match config.store.sync {
             SyncPolicy::Always => {}
             other => tracing::warn!(

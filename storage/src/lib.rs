@@ -45,7 +45,7 @@ mod sled_store;
 
 pub use error::StorageError;
 pub use record::{DedupEntry, MessageMeta, QueueRecord, StoredMessage};
-pub use sled_store::SledStore;
+pub use sled_store::{SledStore, DEFAULT_CACHE_BYTES};
 
 /// The on-disk format this version writes and reads.
 pub const FORMAT_VERSION: u32 = 1;

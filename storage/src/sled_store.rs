@@ -56,6 +56,9 @@ fn split13(key: &[u8]) -> Option<(u32, u64)> {
     Some((a, b))
 }
 
+/// sled's page cache when none is given.
+pub const DEFAULT_CACHE_BYTES: u64 = 16 << 20;
+
 /// The broker's store on sled.
 #[derive(Debug)]
 pub struct SledStore {
@@ -79,6 +82,18 @@ impl SledStore {
     /// * [`StorageError::Open`]: sled cannot open it (locked by another broker, corrupt,
     ///   permissions).
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// As [`SledStore::open`], with sled's page cache bounded to `cache_bytes`. The
+    /// broker keeps its own index of every queue (and the bodies its memory budget
+    /// allows), so sled's cache only serves recovery and bodies read back from disk:
+    /// sled's default of 1 GiB would mostly hold copies of what the broker already has.
+    ///
+    /// # Errors
+    ///
+    /// As [`SledStore::open`].
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StorageError> {
         let path = dir.to_path_buf();
         let fresh = match std::fs::read_dir(dir) {
             Ok(mut entries) => entries.next().is_none(),
@@ -97,6 +112,7 @@ impl SledStore {
         // timer would only add fsyncs nobody waits for.
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(cache_bytes)
             .flush_every_ms(None)
             .open()
             .map_err(|source| StorageError::Open {
