@@ -387,7 +387,19 @@ impl Settings {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml(&text).map_err(|e| {
+        Self::from_file_text(path, &text)
+    }
+
+    /// Parses `text`, the contents of the config file at `path`, exactly as
+    /// [`Settings::from_file`] does once it has read the file (the fuzz target's way
+    /// in, without a file per input).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError::Parse`] with the position, on one line: not TOML, a wrong type
+    /// or an unknown key.
+    pub fn from_file_text(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::from_toml(text).map_err(|e| {
             // toml's own message spans several lines (a snippet with a caret); one
             // line with the position reads better in a terminal and in a log.
             let offset = e.span().map_or(0, |s| s.start);
