@@ -410,7 +410,7 @@ impl Settings {
                 path: path.to_owned(),
                 line,
                 column,
-                message: e.message().trim().to_string(),
+                message: one_line(e.message().trim()),
             }
         })
     }
@@ -515,6 +515,21 @@ impl Settings {
         );
         hi
     }
+}
+
+/// `s` with its control characters escaped (`\n`, `\u{1b}`), so that a message
+/// quoting the file (an unknown key is quoted as written, and a quoted TOML key may
+/// hold a newline) stays on one line.
+fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The broker's resolved, validated configuration.
@@ -864,6 +879,21 @@ mod tests {
         assert!(!err.contains('\n'), "{err}");
         assert!(err.contains("line 3 column 1"), "{err}");
         assert!(err.contains("max_frame_sise"), "{err}");
+    }
+
+    /// Found by the `config` fuzz target: a quoted key holding a newline, quoted back
+    /// in the "unknown field" message, broke the error over two lines.
+    #[test]
+    fn file_errors_stay_on_one_line_whatever_the_keys_hold() {
+        let err = Settings::from_file_text(Path::new("t.toml"), "\"a\\nb\" = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains('\n'), "{err}");
+        assert!(err.contains("unknown field `a\\nb`"), "{err}");
+        let err = Settings::from_file_text(Path::new("t.toml"), "\"\\u001b[2J\" = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains('\u{1b}'), "{err}");
     }
 
     #[test]
