@@ -22,9 +22,10 @@
 //!
 //! A lone `%` cannot come from a non-empty level (escapes always have two hex digits
 //! after the `%`), so the empty level is unambiguous. [`mqtt_to_subject`] is total;
-//! [`subject_to_mqtt`] accepts exactly its image and refuses the rest — a token with
-//! an escape that the forward direction would not have written (`%2e`, `%41`, a stray
-//! `%`), or a `/`, which no MQTT level can hold — so the two are exact inverses.
+//! [`subject_to_mqtt`] accepts exactly its image of valid MQTT topics and refuses the
+//! rest — a token with an escape that the forward direction would not have written
+//! (`%2e`, `%41`, a stray `%`), or one that decodes to a `/` or a NUL (`%00`), which no
+//! MQTT level can hold — so the two are exact inverses on valid topics.
 //!
 //! [`Route`] maps between one MQTT filter and one tern pattern whose wildcards
 //! correspond (same kind, same level); literal levels may be renamed.
@@ -38,6 +39,10 @@ pub enum MapError {
     NotCanonical(String),
     #[error("token '{0}' holds '/', which an MQTT level cannot")]
     Slash(String),
+    /// MQTT forbids U+0000 in every string; a broker may close the connection of a
+    /// client that sends one.
+    #[error("token '{0}' holds a NUL character (%00), which MQTT topics and filters cannot")]
+    Nul(String),
     #[error("token '{0}' holds '+' or '#', which are wildcards in an MQTT filter")]
     WildcardChar(String),
     #[error("'{0}' is not an MQTT filter: {1}")]
@@ -93,7 +98,7 @@ fn hex(b: u8) -> Option<u8> {
 /// # Errors
 ///
 /// The token is not one that [`level_to_token`] writes, or decodes to a level with a
-/// `/`.
+/// `/` or a NUL.
 pub fn token_to_level(token: &str) -> Result<String, MapError> {
     if token == "%" {
         return Ok(String::new());
@@ -124,6 +129,9 @@ pub fn token_to_level(token: &str) -> Result<String, MapError> {
     }
     if level.contains('/') {
         return Err(MapError::Slash(token.to_string()));
+    }
+    if level.contains('\0') {
+        return Err(MapError::Nul(token.to_string()));
     }
     Ok(level)
 }
@@ -509,6 +517,27 @@ mod tests {
         ));
     }
 
+    /// Found by the `mqtt_mapping` fuzz target: `%00` decoded to a level holding NUL,
+    /// so `pattern_to_filter("a.%00")` gave a filter that `filter_to_pattern` refuses,
+    /// and a tern message on `commands.%00` was exported to the topic `commands/\0`,
+    /// which MQTT forbids (a broker may drop the bridge's connection for it, and the
+    /// export would send it again after every reconnect).
+    #[test]
+    fn nul_maps_to_no_mqtt_level() {
+        assert_eq!(token_to_level("%00"), Err(MapError::Nul("%00".into())));
+        assert_eq!(token_to_level("a%00b"), Err(MapError::Nul("a%00b".into())));
+        assert!(subject_to_mqtt("commands.%00").is_err());
+        assert!(pattern_to_filter("a.%00").is_err());
+        assert!(filter_to_pattern("a/\0").is_err());
+        let r = Route::new(None, Some("commands.>")).unwrap();
+        assert!(matches!(
+            r.export("commands.%00"),
+            Some(Err(MapError::Nul(_)))
+        ));
+        // The forward direction stays total.
+        assert_eq!(mqtt_to_subject("a/\0"), "a.%00");
+    }
+
     #[test]
     fn filters_map_both_ways() {
         for (filter, pattern) in [
@@ -604,7 +633,12 @@ mod tests {
         fn every_topic_round_trips(t in topic()) {
             let s = mqtt_to_subject(&t);
             prop_assert!(validate_subject(&s, &SubjectLimits::default()).is_ok(), "{:?} -> {:?}", t, s);
-            prop_assert_eq!(subject_to_mqtt(&s), Ok(t));
+            if t.contains('\0') {
+                // Not an MQTT topic: it maps, but nothing maps back to it.
+                prop_assert!(matches!(subject_to_mqtt(&s), Err(MapError::Nul(_))));
+            } else {
+                prop_assert_eq!(subject_to_mqtt(&s), Ok(t));
+            }
         }
 
         #[test]
@@ -640,7 +674,12 @@ mod tests {
             let route = Route::new(Some("#"), None).unwrap();
             if let Some(s) = route.import(&t) {
                 prop_assert!(tern_codec::subject::matches(&route.tern_pattern(), &s));
-                prop_assert_eq!(route.export(&s), Some(Ok(t)));
+                if t.contains('\0') {
+                    // No MQTT broker sends such a topic, and none may be sent.
+                    prop_assert!(matches!(route.export(&s), Some(Err(MapError::Nul(_)))));
+                } else {
+                    prop_assert_eq!(route.export(&s), Some(Ok(t)));
+                }
             }
         }
     }
