@@ -283,7 +283,7 @@ mod tests {
     #[test]
     fn instances_cover_the_other_patterns_literals() {
         let i = instances("a.*", &["a.b", "x.c"], 100).unwrap();
-        assert_eq!(i, ["a.b", "a.fresh"]);
+        assert_eq!(i, ["a.b", "a.c", "a.fresh"]);
         let i = instances(">", &["a.b"], 100).unwrap();
         assert!(i.contains(&"a.b".to_string()));
         assert!(i.contains(&"a.fresh.fresh".to_string()));
