@@ -401,7 +401,19 @@ impl Settings {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml(&text).map_err(|e| {
+        Self::from_file_text(path, &text)
+    }
+
+    /// Parses `text`, the contents of the config file at `path`, exactly as
+    /// [`Settings::from_file`] does once it has read the file (the fuzz target's way
+    /// in, without a file per input).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError::Parse`] with the position, on one line: not TOML, a wrong type
+    /// or an unknown key.
+    pub fn from_file_text(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::from_toml(text).map_err(|e| {
             // toml's own message spans several lines (a snippet with a caret); one
             // line with the position reads better in a terminal and in a log.
             let offset = e.span().map_or(0, |s| s.start);
@@ -412,7 +424,7 @@ impl Settings {
                 path: path.to_owned(),
                 line,
                 column,
-                message: e.message().trim().to_string(),
+                message: one_line(e.message().trim()),
             }
         })
     }
@@ -519,6 +531,21 @@ impl Settings {
         );
         hi
     }
+}
+
+/// `s` with its control characters escaped (`\n`, `\u{1b}`), so that a message
+/// quoting the file (an unknown key is quoted as written, and a quoted TOML key may
+/// hold a newline) stays on one line.
+fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The broker's resolved, validated configuration.
@@ -886,6 +913,21 @@ mod tests {
         assert!(!err.contains('\n'), "{err}");
         assert!(err.contains("line 3 column 1"), "{err}");
         assert!(err.contains("max_frame_sise"), "{err}");
+    }
+
+    /// Found by the `config` fuzz target: a quoted key holding a newline, quoted back
+    /// in the "unknown field" message, broke the error over two lines.
+    #[test]
+    fn file_errors_stay_on_one_line_whatever_the_keys_hold() {
+        let err = Settings::from_file_text(Path::new("t.toml"), "\"a\\nb\" = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains('\n'), "{err}");
+        assert!(err.contains("unknown field `a\\nb`"), "{err}");
+        let err = Settings::from_file_text(Path::new("t.toml"), "\"\\u001b[2J\" = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains('\u{1b}'), "{err}");
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //!
 //! Each operation has an allow list and a deny list of patterns; deny wins. For a
 //! literal subject the rule is plain matching. For a subscription pattern the rule is
-//! stricter: it is allowed only if **every** subject it could match is allowed — some
-//! allow pattern must *cover* it, and no deny pattern may *overlap* it. So allowing
-//! `sensors.*.temp` does not permit subscribing to `sensors.>`, and denying
-//! `sensors.secret.>` forbids subscribing to `sensors.>`.
+//! stricter: it is allowed only if **every** subject it could match is allowed — the
+//! allow patterns must *cover* it (usually one alone; see [`Rules::allows_pattern`]),
+//! and no deny pattern may *overlap* it. So allowing `sensors.*.temp` does not permit
+//! subscribing to `sensors.>`, and denying `sensors.secret.>` forbids subscribing to
+//! `sensors.>`.
 //!
 //! Queue names are `.`-separated like subjects, so queue permissions use the same
 //! patterns (`orders`, `orders.>`).
@@ -46,10 +47,41 @@ impl Rules {
                 .any(|a| tern_codec::subject::matches(a, subject))
     }
 
-    /// Whether every subject `pattern` could match is allowed.
+    /// Whether every subject `pattern` could match is allowed: no deny pattern
+    /// overlaps it, and the allow patterns cover it, one alone or together.
+    ///
+    /// Together matters only for a pattern ending in `>`. A fixed-length pattern is
+    /// covered by several allow patterns only if one covers it alone: the subject with
+    /// a token no allow pattern spells at every `*` is matched only by allow patterns
+    /// that cover the whole pattern. But `q.>` is `q.*`, `q.*.*`, ... at once, and
+    /// allow patterns of different lengths can cover those one each (`a.*` and
+    /// `a.*.>` allow `a.>`; `*` and `*.>` allow `>`). Past the longest allow pattern
+    /// only those ending in `>` match, the same ones at every length, so the lengths
+    /// up to one more than the longest allow pattern decide.
     pub fn allows_pattern(&self, pattern: &str) -> bool {
-        !self.deny.iter().any(|d| overlaps(d, pattern))
-            && self.allow.iter().any(|a| covers(a, pattern))
+        if self.deny.iter().any(|d| overlaps(d, pattern)) {
+            return false;
+        }
+        if self.allow.iter().any(|a| covers(a, pattern)) {
+            return true;
+        }
+        let mut head: Vec<&str> = tokens(pattern).collect();
+        if head.pop() != Some(">") {
+            return false;
+        }
+        let longest = self.allow.iter().map(|a| tokens(a).count()).max();
+        let last = longest.unwrap_or(0).max(head.len()) + 1;
+        let mut slice = head.join(".");
+        for _ in head.len()..last {
+            if !slice.is_empty() {
+                slice.push('.');
+            }
+            slice.push('*');
+            if !self.allow.iter().any(|a| covers(a, &slice)) {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -223,6 +255,26 @@ mod tests {
         );
     }
 
+    /// Found by `allows_pattern_iff_every_matched_subject_is_allowed`: allow patterns
+    /// of different lengths that cover a `>` pattern only together.
+    #[test]
+    fn allow_patterns_cover_a_tail_together() {
+        let r = Rules::new(vec!["*".into(), "*.>".into()], vec![]);
+        assert!(r.allows_pattern(">"));
+        let r = Rules::new(vec!["a.*".into(), "a.*.>".into()], vec![]);
+        assert!(r.allows_pattern("a.>"));
+        assert!(r.allows_pattern("a.b.>"));
+        assert!(!r.allows_pattern(">"), "b.c is not allowed");
+        let r = Rules::new(
+            vec!["a.*".into(), "a.*.*".into(), "a.*.*.*.>".into()],
+            vec![],
+        );
+        assert!(!r.allows_pattern("a.>"), "a.b.c.d is not allowed");
+        let r = Rules::new(vec!["a.*".into(), "a.*.>".into()], vec!["a.b.c".into()]);
+        assert!(!r.allows_pattern("a.>"), "deny still wins");
+        assert!(r.allows_pattern("a.c.>"));
+    }
+
     #[test]
     fn absent_lists_allow_everything_but_admin() {
         let p = Permissions::from_settings(PermissionSettings::default());
@@ -255,7 +307,95 @@ mod tests {
             .prop_map(|t| t.join("."))
     }
 
+    /// A rule or subscription pattern over the tokens `a`, `b`, `c`: up to three of
+    /// them or `*`, then maybe `>` (so `>` alone too).
+    fn small_pattern() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(prop::sample::select(vec!["a", "b", "c", "*"]), 0..=3),
+            any::<bool>(),
+        )
+            .prop_map(|(mut t, tail)| {
+                if tail || t.is_empty() {
+                    t.push(">");
+                }
+                t.join(".")
+            })
+    }
+
+    /// Every literal subject of 1 to `depth` tokens over `alphabet`.
+    fn subjects(alphabet: &[&str], depth: usize) -> Vec<String> {
+        let mut all = Vec::new();
+        let mut last: Vec<String> = vec![String::new()];
+        for _ in 0..depth {
+            last = last
+                .iter()
+                .flat_map(|s| {
+                    alphabet.iter().map(move |t| {
+                        if s.is_empty() {
+                            (*t).to_string()
+                        } else {
+                            format!("{s}.{t}")
+                        }
+                    })
+                })
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
     proptest! {
+        // More cases than the default: rule sets that cover a pattern only together
+        // are rare among random ones.
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// `allows_pattern` is exactly "every subject the pattern can match is
+        /// allowed", checked against every subject there is to check:
+        ///
+        /// * **Tokens.** Rules and patterns spell only `a`, `b` and `c`. Any other
+        ///   token is matched by exactly the wildcards, at any position, so all of them
+        ///   behave like the one token `x` and the subjects are built from `a`, `b`,
+        ///   `c` and `x`. (Without `x`, allowing `a.a`, `a.b` and `a.c` would wrongly
+        ///   seem to allow `a.*`, which also matches `a.zzz`.)
+        /// * **Depth.** `>` matches subjects of any length, so the enumeration must
+        ///   stop somewhere safe. Let `k` be the most tokens (`>` included) of any rule
+        ///   or the pattern. A subject longer than `k` is matched by no rule of fixed
+        ///   length, and by a rule ending in `>` exactly when its first tokens are:
+        ///   whether it is allowed depends only on its first `k` tokens. A subject
+        ///   longer than `k + 1` that the pattern matches can therefore be cut to its
+        ///   first `k + 1` tokens: the pattern (at most `k` tokens, the last one `>`
+        ///   since it matched something longer) still matches it, and it is allowed
+        ///   exactly when the longer one is. So subjects of 1 to `k + 1` tokens decide.
+        #[test]
+        fn allows_pattern_iff_every_matched_subject_is_allowed(
+            allow in prop::collection::vec(small_pattern(), 0..4),
+            deny in prop::collection::vec(small_pattern(), 0..3),
+            pattern in small_pattern(),
+        ) {
+            let rules = Rules::new(allow.clone(), deny.clone());
+            let k = allow
+                .iter()
+                .chain(&deny)
+                .chain([&pattern])
+                .map(|p| tokens(p).count())
+                .max()
+                .unwrap_or(0);
+            let denied = subjects(&["a", "b", "c", "x"], k + 1)
+                .into_iter()
+                .find(|s| {
+                    tern_codec::subject::matches(&pattern, s) && !rules.allows(s)
+                });
+            prop_assert_eq!(
+                rules.allows_pattern(&pattern),
+                denied.is_none(),
+                "allow {:?} deny {:?} pattern {}: first subject refused {:?}",
+                allow,
+                deny,
+                pattern,
+                denied
+            );
+        }
+
         /// If `outer` covers `inner`, every subject `inner` matches, `outer` matches; if
         /// a subject matches both, the patterns overlap.
         #[test]

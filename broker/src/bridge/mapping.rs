@@ -22,9 +22,11 @@
 //!
 //! A lone `%` cannot come from a non-empty level (escapes always have two hex digits
 //! after the `%`), so the empty level is unambiguous. [`mqtt_to_subject`] is total;
-//! [`subject_to_mqtt`] accepts exactly its image and refuses the rest — a token with
-//! an escape that the forward direction would not have written (`%2e`, `%41`, a stray
-//! `%`), or a `/`, which no MQTT level can hold — so the two are exact inverses.
+//! [`subject_to_mqtt`] accepts exactly its image of valid MQTT topics and refuses the
+//! rest — a token with an escape that the forward direction would not have written
+//! (`%2e`, `%41`, a stray `%`), or one that decodes to a `/` or a NUL (`%00`), which no
+//! MQTT level can hold, and the subject `%`, whose topic would be the empty one, which
+//! MQTT forbids too — so the two are exact inverses on valid topics.
 //!
 //! [`Route`] maps between one MQTT filter and one tern pattern whose wildcards
 //! correspond (same kind, same level); literal levels may be renamed.
@@ -38,6 +40,13 @@ pub enum MapError {
     NotCanonical(String),
     #[error("token '{0}' holds '/', which an MQTT level cannot")]
     Slash(String),
+    /// MQTT forbids U+0000 in every string; a broker may close the connection of a
+    /// client that sends one.
+    #[error("token '{0}' holds a NUL character (%00), which MQTT topics and filters cannot")]
+    Nul(String),
+    /// MQTT topics and filters must be at least one character long.
+    #[error("'{0}' maps to the empty MQTT topic, which MQTT does not allow")]
+    Empty(String),
     #[error("token '{0}' holds '+' or '#', which are wildcards in an MQTT filter")]
     WildcardChar(String),
     #[error("'{0}' is not an MQTT filter: {1}")]
@@ -93,7 +102,7 @@ fn hex(b: u8) -> Option<u8> {
 /// # Errors
 ///
 /// The token is not one that [`level_to_token`] writes, or decodes to a level with a
-/// `/`.
+/// `/` or a NUL.
 pub fn token_to_level(token: &str) -> Result<String, MapError> {
     if token == "%" {
         return Ok(String::new());
@@ -125,6 +134,9 @@ pub fn token_to_level(token: &str) -> Result<String, MapError> {
     if level.contains('/') {
         return Err(MapError::Slash(token.to_string()));
     }
+    if level.contains('\0') {
+        return Err(MapError::Nul(token.to_string()));
+    }
     Ok(level)
 }
 
@@ -145,8 +157,12 @@ pub fn mqtt_to_subject(topic: &str) -> String {
 ///
 /// # Errors
 ///
-/// A token that [`mqtt_to_subject`] never writes (see [`token_to_level`]).
+/// A token that [`mqtt_to_subject`] never writes for a valid topic (see
+/// [`token_to_level`]), or the subject `%`, whose topic would be empty.
 pub fn subject_to_mqtt(subject: &str) -> Result<String, MapError> {
+    if subject == "%" {
+        return Err(MapError::Empty(subject.to_string()));
+    }
     let mut out = String::with_capacity(subject.len());
     for (i, token) in subject.split('.').enumerate() {
         if i > 0 {
@@ -226,9 +242,12 @@ pub fn filter_to_pattern(filter: &str) -> Result<String, MapError> {
 /// # Errors
 ///
 /// `pattern` is not a valid pattern, or has a token that maps to no MQTT level (or to
-/// one holding `+` or `#`).
+/// one holding `+` or `#`), or is `%`, whose filter would be empty.
 pub fn pattern_to_filter(pattern: &str) -> Result<String, MapError> {
     let levels = parse_pattern(pattern)?;
+    if pattern == "%" {
+        return Err(MapError::Empty(pattern.to_string()));
+    }
     let mut out = Vec::with_capacity(levels.len());
     for l in &levels {
         out.push(match l {
@@ -420,7 +439,8 @@ impl Route {
     ///
     /// # Errors
     ///
-    /// A token the wildcards matched maps to no MQTT level (see [`token_to_level`]).
+    /// A token the wildcards matched maps to no MQTT level (see [`token_to_level`]),
+    /// or the topic would be empty (a `+` or `#` filter and the subject `%`).
     pub fn export(&self, subject: &str) -> Option<Result<String, MapError>> {
         let captures = tern_match(&self.tern, subject)?;
         let mut captures = captures.into_iter();
@@ -438,7 +458,11 @@ impl Route {
                 }
             }
         }
-        Some(Ok(levels.join("/")))
+        let topic = levels.join("/");
+        if topic.is_empty() {
+            return Some(Err(MapError::Empty(subject.to_string())));
+        }
+        Some(Ok(topic))
     }
 }
 
@@ -468,7 +492,6 @@ mod tests {
         ("/leading", "%.leading"),
         ("trailing/", "trailing.%"),
         ("/", "%.%"),
-        ("", "%"),
         ("v1.2/x", "v1%2E2.x"),
         ("living room/temp", "living%20room.temp"),
         ("50%", "50%25"),
@@ -507,6 +530,49 @@ mod tests {
             subject_to_mqtt("dev/7.reboot"),
             Err(MapError::Slash(_))
         ));
+    }
+
+    /// Found by the `mqtt_mapping` fuzz target: `%00` decoded to a level holding NUL,
+    /// so `pattern_to_filter("a.%00")` gave a filter that `filter_to_pattern` refuses,
+    /// and a tern message on `commands.%00` was exported to the topic `commands/\0`,
+    /// which MQTT forbids (a broker may drop the bridge's connection for it, and the
+    /// export would send it again after every reconnect).
+    #[test]
+    fn nul_maps_to_no_mqtt_level() {
+        assert_eq!(token_to_level("%00"), Err(MapError::Nul("%00".into())));
+        assert_eq!(token_to_level("a%00b"), Err(MapError::Nul("a%00b".into())));
+        assert!(subject_to_mqtt("commands.%00").is_err());
+        assert!(pattern_to_filter("a.%00").is_err());
+        assert!(filter_to_pattern("a/\0").is_err());
+        let r = Route::new(None, Some("commands.>")).unwrap();
+        assert!(matches!(
+            r.export("commands.%00"),
+            Some(Err(MapError::Nul(_)))
+        ));
+        // The forward direction stays total.
+        assert_eq!(mqtt_to_subject("a/\0"), "a.%00");
+    }
+
+    /// Found by the `mqtt_mapping` fuzz target: the subject and the pattern `%` (one
+    /// empty level) mapped to the empty topic and filter, which MQTT forbids, so
+    /// `pattern_to_filter("%")` gave a filter that `filter_to_pattern` refuses, and a
+    /// `>` export sent a tern message on `%` to the topic "".
+    #[test]
+    fn nothing_maps_to_the_empty_topic() {
+        assert_eq!(
+            mqtt_to_subject(""),
+            "%",
+            "the forward direction stays total"
+        );
+        assert_eq!(subject_to_mqtt("%"), Err(MapError::Empty("%".into())));
+        assert_eq!(pattern_to_filter("%"), Err(MapError::Empty("%".into())));
+        assert_eq!(subject_to_mqtt("%.%").as_deref(), Ok("/"));
+        for (mqtt, tern) in [("#", ">"), ("+", "*")] {
+            let r = Route::new(Some(mqtt), Some(tern)).unwrap();
+            assert!(matches!(r.export("%"), Some(Err(MapError::Empty(_)))));
+        }
+        let r = Route::new(Some("#"), None).unwrap();
+        assert_eq!(r.export("%.%").unwrap().as_deref(), Ok("/"));
     }
 
     #[test]
@@ -604,7 +670,14 @@ mod tests {
         fn every_topic_round_trips(t in topic()) {
             let s = mqtt_to_subject(&t);
             prop_assert!(validate_subject(&s, &SubjectLimits::default()).is_ok(), "{:?} -> {:?}", t, s);
-            prop_assert_eq!(subject_to_mqtt(&s), Ok(t));
+            if t.contains('\0') {
+                // Not an MQTT topic: it maps, but nothing maps back to it.
+                prop_assert!(matches!(subject_to_mqtt(&s), Err(MapError::Nul(_))));
+            } else if t.is_empty() {
+                prop_assert!(matches!(subject_to_mqtt(&s), Err(MapError::Empty(_))));
+            } else {
+                prop_assert_eq!(subject_to_mqtt(&s), Ok(t));
+            }
         }
 
         #[test]
@@ -640,7 +713,12 @@ mod tests {
             let route = Route::new(Some("#"), None).unwrap();
             if let Some(s) = route.import(&t) {
                 prop_assert!(tern_codec::subject::matches(&route.tern_pattern(), &s));
-                prop_assert_eq!(route.export(&s), Some(Ok(t)));
+                if t.contains('\0') || t.is_empty() {
+                    // No MQTT broker sends such a topic, and none may be sent.
+                    prop_assert!(matches!(route.export(&s), Some(Err(_))));
+                } else {
+                    prop_assert_eq!(route.export(&s), Some(Ok(t)));
+                }
             }
         }
     }
