@@ -1524,6 +1524,71 @@ async fn a_reply_permit_allows_one_reply_before_the_deadline() {
     );
 }
 
+/// Through a durable queue too, a connection's own request earns it no reply permit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_consumed_from_a_queue_by_its_own_connection_grants_nothing() {
+    let b = common::start_broker_with(|c| {
+        c.auth = auth(
+            vec![
+                user(
+                    "worker",
+                    Some("pw"),
+                    PermissionSettings {
+                        publish: list(&["jobs.in"]),
+                        subscribe: list(&["notes.>"]),
+                        consume: list(&["jobs"]),
+                        ..PermissionSettings::default()
+                    },
+                ),
+                user(
+                    "ops",
+                    Some("pw"),
+                    PermissionSettings {
+                        admin: Some(true),
+                        ..PermissionSettings::default()
+                    },
+                ),
+            ],
+            None,
+            PermissionSettings::default(),
+        );
+    })
+    .await;
+    let url = b.url();
+    let ops = login(&url, "ops", "pw").await;
+    within(
+        "declare",
+        ops.declare_queue(&QueueConfig::new("jobs").bind("jobs.in")),
+    )
+    .await
+    .unwrap();
+    let mut notes = subscribe(&ops, "notes.x").await.unwrap();
+    let worker = login(&url, "worker", "pw").await;
+    within(
+        "the publish",
+        worker
+            .publish("jobs.in", "job")
+            .reply_to("notes.x")
+            .qos(Qos::AtLeastOnce)
+            .into_future(),
+    )
+    .await
+    .unwrap();
+    let mut jobs = within("consume", worker.consume("jobs").into_future())
+        .await
+        .unwrap();
+    let job = within("the job", jobs.next()).await.unwrap();
+    assert_eq!(job.message.reply_to.as_deref(), Some("notes.x"));
+    assert_denied(
+        publish_confirmed(&worker, "notes.x", "forged").await,
+        "publish to",
+        "notes.x",
+    );
+    job.ack().await.unwrap();
+    settle(&worker, &[&ops]).await;
+    assert!(drain(&mut notes).is_empty());
+}
+
 /// Exactly-once deduplication keys on the user as well as the producer id: Bob's
 /// real publish was answered "duplicate" and never stored because Alice had used the
 /// same producer id and sequence. Checked before and after a restart, so the store

@@ -27,7 +27,7 @@ use crate::dedup::DedupWindow;
 use crate::handler::Reject;
 use crate::outbound::{Outbound, Wakes};
 use crate::queue::def::{OverflowDef, QueueDef};
-use crate::queue::QueueInput;
+use crate::queue::{Appended, QueueInput};
 use crate::store_health::StoreHealth;
 
 /// Most operations taken into one commit, to bound its latency.
@@ -49,6 +49,8 @@ pub(crate) struct ConfirmTo {
 #[derive(Debug)]
 pub(crate) struct PublishOp {
     pub queues: Vec<QueueId>,
+    /// The publishing connection, so that its own request earns it no reply permit.
+    pub publisher: u64,
     /// The envelope in wire form, in its own allocation.
     pub envelope: Bytes,
     pub enqueued_ms: u64,
@@ -250,7 +252,7 @@ impl JournalQueue {
 /// What one commit owes once it is durable.
 #[derive(Default)]
 struct Outcome {
-    appended: HashMap<QueueId, Vec<StoredMessage>>,
+    appended: HashMap<QueueId, Vec<Appended>>,
     /// Each publisher's answer: how many queues took the message, or why not.
     confirms: Vec<(ConfirmTo, Result<u16, Reject>)>,
     done: Vec<Done>,
@@ -435,7 +437,7 @@ impl Writer {
         let now = now_ms();
         let mut commit = Commit::default();
         let mut out = Outcome::default();
-        let mut chunk_msgs: HashMap<QueueId, Vec<StoredMessage>> = HashMap::new();
+        let mut chunk_msgs: HashMap<QueueId, Vec<Appended>> = HashMap::new();
         let mut touched: HashMap<QueueId, Vec<u64>> = HashMap::new();
 
         for op in ops {
@@ -448,12 +450,14 @@ impl Writer {
             let (Some(first), Ok(len)) = (msgs.first(), u32::try_from(msgs.len())) else {
                 continue;
             };
-            out.new_chunks.push((queue, first.seq, len));
+            out.new_chunks.push((queue, first.message.seq, len));
             if let Some(q) = self.queues.get(&queue) {
                 commit.next_seqs.push((queue, q.next_seq));
             }
-            out.appended.insert(queue, msgs.clone());
-            commit.chunks.push((queue, msgs));
+            commit
+                .chunks
+                .push((queue, msgs.iter().map(|a| a.message.clone()).collect()));
+            out.appended.insert(queue, msgs);
         }
         for (queue, firsts) in touched {
             let Some(q) = self.queues.get_mut(&queue) else {
@@ -553,7 +557,7 @@ impl Writer {
         &mut self,
         p: PublishOp,
         out: &mut Outcome,
-        chunk_msgs: &mut HashMap<QueueId, Vec<StoredMessage>>,
+        chunk_msgs: &mut HashMap<QueueId, Vec<Appended>>,
     ) {
         let mut stored = 0u16;
         let mut full = None;
@@ -570,11 +574,14 @@ impl Writer {
             q.live += 1;
             out.added_live.push((*queue, 1));
             stored = stored.saturating_add(1);
-            chunk_msgs.entry(*queue).or_default().push(StoredMessage {
-                seq,
-                enqueued_ms: p.enqueued_ms,
-                expires_ms: q.expiry(p.enqueued_ms, p.deadline_ms),
-                envelope: p.envelope.clone(),
+            chunk_msgs.entry(*queue).or_default().push(Appended {
+                message: StoredMessage {
+                    seq,
+                    enqueued_ms: p.enqueued_ms,
+                    expires_ms: q.expiry(p.enqueued_ms, p.deadline_ms),
+                    envelope: p.envelope.clone(),
+                },
+                publisher: Some(p.publisher),
             });
         }
         if let Some(entry) = p.dedup {
@@ -597,7 +604,7 @@ impl Writer {
         op: Op,
         commit: &mut Commit,
         out: &mut Outcome,
-        chunk_msgs: &mut HashMap<QueueId, Vec<StoredMessage>>,
+        chunk_msgs: &mut HashMap<QueueId, Vec<Appended>>,
         touched: &mut HashMap<QueueId, Vec<u64>>,
     ) {
         match op {
@@ -633,12 +640,15 @@ impl Writer {
                     q.next_seq += 1;
                     q.live += 1;
                     out.added_live.push((to, 1));
-                    chunk_msgs.entry(to).or_default().push(StoredMessage {
-                        seq,
-                        enqueued_ms,
-                        expires_ms: q.expiry(enqueued_ms, None),
-                        envelope,
-                    });
+                    chunk_msgs
+                        .entry(to)
+                        .or_default()
+                        .push(Appended::from(StoredMessage {
+                            seq,
+                            enqueued_ms,
+                            expires_ms: q.expiry(enqueued_ms, None),
+                            envelope,
+                        }));
                 }
             }
             Op::PutQueue {
@@ -836,6 +846,7 @@ mod tests {
     fn publish(outbound: &Arc<Outbound>, id: u32, sequence: u64) -> PublishOp {
         PublishOp {
             queues: vec![1],
+            publisher: 1,
             envelope: Bytes::from_static(b"message"),
             enqueued_ms: now_ms(),
             deadline_ms: None,

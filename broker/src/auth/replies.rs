@@ -6,8 +6,8 @@
 //! * it is granted when a message with a reply-to subject is delivered to a connection
 //!   whose publish permissions are restricted, and **only if another connection
 //!   published that message** — a client cannot grant itself permits with its own
-//!   messages (for messages from durable queues the publisher is not recorded yet,
-//!   so there the requester-side check below is what holds);
+//!   messages, live or through a durable queue (a queue remembers the publishing
+//!   connection until a restart, after which that connection is gone anyway);
 //! * it allows **one** publish to **exactly** that reply subject;
 //! * it lapses at the request's deadline (the `tern-deadline` header), and in any case
 //!   after [`PERMIT_TTL`].

@@ -164,6 +164,7 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
     }
     session.publishes.push(PublishOp {
         queues,
+        publisher: session.id,
         envelope: envelope.freeze(),
         enqueued_ms: now,
         // A request's deadline: past it, waiting in a queue is pointless.

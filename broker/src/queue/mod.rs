@@ -37,11 +37,29 @@ const INPUT_CAPACITY: usize = 4096;
 /// Where to answer a request, and its id (0: answer only errors).
 pub(crate) type ReplyTo = (Arc<Outbound>, u32);
 
+/// A message the journal made durable, and the connection that published it while
+/// that is known (not for messages moved or dead-lettered here): a consumer gets no
+/// reply permit for its own connection's request (`auth::replies`).
+#[derive(Debug)]
+pub(crate) struct Appended {
+    pub message: StoredMessage,
+    pub publisher: Option<u64>,
+}
+
+impl From<StoredMessage> for Appended {
+    fn from(message: StoredMessage) -> Self {
+        Appended {
+            message,
+            publisher: None,
+        }
+    }
+}
+
 /// What a queue task is told.
 #[derive(Debug)]
 pub(crate) enum QueueInput {
     /// Messages the journal made durable.
-    Appended(Vec<StoredMessage>),
+    Appended(Vec<Appended>),
     Attach {
         consumer: Consumer,
         reply: ReplyTo,

@@ -28,7 +28,7 @@ use tern_codec::{AckMode, DeliveryHead, ErrorCode, QueueStats};
 use tern_storage::{MessageMeta, StoredMessage};
 
 use super::def::{OverflowDef, QueueDef};
-use super::ReplyTo;
+use super::{Appended, ReplyTo};
 use crate::auth::replies::ReplyPermits;
 use crate::handler::Reject;
 use crate::outbound::Outbound;
@@ -77,6 +77,8 @@ pub struct Entry {
     pub size: usize,
     /// Whether the store holds a [`MessageMeta`] for it, which must be deleted with it.
     pub has_meta: bool,
+    /// The connection that published it, while known (not after a restart).
+    pub publisher: Option<u64>,
 }
 
 /// A consumer attached to the queue.
@@ -163,6 +165,9 @@ pub enum Action {
         outbound: Arc<Outbound>,
         /// The consumer's reply permits, to grant the message's reply-to.
         replies: Option<Arc<ReplyPermits>>,
+        /// Whether the consumer's own connection published the message: then it
+        /// grants no permit.
+        own: bool,
         head: DeliveryHead,
         body: Option<Bytes>,
         /// When the message entered the queue (ms since the epoch).
@@ -250,6 +255,7 @@ impl QueueState {
             body,
             size,
             has_meta: false,
+            publisher: None,
         }
     }
 
@@ -297,10 +303,17 @@ impl QueueState {
     }
 
     /// Messages just made durable by the journal.
-    pub fn append(&mut self, messages: Vec<StoredMessage>, now_ms: u64, out: &mut Vec<Action>) {
+    pub fn append(
+        &mut self,
+        messages: impl IntoIterator<Item = impl Into<Appended>>,
+        now_ms: u64,
+        out: &mut Vec<Action>,
+    ) {
         for m in messages {
+            let Appended { message, publisher } = m.into();
             self.stats.published += 1;
-            let entry = self.entry(m, 0);
+            let mut entry = self.entry(message, 0);
+            entry.publisher = publisher;
             self.make_ready(entry);
         }
         if let (Some(max), OverflowDef::DropHead) = (self.def.max_length, self.def.overflow) {
@@ -385,6 +398,7 @@ impl QueueState {
             out.push(Action::Deliver {
                 outbound: Arc::clone(&c.outbound),
                 replies: c.replies.clone(),
+                own: held.entry.publisher == Some(key.conn),
                 head: DeliveryHead {
                     cid: key.cid,
                     delivery_id,
@@ -768,6 +782,7 @@ impl QueueState {
             out.push(Action::Deliver {
                 outbound: Arc::clone(&c.outbound),
                 replies: c.replies.clone(),
+                own: entry.publisher == Some(c.key.conn),
                 head: DeliveryHead {
                     cid: c.key.cid,
                     delivery_id,
@@ -960,7 +975,7 @@ mod tests {
             .unwrap();
         q.attach(consumer(2, 1, AckMode::Manual), 0, &mut out)
             .unwrap();
-        q.append((0..4).map(msg).collect(), 0, &mut out);
+        q.append((0..4).map(msg), 0, &mut out);
         let d = deliveries(&out);
         assert_eq!(d.len(), 2, "prefetch 1 each: two in flight, two waiting");
         assert_ne!(d[0].0, d[1].0, "one per consumer");
@@ -1083,7 +1098,7 @@ mod tests {
         d.max_length = Some(2);
         let mut q = queue(d);
         let mut out = Vec::new();
-        q.append((0..5).map(msg).collect(), 0, &mut out);
+        q.append((0..5).map(msg), 0, &mut out);
         assert_eq!(
             dead(&out).iter().map(|x| (x.0, x.1)).collect::<Vec<_>>(),
             [
@@ -1101,7 +1116,7 @@ mod tests {
         let mut out = Vec::new();
         q.attach(consumer(1, 2, AckMode::Auto), 0, &mut out)
             .unwrap();
-        q.append((0..5).map(msg).collect(), 0, &mut out);
+        q.append((0..5).map(msg), 0, &mut out);
         assert_eq!(deliveries(&out).len(), 2, "prefetch 2");
         assert_eq!(settled(&out), [0, 1], "settled as sent");
         assert_eq!(q.stats().unacked, 0);
@@ -1140,7 +1155,7 @@ mod tests {
             received_before: false,
         };
         assert!(outbound.push_delivery(&head, &big, &mut wakes));
-        q.append((0..3).map(msg).collect(), 0, &mut out);
+        q.append((0..3).map(msg), 0, &mut out);
         assert!(
             deliveries(&out).is_empty(),
             "nothing more while the buffer is full"
@@ -1258,7 +1273,7 @@ mod tests {
         let mut out = Vec::new();
         q.attach(consumer(1, 1, AckMode::Manual), 0, &mut out)
             .unwrap();
-        q.append((0..3).map(msg).collect(), 0, &mut out);
+        q.append((0..3).map(msg), 0, &mut out);
         out.clear();
         assert_eq!(q.purge(&mut out), 2);
         assert_eq!(settled(&out), [1, 2]);

@@ -162,6 +162,7 @@ impl QueueTask {
                 Action::Deliver {
                     outbound,
                     replies,
+                    own,
                     head,
                     body,
                     enqueued_ms,
@@ -169,7 +170,7 @@ impl QueueTask {
                     Some(env) => {
                         if let Some(permits) = replies {
                             if let Ok(request) = Envelope::decode_bytes(env.clone()) {
-                                permits.grant_for(&request, false);
+                                permits.grant_for(&request, own);
                             }
                         }
                         if head.delivery_count == 1 {
