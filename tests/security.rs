@@ -1284,8 +1284,9 @@ async fn permissions_table_end_to_end() {
     assert_eq!(b.server.stats().auth_failures, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_responder_may_reply_to_the_requests_it_was_handed_and_nowhere_else() {
+/// A broker with `responder` (may publish only on svc.status; may subscribe to and
+/// consume from svc.>), `requester` (everything) and `ops` (queue admin), logged in.
+async fn responder_and_requester() -> (common::TestBroker, Client, Client, Client) {
     let b = common::start_broker_with(|c| {
         c.auth = auth(
             vec![
@@ -1318,14 +1319,40 @@ async fn a_responder_may_reply_to_the_requests_it_was_handed_and_nowhere_else() 
     let responder = login(&url, "responder", "pw").await;
     let requester = login(&url, "requester", "pw").await;
     let ops = login(&url, "ops", "pw").await;
+    (b, responder, requester, ops)
+}
+
+/// `requester` asks svc.echo with `timeout`, in a task; returns that task and the
+/// request as the responder's `requests` received it.
+async fn ask(
+    requester: &Client,
+    requests: &mut tern::Subscription,
+    payload: &'static str,
+    timeout: Duration,
+) -> (
+    tokio::task::JoinHandle<Result<tern::Message, Error>>,
+    tern::Message,
+) {
+    let asking = tokio::spawn({
+        let requester = requester.clone();
+        async move {
+            requester
+                .request("svc.echo", payload)
+                .timeout(timeout)
+                .await
+        }
+    });
+    let request = within("the request", requests.next()).await.unwrap();
+    (asking, request)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_responder_may_reply_to_the_requests_it_was_handed_and_nowhere_else() {
+    let (b, responder, requester, ops) = responder_and_requester().await;
 
     // Live request-reply.
     let mut requests = subscribe(&responder, "svc.echo").await.unwrap();
-    let asking = tokio::spawn({
-        let requester = requester.clone();
-        async move { requester.request("svc.echo", "ping").await }
-    });
-    let request = within("the request", requests.next()).await.unwrap();
+    let (asking, request) = ask(&requester, &mut requests, "ping", common::PATIENCE).await;
     let inbox = request.reply_to.clone().expect("a reply-to").to_string();
     assert!(inbox.starts_with("_INBOX."), "{inbox}");
     publish_confirmed(&responder, &inbox, "pong").await.unwrap();
@@ -1452,36 +1479,11 @@ async fn a_reply_to_does_not_launder_publish_permissions() {
 /// deadline: not a second reply, and nothing once the requester has given up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_permit_allows_one_reply_before_the_deadline() {
-    let b = common::start_broker_with(|c| {
-        c.auth = auth(
-            vec![
-                user(
-                    "responder",
-                    Some("pw"),
-                    PermissionSettings {
-                        publish: list(&["svc.status"]),
-                        subscribe: list(&["svc.>"]),
-                        ..PermissionSettings::default()
-                    },
-                ),
-                user("requester", Some("pw"), PermissionSettings::default()),
-            ],
-            None,
-            PermissionSettings::default(),
-        );
-    })
-    .await;
-    let url = b.url();
-    let responder = login(&url, "responder", "pw").await;
-    let requester = login(&url, "requester", "pw").await;
+    let (_b, responder, requester, _ops) = responder_and_requester().await;
     let mut requests = subscribe(&responder, "svc.echo").await.unwrap();
 
     // Answered once; the second answer to the same request is refused.
-    let asking = tokio::spawn({
-        let requester = requester.clone();
-        async move { requester.request("svc.echo", "ping").await }
-    });
-    let request = within("the request", requests.next()).await.unwrap();
+    let (asking, request) = ask(&requester, &mut requests, "ping", common::PATIENCE).await;
     let inbox = request.reply_to.clone().expect("a reply-to").to_string();
     publish_confirmed(&responder, &inbox, "pong").await.unwrap();
     assert_denied(
@@ -1495,11 +1497,7 @@ async fn a_reply_permit_allows_one_reply_before_the_deadline() {
     // A request whose deadline has passed can no longer be answered.
     let timeout = Duration::from_millis(300);
     let asked = Instant::now();
-    let asking = tokio::spawn({
-        let requester = requester.clone();
-        async move { requester.request("svc.echo", "late").timeout(timeout).await }
-    });
-    let request = within("the request", requests.next()).await.unwrap();
+    let (asking, request) = ask(&requester, &mut requests, "late", timeout).await;
     let inbox = request.reply_to.clone().expect("a reply-to").to_string();
     assert!(matches!(
         within("the requester to give up", asking).await.unwrap(),
