@@ -261,6 +261,23 @@ fn user(name: &str, password: Option<&str>, permissions: PermissionSettings) -> 
     }
 }
 
+/// A broker with `users` (and no anonymous clients).
+async fn with_users(users: Vec<UserSettings>) -> common::TestBroker {
+    common::start_broker_with(|c| c.auth = auth(users, None, PermissionSettings::default())).await
+}
+
+/// User `ops` (password `pw`), who may administer queues and do everything else.
+fn ops() -> UserSettings {
+    user(
+        "ops",
+        Some("pw"),
+        PermissionSettings {
+            admin: Some(true),
+            ..PermissionSettings::default()
+        },
+    )
+}
+
 fn token_user(name: &str, token: &str, permissions: PermissionSettings) -> UserSettings {
     UserSettings {
         name: name.into(),
@@ -935,16 +952,10 @@ async fn sighup_without_tls_does_not_stop_ternd() {
 /// A broker with user `alice` (password `s3cret`) and token user `bot` (`tok-123`),
 /// both allowed everything; anonymous clients refused.
 async fn alice_and_bot() -> common::TestBroker {
-    common::start_broker_with(|c| {
-        c.auth = auth(
-            vec![
-                user("alice", Some("s3cret"), PermissionSettings::default()),
-                token_user("bot", "tok-123", PermissionSettings::default()),
-            ],
-            None,
-            PermissionSettings::default(),
-        );
-    })
+    with_users(vec![
+        user("alice", Some("s3cret"), PermissionSettings::default()),
+        token_user("bot", "tok-123", PermissionSettings::default()),
+    ])
     .await
 }
 
@@ -998,13 +1009,11 @@ async fn passwords_and_tokens_log_in_and_every_refusal_looks_the_same() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_login_is_answered_after_a_delay_then_closed() {
-    let b = common::start_broker_with(|c| {
-        c.auth = auth(
-            vec![user("alice", Some("s3cret"), PermissionSettings::default())],
-            None,
-            PermissionSettings::default(),
-        );
-    })
+    let b = with_users(vec![user(
+        "alice",
+        Some("s3cret"),
+        PermissionSettings::default(),
+    )])
     .await;
     // A wrong password, an unknown user, no credentials: at once, as each waits.
     let attempts = [
@@ -1113,36 +1122,23 @@ async fn without_users_every_client_is_anonymous_with_every_permission() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permissions_table_end_to_end() {
-    let b = common::start_broker_with(|c| {
-        c.auth = auth(
-            vec![
-                user(
-                    "app",
-                    Some("pw"),
-                    PermissionSettings {
-                        publish: list(&["orders.>", "sensors.>"]),
-                        publish_deny: vec!["orders.secret.>".into()],
-                        subscribe: list(&["sensors.*.temp", "public.>"]),
-                        subscribe_deny: vec!["public.secret.>".into()],
-                        consume: list(&["jobs.>"]),
-                        consume_deny: vec!["jobs.private".into()],
-                        admin: None,
-                    },
-                ),
-                user(
-                    "ops",
-                    Some("pw"),
-                    PermissionSettings {
-                        admin: Some(true),
-                        ..PermissionSettings::default()
-                    },
-                ),
-                user("plain", Some("pw"), PermissionSettings::default()),
-            ],
-            None,
-            PermissionSettings::default(),
-        );
-    })
+    let b = with_users(vec![
+        user(
+            "app",
+            Some("pw"),
+            PermissionSettings {
+                publish: list(&["orders.>", "sensors.>"]),
+                publish_deny: vec!["orders.secret.>".into()],
+                subscribe: list(&["sensors.*.temp", "public.>"]),
+                subscribe_deny: vec!["public.secret.>".into()],
+                consume: list(&["jobs.>"]),
+                consume_deny: vec!["jobs.private".into()],
+                admin: None,
+            },
+        ),
+        ops(),
+        user("plain", Some("pw"), PermissionSettings::default()),
+    ])
     .await;
     let url = b.url();
     let app = login(&url, "app", "pw").await;
@@ -1287,33 +1283,20 @@ async fn permissions_table_end_to_end() {
 /// A broker with `responder` (may publish only on svc.status; may subscribe to and
 /// consume from svc.>), `requester` (everything) and `ops` (queue admin), logged in.
 async fn responder_and_requester() -> (common::TestBroker, Client, Client, Client) {
-    let b = common::start_broker_with(|c| {
-        c.auth = auth(
-            vec![
-                user(
-                    "responder",
-                    Some("pw"),
-                    PermissionSettings {
-                        publish: list(&["svc.status"]),
-                        subscribe: list(&["svc.>"]),
-                        consume: list(&["svc.>"]),
-                        ..PermissionSettings::default()
-                    },
-                ),
-                user("requester", Some("pw"), PermissionSettings::default()),
-                user(
-                    "ops",
-                    Some("pw"),
-                    PermissionSettings {
-                        admin: Some(true),
-                        ..PermissionSettings::default()
-                    },
-                ),
-            ],
-            None,
-            PermissionSettings::default(),
-        );
-    })
+    let b = with_users(vec![
+        user(
+            "responder",
+            Some("pw"),
+            PermissionSettings {
+                publish: list(&["svc.status"]),
+                subscribe: list(&["svc.>"]),
+                consume: list(&["svc.>"]),
+                ..PermissionSettings::default()
+            },
+        ),
+        user("requester", Some("pw"), PermissionSettings::default()),
+        ops(),
+    ])
     .await;
     let url = b.url();
     let responder = login(&url, "responder", "pw").await;
@@ -1411,24 +1394,18 @@ async fn a_responder_may_reply_to_the_requests_it_was_handed_and_nowhere_else() 
 /// and used the reply permit it granted to publish there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_to_does_not_launder_publish_permissions() {
-    let b = common::start_broker_with(|c| {
-        c.auth = auth(
-            vec![
-                user(
-                    "alice",
-                    Some("pw"),
-                    PermissionSettings {
-                        publish: list(&["a.b.*"]),
-                        subscribe: list(&["a.b.*", "watch.>", "_INBOX.>"]),
-                        ..PermissionSettings::default()
-                    },
-                ),
-                user("bob", Some("pw"), PermissionSettings::default()),
-            ],
-            None,
-            PermissionSettings::default(),
-        );
-    })
+    let b = with_users(vec![
+        user(
+            "alice",
+            Some("pw"),
+            PermissionSettings {
+                publish: list(&["a.b.*"]),
+                subscribe: list(&["a.b.*", "watch.>", "_INBOX.>"]),
+                ..PermissionSettings::default()
+            },
+        ),
+        user("bob", Some("pw"), PermissionSettings::default()),
+    ])
     .await;
     let url = b.url();
     let alice = login(&url, "alice", "pw").await;
@@ -1525,32 +1502,19 @@ async fn a_reply_permit_allows_one_reply_before_the_deadline() {
 /// Through a durable queue too, a connection's own request earns it no reply permit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_consumed_from_a_queue_by_its_own_connection_grants_nothing() {
-    let b = common::start_broker_with(|c| {
-        c.auth = auth(
-            vec![
-                user(
-                    "worker",
-                    Some("pw"),
-                    PermissionSettings {
-                        publish: list(&["jobs.in"]),
-                        subscribe: list(&["notes.>"]),
-                        consume: list(&["jobs"]),
-                        ..PermissionSettings::default()
-                    },
-                ),
-                user(
-                    "ops",
-                    Some("pw"),
-                    PermissionSettings {
-                        admin: Some(true),
-                        ..PermissionSettings::default()
-                    },
-                ),
-            ],
-            None,
-            PermissionSettings::default(),
-        );
-    })
+    let b = with_users(vec![
+        user(
+            "worker",
+            Some("pw"),
+            PermissionSettings {
+                publish: list(&["jobs.in"]),
+                subscribe: list(&["notes.>"]),
+                consume: list(&["jobs"]),
+                ..PermissionSettings::default()
+            },
+        ),
+        ops(),
+    ])
     .await;
     let url = b.url();
     let ops = login(&url, "ops", "pw").await;
@@ -1665,31 +1629,25 @@ async fn one_user_cannot_make_anothers_exactly_once_publish_a_duplicate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_listings_show_only_the_queues_a_user_may_consume_or_administer() {
     common::bin("tern");
-    let b = common::start_broker_with(|c| {
-        c.auth = auth(
-            vec![
-                user(
-                    "carol",
-                    Some("pw"),
-                    PermissionSettings {
-                        consume: list(&["mine", "mine.>"]),
-                        ..PermissionSettings::default()
-                    },
-                ),
-                user(
-                    "ops",
-                    Some("pw"),
-                    PermissionSettings {
-                        admin: Some(true),
-                        consume: list(&[]),
-                        ..PermissionSettings::default()
-                    },
-                ),
-            ],
-            None,
-            PermissionSettings::default(),
-        );
-    })
+    let b = with_users(vec![
+        user(
+            "carol",
+            Some("pw"),
+            PermissionSettings {
+                consume: list(&["mine", "mine.>"]),
+                ..PermissionSettings::default()
+            },
+        ),
+        user(
+            "ops",
+            Some("pw"),
+            PermissionSettings {
+                admin: Some(true),
+                consume: list(&[]),
+                ..PermissionSettings::default()
+            },
+        ),
+    ])
     .await;
     let url = b.url();
     let ops = login(&url, "ops", "pw").await;
@@ -2156,20 +2114,14 @@ async fn tern_logs_in_with_a_password_a_password_file_or_a_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_qos0_publish_is_reported_to_the_library_and_fails_the_cli() {
     common::bin("tern");
-    let b = common::start_broker_with(|c| {
-        c.auth = auth(
-            vec![user(
-                "carol",
-                Some("pw"),
-                PermissionSettings {
-                    publish: list(&["public.>"]),
-                    ..PermissionSettings::default()
-                },
-            )],
-            None,
-            PermissionSettings::default(),
-        );
-    })
+    let b = with_users(vec![user(
+        "carol",
+        Some("pw"),
+        PermissionSettings {
+            publish: list(&["public.>"]),
+            ..PermissionSettings::default()
+        },
+    )])
     .await;
     let url = b.url();
     let carol = login(&url, "carol", "pw").await;
