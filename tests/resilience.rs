@@ -394,6 +394,62 @@ async fn stalled_subscriber(b: &common::TestBroker) -> RawConn {
     raw
 }
 
+/// A consumer that stops reading holds at most its connection's byte budget (plus one
+/// message) in the broker, whatever its prefetch: the rest of the queue waits in the
+/// queue instead of piling up in memory for a reader that is not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_consumer_holds_at_most_its_byte_budget() {
+    const BUDGET: usize = 1 << 20;
+    const SIZE: usize = 256 << 10;
+    // 64 MiB: more than the budget and any socket buffers together.
+    const N: usize = 256;
+    let b = common::start_broker_with(|c| c.limits.max_pending_bytes = BUDGET).await;
+    let admin = Client::connect(b.url()).await.unwrap();
+    within(
+        "declare",
+        admin.declare_queue(&tern::QueueConfig::new("big").bind("big")),
+    )
+    .await
+    .unwrap();
+    let mut raw = RawConn::greeted(b.addr).await;
+    raw.send(&tern_codec::Consume {
+        id: 1,
+        cid: 1,
+        queue: "big".into(),
+        prefetch: 10_000,
+        mode: tern_codec::AckMode::Manual,
+        name: None,
+    })
+    .await;
+    raw.expect_ok(1).await;
+
+    let payload = bytes::Bytes::from(vec![b'.'; SIZE]);
+    for _ in 0..N {
+        within(
+            "a confirm",
+            admin
+                .publish("big", payload.clone())
+                .qos(tern::Qos::AtLeastOnce)
+                .into_future(),
+        )
+        .await
+        .unwrap();
+    }
+    // Confirms follow the queue task's taking the messages in, and it answers this
+    // query after dispatching them: what the consumer was given is given by now.
+    let stats = within("queue info", admin.queue_info("big"))
+        .await
+        .unwrap()
+        .stats;
+    let pending = b.server.connections().iter().map(|c| c.pending_bytes).max();
+    let pending = pending.unwrap();
+    assert!(
+        pending <= BUDGET + SIZE + 1024,
+        "{pending} bytes held for the consumer"
+    );
+    assert!(stats.ready > 0, "the rest waits in the queue: {stats:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_cannot_hold_up_shutdown() {
     let b = common::start_broker_with(|c| {

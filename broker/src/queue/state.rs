@@ -97,19 +97,23 @@ pub struct Consumer {
     in_flight: u32,
 }
 
-/// How long an auto-ack consumer whose connection buffer is full waits before the
-/// queue looks again.
-const AUTO_RETRY_MS: u64 = 10;
+/// How long a consumer whose connection buffer is full waits before the queue looks
+/// again.
+const FULL_RETRY_MS: u64 = 10;
 
 impl Consumer {
     /// Whether the consumer can take another delivery now: fewer than its prefetch
     /// outstanding (unsettled, or for an auto-ack consumer not yet credited by its
-    /// client). An auto-ack consumer is also paused while its connection's outbound
-    /// buffer is full, so that a whole queue is never poured into one slow connection.
+    /// client), and room in its connection's outbound buffer. Deliveries count against
+    /// the connection's byte budget like everything else it is sent: a consumer that
+    /// stops reading holds at most that budget (plus one message) in the broker, not
+    /// prefetch × message size.
     fn has_credit(&self) -> bool {
-        self.in_flight < self.prefetch
-            && (self.mode != AckMode::Auto
-                || self.outbound.pending_bytes() < self.outbound.max_pending())
+        self.in_flight < self.prefetch && !self.buffer_full()
+    }
+
+    fn buffer_full(&self) -> bool {
+        self.outbound.pending_bytes() >= self.outbound.max_pending()
     }
 
     pub fn new(
@@ -213,7 +217,7 @@ pub struct QueueState {
     resident_bytes: usize,
     memory_budget: usize,
     /// When dispatch last stopped only because auto-ack consumers' buffers were full.
-    auto_blocked_at: Option<u64>,
+    blocked_at: Option<u64>,
     stats: QueueStats,
 }
 
@@ -232,7 +236,7 @@ impl QueueState {
             next_delivery_id: 1,
             resident_bytes: 0,
             memory_budget,
-            auto_blocked_at: None,
+            blocked_at: None,
             stats: QueueStats::default(),
         }
     }
@@ -735,7 +739,7 @@ impl QueueState {
             self.deadlines.iter().next().map(|(t, _)| *t),
             self.delayed.keys().next().map(|(t, _)| *t),
             self.expiries.iter().next().map(|(t, _)| *t),
-            self.auto_blocked_at.map(|t| t + AUTO_RETRY_MS),
+            self.blocked_at.map(|t| t + FULL_RETRY_MS),
         ]
         .into_iter()
         .flatten()
@@ -745,15 +749,16 @@ impl QueueState {
     /// Hands ready messages to consumers with credit, round robin, oldest first.
     fn dispatch(&mut self, now_ms: u64, out: &mut Vec<Action>) {
         let ack_timeout = self.def.ack_timeout_ms;
-        self.auto_blocked_at = None;
+        self.blocked_at = None;
         while !self.ready.is_empty() {
             let n = self.consumers.len();
             let Some(ci) = (0..n)
                 .map(|i| (self.next_consumer + i) % n)
                 .find(|&i| self.consumers.get(i).is_some_and(Consumer::has_credit))
             else {
-                if self.consumers.iter().any(|c| c.mode == AckMode::Auto) {
-                    self.auto_blocked_at = Some(now_ms);
+                // A full buffer drains without telling the queue: look again soon.
+                if self.consumers.iter().any(Consumer::buffer_full) {
+                    self.blocked_at = Some(now_ms);
                 }
                 return;
             };
@@ -1138,29 +1143,36 @@ mod tests {
     }
 
     #[test]
-    fn auto_ack_stops_at_a_full_connection_buffer() {
-        let mut q = queue(def(5));
-        let mut out = Vec::new();
-        let c = consumer(1, 1, AckMode::Auto);
-        let outbound = Arc::clone(&c.outbound);
-        q.attach(c, 0, &mut out).unwrap();
-        // Fill the connection's buffer past its bound, as a reader that stopped would.
-        let mut wakes = crate::outbound::Wakes::default();
-        let big = vec![0u8; 2 << 20];
-        let head = DeliveryHead {
-            cid: 1,
-            delivery_id: 0,
-            seq: 0,
-            delivery_count: 1,
-            received_before: false,
-        };
-        assert!(outbound.push_delivery(&head, &big, &mut wakes));
-        q.append((0..3).map(msg), 0, &mut out);
-        assert!(
-            deliveries(&out).is_empty(),
-            "nothing more while the buffer is full"
-        );
-        assert_eq!(q.next_wake(), Some(AUTO_RETRY_MS), "looks again soon");
+    fn every_consumer_stops_at_a_full_connection_buffer() {
+        for mode in [AckMode::Auto, AckMode::Manual, AckMode::ExactlyOnce] {
+            let mut q = queue(def(5));
+            let mut out = Vec::new();
+            let c = consumer(1, 1000, mode);
+            let outbound = Arc::clone(&c.outbound);
+            q.attach(c, 0, &mut out).unwrap();
+            // Fill the connection's buffer past its bound, as a reader that stopped
+            // would.
+            let mut wakes = crate::outbound::Wakes::default();
+            let big = vec![0u8; 2 << 20];
+            let head = DeliveryHead {
+                cid: 1,
+                delivery_id: 0,
+                seq: 0,
+                delivery_count: 1,
+                received_before: false,
+            };
+            assert!(outbound.push_delivery(&head, &big, &mut wakes));
+            q.append((0..3).map(msg), 0, &mut out);
+            assert!(
+                deliveries(&out).is_empty(),
+                "{mode:?}: nothing more while the buffer is full"
+            );
+            assert_eq!(
+                q.next_wake(),
+                Some(FULL_RETRY_MS),
+                "{mode:?}: looks again soon"
+            );
+        }
     }
 
     #[test]
