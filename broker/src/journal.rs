@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tern_codec::{Confirm, ErrorCode, ErrorFrame};
 use tern_storage::{Commit, DedupEntry, MessageMeta, QueueId, QueueRecord, Store, StoredMessage};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::SyncPolicy;
 use crate::dedup::DedupWindow;
@@ -32,6 +32,12 @@ use crate::store_health::StoreHealth;
 
 /// Most operations taken into one commit, to bound its latency.
 const MAX_BATCH: usize = 4096;
+
+/// Message bytes waiting for or in a commit, across all publishers. A publisher past
+/// it waits — and so stops reading its socket: TCP slows it down — instead of the
+/// journal's queue holding whatever clients send faster than the disk takes it (its
+/// bound in operations alone let 1,024 publishes of up to a frame each wait there).
+const MAX_PENDING_BYTES: usize = 32 << 20;
 
 /// How often the dedup window is trimmed.
 const DEDUP_EXPIRY_EVERY: Duration = Duration::from_secs(1);
@@ -58,6 +64,9 @@ pub(crate) struct PublishOp {
     pub deadline_ms: Option<u64>,
     pub dedup: Option<DedupEntry>,
     pub confirm: Option<ConfirmTo>,
+    /// Its share of [`MAX_PENDING_BYTES`], held until its commit is done; set by
+    /// [`Journal::publish`].
+    pub held: Option<OwnedSemaphorePermit>,
 }
 
 /// Called once an operation's commit is durable, or failed.
@@ -111,6 +120,8 @@ pub(crate) enum Op {
 pub(crate) struct Journal {
     publish: mpsc::Sender<PublishOp>,
     internal: mpsc::UnboundedSender<Op>,
+    /// [`MAX_PENDING_BYTES`] as permits, one per byte.
+    pending_bytes: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Op {
@@ -137,7 +148,17 @@ impl Journal {
     /// # Cancel safety
     ///
     /// Not cancel safe: a cancelled send loses the operation.
-    pub async fn publish(&self, op: PublishOp) -> Result<(), PublishOp> {
+    pub async fn publish(&self, mut op: PublishOp) -> Result<(), PublishOp> {
+        // A message larger than the whole budget goes through alone.
+        let bytes = op.envelope.len().clamp(1, MAX_PENDING_BYTES);
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        match Arc::clone(&self.pending_bytes)
+            .acquire_many_owned(bytes)
+            .await
+        {
+            Ok(permit) => op.held = Some(permit),
+            Err(_) => return Err(op),
+        }
         self.publish.send(op).await.map_err(|e| e.0)
     }
 
@@ -262,6 +283,8 @@ struct Outcome {
     added_live: Vec<(QueueId, u64)>,
     /// Answered after the final flush.
     shutdown: Option<Done>,
+    /// The publishes' shares of the byte budget, released when the commit is done.
+    held: Vec<OwnedSemaphorePermit>,
 }
 
 /// The journal thread's state.
@@ -371,6 +394,7 @@ impl Writer {
             Journal {
                 publish: publish_tx,
                 internal: internal_tx,
+                pending_bytes: Arc::new(Semaphore::new(MAX_PENDING_BYTES)),
             },
             handle,
         ))
@@ -587,6 +611,7 @@ impl Writer {
         if let Some(entry) = p.dedup {
             out.dedup.push(entry);
         }
+        out.held.extend(p.held);
         if let Some(confirm) = p.confirm {
             let result = match full {
                 Some(name) => Err(Reject::new(
@@ -860,6 +885,7 @@ mod tests {
                 id,
                 received: Instant::now(),
             }),
+            held: None,
         }
     }
 

@@ -178,6 +178,7 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
             id: publish.id,
             received: std::time::Instant::now(),
         }),
+        held: None,
     });
     Ok(())
 }
