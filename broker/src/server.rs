@@ -13,9 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tern_codec::{DecodeError, Encode, ErrorCode, ErrorFrame};
-use tern_storage::{
-    DedupEntry, MessageMeta, QueueId, QueueRecord, Recover, RecoveredChunk, SledStore, Store,
-};
+use tern_storage::{QueueId, SledStore, Store};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -24,13 +22,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Listen, SyncPolicy};
 use crate::dedup::DedupWindow;
-use crate::filter::FilterLimits;
-use crate::journal::{ChunkSummary, Journal, JournalMetrics, Op, Writer};
+use crate::journal::{Journal, LogMetrics, Op, StoreLog, Writer};
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::queue::def::QueueDef;
 use crate::queue::state::QueueState;
-use crate::queue::{BindingFilters, QueueHandle, QueueInput, QueueTask, Queues};
+use crate::queue::{recovery, BindingFilters, QueueHandle, QueueInput, QueueTask, Queues};
 use crate::router::Router;
 use crate::session;
 use crate::stats::{Stats, StatsSnapshot};
@@ -197,84 +194,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// What the store holds, gathered at start into queue states and journal bookkeeping.
-struct Recovery {
-    memory: usize,
-    filter_limits: FilterLimits,
-    queues: HashMap<QueueId, (Arc<QueueDef>, BindingFilters, QueueState)>,
-    next_seqs: HashMap<QueueId, u64>,
-    chunks: HashMap<QueueId, Vec<ChunkSummary>>,
-    metas: HashMap<(QueueId, u64), MessageMeta>,
-    dedup: Vec<DedupEntry>,
-    errors: Vec<String>,
-}
-
-impl Recover for Recovery {
-    fn queue(&mut self, record: QueueRecord) {
-        match QueueDef::from_bytes(&record.definition) {
-            Ok(def) => match def.compile_filters(&self.filter_limits) {
-                Ok(filters) => {
-                    let def = Arc::new(def);
-                    let state = QueueState::new(Arc::clone(&def), self.memory);
-                    self.queues.insert(record.id, (def, filters, state));
-                }
-                Err(e) => self.errors.push(format!(
-                    "queue '{}' has a binding filter that no longer compiles: {e}",
-                    record.name
-                )),
-            },
-            Err(e) => self.errors.push(format!(
-                "queue {} ('{}') has an unreadable definition: {e}",
-                record.id, record.name
-            )),
-        }
-    }
-
-    fn next_seq(&mut self, queue: QueueId, next: u64) {
-        self.next_seqs.insert(queue, next);
-    }
-
-    fn meta(&mut self, queue: QueueId, seq: u64, meta: MessageMeta) {
-        self.metas.insert((queue, seq), meta);
-    }
-
-    fn chunk(&mut self, chunk: RecoveredChunk) {
-        let Some((_, _, state)) = self.queues.get_mut(&chunk.queue) else {
-            return;
-        };
-        let live = u32::try_from(chunk.live.len()).unwrap_or(u32::MAX);
-        let end = chunk.first_seq + u64::from(chunk.len);
-        let next = self.next_seqs.entry(chunk.queue).or_insert(0);
-        *next = (*next).max(end);
-        for m in chunk.live {
-            // A message that would not decode would be sent to consumers as a frame
-            // they reject: refuse the store instead.
-            if let Err(e) = tern_codec::Envelope::decode_bytes(m.envelope.clone()) {
-                self.errors.push(format!(
-                    "queue {} message {} is unreadable: {e}",
-                    chunk.queue, m.seq
-                ));
-                continue;
-            }
-            let meta = self.metas.remove(&(chunk.queue, m.seq));
-            state.recover(m, meta);
-        }
-        self.chunks
-            .entry(chunk.queue)
-            .or_default()
-            .push(ChunkSummary {
-                first_seq: chunk.first_seq,
-                len: chunk.len,
-                settled: chunk.settled,
-                live,
-            });
-    }
-
-    fn dedup(&mut self, entry: DedupEntry) {
-        self.dedup.push(entry);
-    }
-}
-
 /// A broker: its store, router and counters. Cheap to clone; clones share everything.
 #[derive(Debug, Clone)]
 pub struct Server {
@@ -305,29 +224,18 @@ impl Server {
                 "sync = {other}: confirmed messages can be lost if the broker is killed or the machine loses power"
             ),
         }
-        let mut recovery = Recovery {
-            memory: config.queues.memory,
-            filter_limits: config.limits.filter,
-            queues: HashMap::new(),
-            next_seqs: HashMap::new(),
-            chunks: HashMap::new(),
-            metas: HashMap::new(),
-            dedup: Vec::new(),
-            errors: Vec::new(),
-        };
-        store.recover(&mut recovery)?;
-        if !recovery.errors.is_empty() {
-            return Err(Error::Storage(tern_storage::StorageError::Corrupt {
-                path: config.data_dir.clone(),
-                detail: recovery.errors.join("; "),
-            }));
-        }
+        let recovered = recovery::recover(
+            &*store,
+            &config.data_dir,
+            config.queues.memory,
+            config.limits.filter,
+        )?;
         let store_config = &config.store;
         let mut window = DedupWindow::new(
             store_config.dedup_window,
             u64::try_from(store_config.dedup_age.as_millis()).unwrap_or(u64::MAX),
         );
-        for e in &recovery.dedup {
+        for e in &recovered.dedup {
             window.restore(e);
         }
         let dedup = Arc::new(Mutex::new(window));
@@ -337,31 +245,34 @@ impl Server {
             metrics.disk_alarm.clone(),
             metrics.disk_alarms.clone(),
         ));
-        let mut writer = Writer::new(
+        let log = StoreLog::new(
             Arc::clone(&store),
             Arc::clone(&store_health),
             store_config.sync,
-            Arc::clone(&dedup),
-            JournalMetrics {
+            LogMetrics {
                 commits: metrics.commits.clone(),
                 flushes: metrics.flushes.clone(),
                 bytes_written: metrics.bytes_written.clone(),
                 flush_duration: metrics.flush_duration.clone(),
-                confirm_latency: metrics.confirm_latency.clone(),
             },
         );
+        let mut writer = Writer::new(
+            Box::new(log),
+            recovered.machine,
+            Arc::clone(&store_health),
+            Arc::clone(&dedup),
+            metrics.confirm_latency.clone(),
+        );
         let mut started = Vec::new();
-        for (id, (def, filters, state)) in recovery.queues {
+        for q in recovered.queues {
             let (tx, rx) = crate::queue::channel();
-            let next_seq = recovery.next_seqs.get(&id).copied().unwrap_or(0);
-            let chunks = recovery.chunks.remove(&id).unwrap_or_default();
-            writer.recover_queue(id, Arc::clone(&def), tx.clone(), next_seq, chunks);
-            started.push((id, def, filters, tx, rx, state));
+            writer.add_task(q.id, tx.clone());
+            started.push((q, tx, rx));
         }
         let (journal, journal_thread) = writer.spawn()?;
         // Metas left over belong to messages settled before a crash cut their clean-up
         // short; forget them now.
-        for ((queue, seq), _) in recovery.metas {
+        for (queue, seq) in recovered.stale_metas {
             journal.send(Op::Meta {
                 queue,
                 seq,
@@ -392,8 +303,8 @@ impl Server {
             connections: Mutex::new(HashMap::new()),
         });
         let recovered = started.len();
-        for (id, def, filters, tx, rx, state) in started {
-            shared.start_queue(id, def, filters, tx, rx, state);
+        for (q, tx, rx) in started {
+            shared.start_queue(q.id, q.def, q.filters, tx, rx, q.state);
         }
         if recovered > 0 {
             tracing::info!(queues = recovered, "recovered queues from the store");

@@ -23,7 +23,7 @@ use crate::auth::Principal;
 use crate::connection::FrameReader;
 use crate::error::ReadError;
 use crate::handler::{self, Reject};
-use crate::journal::PublishOp;
+use crate::journal::{PublishOp, Refused};
 use crate::outbound::{Outbound, Wakes};
 use crate::queue::state::ConsumerKey;
 use crate::queue::{QueueHandle, QueueInput};
@@ -420,14 +420,7 @@ impl Session {
         for op in self.publishes.drain(..) {
             if let Err(op) = self.shared.journal.publish(op).await {
                 if let Some(c) = op.confirm {
-                    c.outbound.push_control(
-                        &ErrorFrame::new(
-                            c.id,
-                            ErrorCode::ShuttingDown,
-                            "the server is shutting down",
-                        ),
-                        &mut self.wakes,
-                    );
+                    c.answer(Err(Refused::ShuttingDown), &mut self.wakes);
                 }
             }
         }

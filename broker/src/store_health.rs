@@ -63,7 +63,12 @@ impl StoreHealth {
                 tracing::warn!("store writes succeed again");
                 *failure = None;
             }
-            (_, Err(e)) => *failure = Some(format!("the last store write failed: {e}")),
+            (had, Err(e)) => {
+                if !had {
+                    tracing::error!(error = %e, "store write failed; publishers get storage_failed");
+                }
+                *failure = Some(format!("the last store write failed: {e}"));
+            }
             (false, Ok(())) => {}
         }
     }

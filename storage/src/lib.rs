@@ -54,11 +54,12 @@ pub const FORMAT_VERSION: u32 = 1;
 pub type QueueId = u32;
 
 /// Everything one group commit writes, applied atomically.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Commit {
     /// Queues created or changed.
     pub put_queues: Vec<QueueRecord>,
-    /// Queues deleted, with every message, bitmap and meta of theirs.
+    /// Queues deleted, with every message, bitmap and meta of theirs. Deletes are
+    /// applied first, so a commit may delete a queue and create one with its id.
     pub delete_queues: Vec<QueueId>,
     /// New chunks: the messages appended to one queue in this commit, in seq order.
     pub chunks: Vec<(QueueId, Vec<StoredMessage>)>,

@@ -6,6 +6,7 @@
 //! understand it.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
 
 use crate::QueueId;
 
@@ -32,7 +33,7 @@ pub struct QueueRecord {
 }
 
 /// What the broker must remember about one message beyond its content.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct MessageMeta {
     /// Delivery attempts made so far.
     pub delivery_count: u32,
@@ -41,7 +42,7 @@ pub struct MessageMeta {
 }
 
 /// One remembered (producer, sequence) pair of the exactly-once deduplication window.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DedupEntry {
     pub producer: String,
     pub sequence: u64,

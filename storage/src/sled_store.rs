@@ -299,12 +299,6 @@ impl Store for SledStore {
     fn apply(&self, commit: &Commit) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
         let refuse = |detail: Corrupt| StorageError::Refused { detail };
-        for q in &commit.put_queues {
-            batch.insert(
-                &key5(QUEUE, q.id),
-                record::encode_queue(q).map_err(refuse)?.as_ref(),
-            );
-        }
         for &id in &commit.delete_queues {
             batch.remove(&key5(QUEUE, id));
             batch.remove(&key5(NEXT_SEQ, id));
@@ -313,6 +307,12 @@ impl Store for SledStore {
                     batch.remove(key?);
                 }
             }
+        }
+        for q in &commit.put_queues {
+            batch.insert(
+                &key5(QUEUE, q.id),
+                record::encode_queue(q).map_err(refuse)?.as_ref(),
+            );
         }
         for (queue, messages) in &commit.chunks {
             if let Some(first) = messages.first() {

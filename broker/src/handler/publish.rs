@@ -6,16 +6,20 @@
 //! exactly-once pair (producer, sequence) is recorded in the dedup window before
 //! anything is delivered, so a retried publish reaches nobody twice.
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
 use tern_codec::subject::{validate_subject, SubjectError};
-use tern_codec::{Confirm, ErrorCode, Ok as OkFrame, Publish, Qos, DEADLINE_HEADER};
+use tern_codec::{Confirm, ErrorCode, ErrorFrame, Ok as OkFrame, Publish, Qos, DEADLINE_HEADER};
 use tern_storage::DedupEntry;
 
 use super::Reject;
+use crate::queue::machine::QueueError;
 
 use crate::dedup::{ProducerKey, MAX_PRODUCER_LEN};
 use crate::filter::MessageView;
-use crate::journal::{self, now_ms, ConfirmTo, PublishOp};
+use crate::journal::{self, now_ms, ConfirmTo, Confirms, PublishOp, Refused};
+use crate::outbound::{Outbound, Wakes};
 use crate::session::Session;
 
 /// Routes a publish to every interested subscriber and queue.
@@ -174,13 +178,37 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
             .and_then(|v| v.parse().ok()),
         dedup,
         confirm: confirmed.then(|| ConfirmTo {
-            outbound: session.outbound.clone(),
+            to: session.outbound.clone(),
             id: publish.id,
             received: std::time::Instant::now(),
         }),
         held: None,
     });
     Ok(())
+}
+
+/// The journal's answer to a durable publish, as the publisher's CONFIRM or ERROR.
+impl Confirms for Outbound {
+    fn answer(self: Arc<Self>, id: u32, result: Result<u16, Refused>, wakes: &mut Wakes) {
+        match result {
+            Ok(queues) => self.push_control(
+                &Confirm {
+                    id,
+                    queues,
+                    duplicate: false,
+                },
+                wakes,
+            ),
+            Err(refused) => {
+                let code = match refused {
+                    Refused::Queue(QueueError::Full(_)) => ErrorCode::QueueFull,
+                    Refused::Store(_) => ErrorCode::StorageFailed,
+                    Refused::ShuttingDown => ErrorCode::ShuttingDown,
+                };
+                self.push_control(&ErrorFrame::new(id, code, refused.to_string()), wakes);
+            }
+        }
+    }
 }
 
 fn invalid_subject(what: &str, subject: &str, e: &SubjectError) -> Reject {

@@ -11,7 +11,6 @@ use tern_codec::{
     Done, ErrorCode, ErrorFrame, Ok as OkFrame, QueueDeclare, QueueDelete, QueueInfo, QueueMove,
     QueuePurge, QueueQuery,
 };
-use tern_storage::QueueRecord;
 use tokio::sync::oneshot;
 
 use super::Reject;
@@ -161,19 +160,13 @@ pub(crate) fn declare(session: &mut Session, d: QueueDeclare) -> Result<(), Reje
         }
         let id = shared.queues.next_id();
         let def = Arc::new(def);
-        let record = QueueRecord {
-            id,
-            name: def.name.clone(),
-            definition: def.to_bytes(),
-        };
         let (tx, rx) = crate::queue::channel();
         let queue_def = Arc::clone(&def);
         let tasks = tx.clone();
         journal(&shared, move |done| Op::PutQueue {
-            record,
+            id,
             def: queue_def,
             tasks,
-            next_seq: 0,
             done,
         })
         .await?;

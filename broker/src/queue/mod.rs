@@ -1,6 +1,9 @@
 //! Durable queues: the registry, one task per queue, and what they exchange.
 //!
 //! * [`def`]: validated definitions (name, bindings, options).
+//! * [`machine`]: the rules of what the store holds, as a deterministic state machine
+//!   over serializable commands (the journal's side).
+//! * [`recovery`]: the store read back at start.
 //! * [`state`]: one queue's messages and consumers, with no I/O.
 //! * `task`: the task that owns a [`state::QueueState`] and carries out its actions.
 //!
@@ -10,6 +13,8 @@
 //! needs no lock.
 
 pub(crate) mod def;
+pub(crate) mod machine;
+pub(crate) mod recovery;
 pub(crate) mod state;
 pub(crate) mod task;
 

@@ -1,0 +1,627 @@
+//! The journal: the one writer of the durable queues, with group commit.
+//!
+//! Every change to the durable queues — published messages, settles, redelivery counts,
+//! queue definitions, dead-letter moves — goes through this thread. It takes everything
+//! waiting in its channels, turns it into one [`Entry`] of [`Command`]s and appends that
+//! to the [`Log`], which applies it to the queues' state machine
+//! ([`Machine`](crate::queue::machine::Machine)) and makes it durable. Only then does the
+//! journal hand the queue tasks their new messages, send the confirms and answer the
+//! requests. While one sync runs, the next batch gathers, so a busy broker makes one
+//! fsync serve hundreds of confirms.
+//!
+//! The journal owns what cannot be replicated — connection handles, completion
+//! callbacks, the queue tasks' channels — and routes each command's answer back to its
+//! asker by the command's place in the entry. The queue rules are the machine's; the
+//! encoding of the answers is the session's ([`Confirms`]).
+//!
+//! Two channels feed it. Publishes come through a bounded one: when the disk falls
+//! behind, sessions wait to send and stop reading from their publishers, so memory does
+//! not fill up. Queue tasks use an unbounded one: what they send (settles, counts,
+//! dead-letter moves) is bounded by the messages they hold, and a queue task must never
+//! wait on the journal while the journal may be waiting on it.
+
+mod log;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tern_storage::{DedupEntry, MessageMeta, QueueId};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+pub(crate) use self::log::{Log, LogError, LogMetrics, StoreLog};
+use crate::dedup::DedupWindow;
+use crate::outbound::Wakes;
+use crate::queue::def::QueueDef;
+use crate::queue::machine::{Command, Effects, Entry, Machine, QueueError};
+use crate::queue::{Appended, QueueInput};
+use crate::store_health::StoreHealth;
+
+/// Most operations taken into one commit, to bound its latency.
+const MAX_BATCH: usize = 4096;
+
+/// Message bytes waiting for or in a commit, across all publishers. A publisher past
+/// it waits — and so stops reading its socket: TCP slows it down — instead of the
+/// journal's queue holding whatever clients send faster than the disk takes it (its
+/// bound in operations alone let 1,024 publishes of up to a frame each wait there).
+const MAX_PENDING_BYTES: usize = 32 << 20;
+
+/// How often the dedup window is trimmed.
+const DEDUP_EXPIRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Where a publish's answer goes. The session's side encodes it into a frame
+/// (`handler::publish`); the journal only says what happened.
+pub(crate) trait Confirms: Send + Sync + std::fmt::Debug {
+    /// Answers publish `id`: how many queues took the message, or why it was not
+    /// stored.
+    fn answer(self: Arc<Self>, id: u32, result: Result<u16, Refused>, wakes: &mut Wakes);
+}
+
+/// Why a durable publish was not stored.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refused {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The store did not take it (the disk alarm, a failed write or sync).
+    #[error("{0}")]
+    Store(String),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// Where to send a publish's CONFIRM.
+#[derive(Debug)]
+pub(crate) struct ConfirmTo {
+    pub to: Arc<dyn Confirms>,
+    pub id: u32,
+    /// When the publish arrived, for the confirm-latency histogram.
+    pub received: Instant,
+}
+
+impl ConfirmTo {
+    pub fn answer(self, result: Result<u16, Refused>, wakes: &mut Wakes) {
+        self.to.answer(self.id, result, wakes);
+    }
+}
+
+/// A message for one or more queues.
+#[derive(Debug)]
+pub(crate) struct PublishOp {
+    pub queues: Vec<QueueId>,
+    /// The publishing connection, so that its own request earns it no reply permit.
+    pub publisher: u64,
+    /// The envelope in wire form, in its own allocation.
+    pub envelope: Bytes,
+    pub enqueued_ms: u64,
+    /// Expiry set by the publisher (a request deadline), before any queue TTL.
+    pub deadline_ms: Option<u64>,
+    pub dedup: Option<DedupEntry>,
+    pub confirm: Option<ConfirmTo>,
+    /// Its share of [`MAX_PENDING_BYTES`], held until its commit is done; set by
+    /// [`Journal::publish`].
+    pub held: Option<OwnedSemaphorePermit>,
+}
+
+/// Called once an operation's commit is durable, or failed.
+pub(crate) type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// What queue tasks and the queue registry ask of the journal.
+pub(crate) enum Op {
+    /// A message is settled (acked, purged): remove it.
+    Settle {
+        queue: QueueId,
+        seq: u64,
+        forget_meta: bool,
+        /// Called once the settle is committed.
+        done: Option<Done>,
+    },
+    /// Record or forget a message's meta.
+    Meta {
+        queue: QueueId,
+        seq: u64,
+        meta: Option<MessageMeta>,
+        done: Option<Done>,
+    },
+    /// Settle a message in one queue and append it (maybe changed) to another, in one
+    /// commit: dead-lettering and moving.
+    Transfer {
+        from: QueueId,
+        seq: u64,
+        forget_meta: bool,
+        to: QueueId,
+        envelope: Bytes,
+        enqueued_ms: u64,
+    },
+    /// Create a queue, whose task reads `tasks`.
+    PutQueue {
+        id: QueueId,
+        def: Arc<QueueDef>,
+        tasks: mpsc::Sender<QueueInput>,
+        done: Done,
+    },
+    /// Delete a queue and everything in it.
+    DeleteQueue { queue: QueueId, done: Done },
+    /// Answer once everything sent before it is committed.
+    Barrier { done: Done },
+    /// Commit what was sent before, flush, and stop.
+    Shutdown { done: Done },
+}
+
+/// The journal's senders.
+#[derive(Debug, Clone)]
+pub(crate) struct Journal {
+    publish: mpsc::Sender<PublishOp>,
+    internal: mpsc::UnboundedSender<Op>,
+    /// [`MAX_PENDING_BYTES`] as permits, one per byte.
+    pending_bytes: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Op::Settle { .. } => "Settle",
+            Op::Meta { .. } => "Meta",
+            Op::Transfer { .. } => "Transfer",
+            Op::PutQueue { .. } => "PutQueue",
+            Op::DeleteQueue { .. } => "DeleteQueue",
+            Op::Barrier { .. } => "Barrier",
+            Op::Shutdown { .. } => "Shutdown",
+        })
+    }
+}
+
+impl Journal {
+    /// Queues a publish, waiting while the journal is full.
+    ///
+    /// # Errors
+    ///
+    /// The journal has stopped (the server is shutting down).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a cancelled send loses the operation.
+    pub async fn publish(&self, mut op: PublishOp) -> Result<(), PublishOp> {
+        // A message larger than the whole budget goes through alone.
+        let bytes = op.envelope.len().clamp(1, MAX_PENDING_BYTES);
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        match Arc::clone(&self.pending_bytes)
+            .acquire_many_owned(bytes)
+            .await
+        {
+            Ok(permit) => op.held = Some(permit),
+            Err(_) => return Err(op),
+        }
+        self.publish.send(op).await.map_err(|e| e.0)
+    }
+
+    /// Queues an internal operation. Never waits.
+    pub fn send(&self, op: Op) {
+        if let Err(mpsc::error::SendError(op)) = self.internal.send(op) {
+            tracing::debug!(?op, "journal stopped; operation dropped");
+        }
+    }
+
+    /// Waits until everything sent before is committed.
+    pub async fn barrier(&self) -> Result<(), String> {
+        self.wait(|done| Op::Barrier { done }).await
+    }
+
+    /// Commits everything sent before, flushes the store, and stops the journal.
+    pub async fn shutdown(&self) -> Result<(), String> {
+        self.wait(|done| Op::Shutdown { done }).await
+    }
+
+    async fn wait(&self, op: impl FnOnce(Done) -> Op) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.send(op(Box::new(move |r| {
+            let _ = tx.send(r);
+        })));
+        rx.await
+            .unwrap_or_else(|_| Err("the journal has stopped".into()))
+    }
+}
+
+/// What the journal owes a command once its entry is durable (or failed): the parts
+/// of a request that stay on this node.
+enum After {
+    Nothing,
+    Publish {
+        publisher: u64,
+        confirm: Option<ConfirmTo>,
+        dedup: Option<DedupEntry>,
+    },
+    Done(Option<Done>),
+    Declared {
+        id: QueueId,
+        tasks: mpsc::Sender<QueueInput>,
+        done: Done,
+    },
+}
+
+/// One group commit in the making.
+#[derive(Default)]
+struct Batch {
+    entry: Entry,
+    /// What each command of the entry is owed, by index.
+    after: Vec<After>,
+    /// Barriers, answered after the entry.
+    barriers: Vec<Done>,
+    shutdown: Option<Done>,
+    /// The publishes' shares of the byte budget, released when the commit is done.
+    held: Vec<OwnedSemaphorePermit>,
+}
+
+impl Batch {
+    fn push(&mut self, command: Command, after: After) {
+        self.entry.commands.push(command);
+        self.after.push(after);
+    }
+}
+
+/// The journal thread's state.
+pub(crate) struct Writer {
+    log: Box<dyn Log>,
+    machine: Machine,
+    /// The disk alarm and write failures, shared with `/healthz`.
+    health: Arc<StoreHealth>,
+    confirm_latency: metrics::Histogram,
+    /// Each queue's task, for its new messages.
+    tasks: HashMap<QueueId, mpsc::Sender<QueueInput>>,
+    dedup: Arc<Mutex<DedupWindow>>,
+    /// Set by [`Op::Shutdown`]: stop after this commit.
+    stopping: bool,
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Writer {
+    /// A writer over `log`, whose state so far is `machine` (as recovered).
+    pub fn new(
+        log: Box<dyn Log>,
+        machine: Machine,
+        health: Arc<StoreHealth>,
+        dedup: Arc<Mutex<DedupWindow>>,
+        confirm_latency: metrics::Histogram,
+    ) -> Self {
+        Self {
+            log,
+            machine,
+            health,
+            confirm_latency,
+            tasks: HashMap::new(),
+            dedup,
+            stopping: false,
+        }
+    }
+
+    /// The task of a queue recovered at start.
+    pub fn add_task(&mut self, id: QueueId, tasks: mpsc::Sender<QueueInput>) {
+        self.tasks.insert(id, tasks);
+    }
+
+    /// Starts the journal thread. Returns its senders and a handle that completes when
+    /// it has flushed and stopped (after every sender is dropped).
+    pub fn spawn(self) -> std::io::Result<(Journal, std::thread::JoinHandle<()>)> {
+        let (publish_tx, publish_rx) = mpsc::channel(1024);
+        let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        let handle = std::thread::Builder::new()
+            .name("tern-journal".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build();
+                match runtime {
+                    Ok(rt) => rt.block_on(self.run(publish_rx, internal_rx)),
+                    Err(e) => tracing::error!(error = %e, "journal cannot start"),
+                }
+            })?;
+        Ok((
+            Journal {
+                publish: publish_tx,
+                internal: internal_tx,
+                pending_bytes: Arc::new(Semaphore::new(MAX_PENDING_BYTES)),
+            },
+            handle,
+        ))
+    }
+
+    async fn run(
+        mut self,
+        mut publish: mpsc::Receiver<PublishOp>,
+        mut internal: mpsc::UnboundedReceiver<Op>,
+    ) {
+        let mut last_expiry = Instant::now();
+        let (mut publish_open, mut internal_open) = (true, true);
+        while (publish_open || internal_open) && !self.stopping {
+            let mut publishes = Vec::new();
+            let mut ops = Vec::new();
+            tokio::select! {
+                biased;
+                op = internal.recv(), if internal_open => match op {
+                    Some(op) => ops.push(op),
+                    None => internal_open = false,
+                },
+                op = publish.recv(), if publish_open => match op {
+                    Some(op) => publishes.push(op),
+                    None => publish_open = false,
+                },
+                () = tokio::time::sleep(log::until(self.log.sync_due())) => {
+                    // The sync interval is up with nothing new to write.
+                    let synced = self.log.sync();
+                    self.report(&synced);
+                    continue;
+                }
+            }
+            while ops.len() + publishes.len() < MAX_BATCH {
+                if let Ok(op) = internal.try_recv() {
+                    ops.push(op);
+                } else if let Ok(op) = publish.try_recv() {
+                    publishes.push(op);
+                } else {
+                    break;
+                }
+            }
+            let expire = last_expiry.elapsed() >= DEDUP_EXPIRY_EVERY;
+            if expire {
+                last_expiry = Instant::now();
+            }
+            self.commit(publishes, ops, expire).await;
+        }
+        if let Err(e) = self.log.sync() {
+            tracing::error!(error = %e, "final flush of the store failed");
+        }
+    }
+
+    /// Turns one batch into an entry, appends it to the log, then settles what it owes.
+    async fn commit(&mut self, publishes: Vec<PublishOp>, ops: Vec<Op>, expire_dedup: bool) {
+        let mut batch = Batch::default();
+        for op in ops {
+            self.stage_op(op, &mut batch);
+        }
+        for p in self.admit(publishes) {
+            batch.held.extend(p.held);
+            batch.push(
+                Command::Publish {
+                    queues: p.queues,
+                    envelope: p.envelope,
+                    enqueued_ms: p.enqueued_ms,
+                    deadline_ms: p.deadline_ms,
+                    dedup: p.dedup.clone(),
+                },
+                After::Publish {
+                    publisher: p.publisher,
+                    confirm: p.confirm,
+                    dedup: p.dedup,
+                },
+            );
+        }
+        if expire_dedup {
+            if let Some(before_ms) = lock(&self.dedup).expire(now_ms()) {
+                batch.push(Command::ForgetDedup { before_ms }, After::Nothing);
+            }
+        }
+        let result = self.log.append(&mut self.machine, &batch.entry);
+        self.report(&result);
+        let shutdown = batch.shutdown.take();
+        match result {
+            Ok(fx) => self.succeeded(fx, batch).await,
+            Err(e) => Self::failed(&self.dedup, &e, batch),
+        }
+        if let Some(done) = shutdown {
+            done(self.log.sync().map_err(|e| e.to_string()));
+        }
+    }
+
+    /// Tells `/healthz` how the last write went.
+    fn report<T>(&self, result: &Result<T, LogError>) {
+        match result {
+            Ok(_) => self.health.commit_result(Ok(())),
+            Err(e) => self.health.commit_result(Err(&e.to_string())),
+        }
+    }
+
+    fn stage_op(&mut self, op: Op, batch: &mut Batch) {
+        match op {
+            Op::Settle {
+                queue,
+                seq,
+                forget_meta,
+                done,
+            } => batch.push(
+                Command::Settle {
+                    queue,
+                    seq,
+                    forget_meta,
+                },
+                After::Done(done),
+            ),
+            Op::Meta {
+                queue,
+                seq,
+                meta,
+                done,
+            } => batch.push(Command::SetMeta { queue, seq, meta }, After::Done(done)),
+            Op::Transfer {
+                from,
+                seq,
+                forget_meta,
+                to,
+                envelope,
+                enqueued_ms,
+            } => batch.push(
+                Command::Transfer {
+                    from,
+                    seq,
+                    forget_meta,
+                    to,
+                    envelope,
+                    enqueued_ms,
+                },
+                After::Nothing,
+            ),
+            Op::PutQueue {
+                id,
+                def,
+                tasks,
+                done,
+            } => batch.push(
+                Command::Declare {
+                    id,
+                    def: (*def).clone(),
+                },
+                After::Declared { id, tasks, done },
+            ),
+            Op::DeleteQueue { queue, done } => {
+                // Its task stops now: no new messages for it, even if the entry fails.
+                self.tasks.remove(&queue);
+                batch.push(Command::Delete { queue }, After::Done(Some(done)));
+            }
+            Op::Barrier { done } => batch.barriers.push(done),
+            Op::Shutdown { done } => {
+                self.stopping = true;
+                batch.shutdown = Some(done);
+            }
+        }
+    }
+
+    /// The publishes the store may take now: all of them, or none while the disk alarm
+    /// is raised. Those refused are answered `storage_failed` with the alarm's reason
+    /// and leave the dedup window, so that a retry after the alarm is stored.
+    fn admit(&mut self, publishes: Vec<PublishOp>) -> Vec<PublishOp> {
+        if publishes.is_empty() {
+            return publishes;
+        }
+        let Some(reason) = self.log.refuses_new_messages() else {
+            return publishes;
+        };
+        let mut wakes = Wakes::default();
+        let mut window = lock(&self.dedup);
+        for p in publishes {
+            if let Some(d) = &p.dedup {
+                window.remove(&d.producer, d.sequence);
+            }
+            if let Some(to) = p.confirm {
+                to.answer(Err(Refused::Store(reason.clone())), &mut wakes);
+            }
+        }
+        drop(window);
+        wakes.wake_all();
+        Vec::new()
+    }
+
+    async fn succeeded(&mut self, fx: Effects, batch: Batch) {
+        // Queues declared by this entry get their messages from now on.
+        let mut after = batch.after;
+        for a in &mut after {
+            if let After::Declared { id, tasks, .. } = a {
+                self.tasks.insert(*id, tasks.clone());
+            }
+        }
+        // Queue tasks first: a client that has its confirm and then asks the queue (info,
+        // consume) is served after the queue task took the message in, as its inputs are
+        // handled in order.
+        for (queue, msgs) in fx.appended {
+            let Some(tasks) = self.tasks.get(&queue) else {
+                continue;
+            };
+            let msgs = msgs
+                .into_iter()
+                .map(|m| Appended {
+                    publisher: match after.get(m.command) {
+                        Some(After::Publish { publisher, .. }) => Some(*publisher),
+                        _ => None,
+                    },
+                    message: m.message,
+                })
+                .collect();
+            // Waits while the queue task is behind: back-pressure, never a deadlock,
+            // because queue tasks never wait on the journal.
+            if tasks.send(QueueInput::Appended(msgs)).await.is_err() {
+                tracing::debug!(
+                    queue,
+                    "queue task stopped; appended messages stay in the store"
+                );
+            }
+        }
+        let mut wakes = Wakes::default();
+        let mut forget = Vec::new();
+        for (a, answer) in after.into_iter().zip(fx.answers) {
+            match a {
+                After::Nothing => {}
+                After::Publish { confirm, dedup, .. } => {
+                    if answer.is_err() {
+                        // Not stored: a retry must not be taken for a duplicate.
+                        forget.extend(dedup);
+                    }
+                    if let Some(to) = confirm {
+                        self.confirm_latency.record(to.received.elapsed());
+                        to.answer(answer.map_err(Refused::from), &mut wakes);
+                    }
+                }
+                After::Done(done) => {
+                    if let Some(done) = done {
+                        done(Ok(()));
+                    }
+                }
+                After::Declared { done, .. } => done(Ok(())),
+            }
+        }
+        wakes.wake_all();
+        forget_pairs(&self.dedup, &forget);
+        for done in batch.barriers {
+            done(Ok(()));
+        }
+    }
+
+    fn failed(dedup: &Mutex<DedupWindow>, error: &LogError, batch: Batch) {
+        let message = format!("the message could not be stored: {error}");
+        let mut wakes = Wakes::default();
+        let mut forget = Vec::new();
+        for a in batch.after {
+            match a {
+                After::Nothing => {}
+                After::Publish { confirm, dedup, .. } => {
+                    forget.extend(dedup);
+                    if let Some(to) = confirm {
+                        to.answer(Err(Refused::Store(message.clone())), &mut wakes);
+                    }
+                }
+                After::Done(done) => {
+                    if let Some(done) = done {
+                        done(Err(error.to_string()));
+                    }
+                }
+                After::Declared { done, .. } => done(Err(error.to_string())),
+            }
+        }
+        wakes.wake_all();
+        forget_pairs(dedup, &forget);
+        for done in batch.barriers {
+            done(Err(error.to_string()));
+        }
+    }
+}
+
+/// Takes pairs whose messages were not stored back out of the dedup window.
+fn forget_pairs(dedup: &Mutex<DedupWindow>, pairs: &[DedupEntry]) {
+    if pairs.is_empty() {
+        return;
+    }
+    let mut window = lock(dedup);
+    for e in pairs {
+        window.remove(&e.producer, e.sequence);
+    }
+}
+
+/// The window holds no invariant a panic could break; a poisoned lock is still usable.
+pub(crate) fn lock(m: &Mutex<DedupWindow>) -> std::sync::MutexGuard<'_, DedupWindow> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

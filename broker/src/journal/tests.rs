@@ -1,0 +1,398 @@
+//! The journal over a store that fails on demand and that can lose power.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex as StdMutex;
+
+use tern_codec::{QueueDeclare, QueueOptions};
+use tern_storage::{
+    Commit, Recover, RecoveredChunk, SledStore, StorageError, Store, StoredMessage,
+};
+
+use super::*;
+use crate::config::{QueueDefaults, SyncPolicy};
+use crate::queue::machine::tests::envelope;
+use crate::queue::recovery;
+
+/// A sled store that fails on demand and remembers which of its commits a flush
+/// covered, so that a test can cut the power: [`TestStore::after_power_loss`] builds
+/// the store as a disk would hold it, with every write not covered by a sync lost.
+#[derive(Debug)]
+struct TestStore {
+    store: SledStore,
+    /// Writes fail, as on a full disk.
+    full: AtomicBool,
+    /// Flushes fail, as on a failing disk.
+    sync_fails: AtomicBool,
+    /// What the filesystem reports free.
+    free: AtomicU64,
+    /// Commits applied since the last flush, then those a flush covered.
+    unsynced: StdMutex<Vec<Commit>>,
+    synced: StdMutex<Vec<Commit>>,
+}
+
+impl TestStore {
+    fn open(dir: &std::path::Path) -> Self {
+        Self {
+            store: SledStore::open(dir).unwrap(),
+            full: AtomicBool::new(false),
+            sync_fails: AtomicBool::new(false),
+            free: AtomicU64::new(u64::MAX),
+            unsynced: StdMutex::default(),
+            synced: StdMutex::default(),
+        }
+    }
+
+    /// The store as the disk holds it if the power failed now, in `dir`.
+    fn after_power_loss(&self, dir: &std::path::Path) -> SledStore {
+        let synced = self.synced.lock().unwrap().clone();
+        let store = SledStore::open(dir).unwrap();
+        for commit in &synced {
+            store.apply(commit).unwrap();
+        }
+        store.flush().unwrap();
+        store
+    }
+}
+
+impl Store for TestStore {
+    fn recover(&self, into: &mut dyn Recover) -> Result<(), StorageError> {
+        self.store.recover(into)
+    }
+    fn apply(&self, commit: &Commit) -> Result<(), StorageError> {
+        if self.full.load(Ordering::Relaxed) {
+            return Err(StorageError::Refused {
+                detail: "no space left on device".into(),
+            });
+        }
+        self.store.apply(commit)?;
+        self.unsynced.lock().unwrap().push(commit.clone());
+        Ok(())
+    }
+    fn flush(&self) -> Result<(), StorageError> {
+        if self.sync_fails.load(Ordering::Relaxed) {
+            return Err(StorageError::Sync(std::io::Error::other("EIO")));
+        }
+        self.store.flush()?;
+        let mut unsynced = self.unsynced.lock().unwrap();
+        self.synced.lock().unwrap().append(&mut unsynced);
+        Ok(())
+    }
+    fn read_message(
+        &self,
+        queue: QueueId,
+        seq: u64,
+    ) -> Result<Option<StoredMessage>, StorageError> {
+        self.store.read_message(queue, seq)
+    }
+    fn size_on_disk(&self) -> Result<u64, StorageError> {
+        self.store.size_on_disk()
+    }
+    fn free_bytes(&self) -> Result<u64, StorageError> {
+        Ok(self.free.load(Ordering::Relaxed))
+    }
+}
+
+/// Answers to publishes, as a session would encode them: (id, queues or error text).
+type Answer = (u32, Result<u16, String>);
+
+#[derive(Debug)]
+struct Answers(mpsc::UnboundedSender<Answer>);
+
+impl Confirms for Answers {
+    fn answer(self: Arc<Self>, id: u32, result: Result<u16, Refused>, _: &mut Wakes) {
+        let _ = self.0.send((id, result.map_err(|e| e.to_string())));
+    }
+}
+
+const MIN_FREE: u64 = 1 << 20;
+
+fn queue_def() -> QueueDef {
+    let declare = QueueDeclare {
+        id: 1,
+        name: "q".into(),
+        bindings: Vec::new(),
+        options: QueueOptions::default(),
+    };
+    QueueDef::from_declare(&declare, &QueueDefaults::default(), &Default::default()).unwrap()
+}
+
+/// A journal with one queue over a [`TestStore`], with the queue task's inbox and the
+/// publishers' answers.
+struct Rig {
+    store: Arc<TestStore>,
+    health: Arc<StoreHealth>,
+    dedup: Arc<Mutex<DedupWindow>>,
+    journal: Journal,
+    confirms: Arc<Answers>,
+    answers: mpsc::UnboundedReceiver<Answer>,
+    appended: mpsc::Receiver<QueueInput>,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(TestStore::open(dir.path()));
+        let health = Arc::new(StoreHealth::new(
+            MIN_FREE,
+            metrics::Gauge::noop(),
+            metrics::Counter::noop(),
+        ));
+        let dedup = Arc::new(Mutex::new(DedupWindow::new(1000, 60_000)));
+        let log = StoreLog::new(
+            Arc::clone(&store) as Arc<dyn Store>,
+            Arc::clone(&health),
+            SyncPolicy::Always,
+            LogMetrics {
+                commits: metrics::Counter::noop(),
+                flushes: metrics::Counter::noop(),
+                bytes_written: metrics::Counter::noop(),
+                flush_duration: metrics::Histogram::noop(),
+            },
+        );
+        let mut machine = Machine::default();
+        machine.recover_queue(1, queue_def(), 0, []);
+        let mut writer = Writer::new(
+            Box::new(log),
+            machine,
+            Arc::clone(&health),
+            Arc::clone(&dedup),
+            metrics::Histogram::noop(),
+        );
+        let (tasks, appended) = mpsc::channel(4096);
+        writer.add_task(1, tasks);
+        let (journal, _thread) = writer.spawn().unwrap();
+        let (tx, answers) = mpsc::unbounded_channel();
+        Rig {
+            store,
+            health,
+            dedup,
+            journal,
+            confirms: Arc::new(Answers(tx)),
+            answers,
+            appended,
+            _dir: dir,
+        }
+    }
+
+    fn op(&self, id: u32, payload: &[u8], dedup: Option<u64>) -> PublishOp {
+        PublishOp {
+            queues: vec![1],
+            publisher: 1,
+            envelope: Bytes::copy_from_slice(payload),
+            enqueued_ms: now_ms(),
+            deadline_ms: None,
+            dedup: dedup.map(|sequence| DedupEntry {
+                producer: "p".into(),
+                sequence,
+                at_ms: now_ms(),
+            }),
+            confirm: Some(ConfirmTo {
+                to: Arc::clone(&self.confirms) as Arc<dyn Confirms>,
+                id,
+                received: Instant::now(),
+            }),
+            held: None,
+        }
+    }
+
+    /// Publishes (producer "p", `sequence`) with confirm id `id`, recording the pair
+    /// in the window first as the session does; returns the answer.
+    async fn publish(&mut self, id: u32, sequence: u64) -> Answer {
+        assert!(lock(&self.dedup).insert("p", sequence, now_ms()));
+        let op = self.op(id, b"message", Some(sequence));
+        self.journal.publish(op).await.unwrap();
+        self.answers.recv().await.unwrap()
+    }
+
+    /// The answer must be an error for `id` containing `why`, with the pair out of
+    /// the window so that a retry is stored.
+    fn refused(&self, answer: Answer, id: u32, sequence: u64, why: &str) {
+        match answer {
+            (got, Err(e)) if got == id => assert!(e.contains(why), "{e}"),
+            other => panic!("expected a refusal of {id}, got {other:?}"),
+        }
+        assert!(
+            lock(&self.dedup).insert("p", sequence, now_ms()),
+            "the refused sequence may be sent again"
+        );
+        lock(&self.dedup).remove("p", sequence);
+    }
+
+    /// The answer must be a confirm for `id`, and the queue task must get the message.
+    async fn stored(&mut self, answer: Answer, id: u32) {
+        assert_eq!(answer, (id, Ok(1)));
+        match self.appended.recv().await {
+            Some(QueueInput::Appended(msgs)) => assert_eq!(msgs.len(), 1),
+            other => panic!("expected the message for the queue, got {other:?}"),
+        }
+        assert_eq!(self.health.problem(), None);
+    }
+}
+
+#[tokio::test]
+async fn a_failed_write_is_an_error_confirm_and_the_journal_goes_on() {
+    let mut rig = Rig::new();
+    rig.store.full.store(true, Ordering::Relaxed);
+    let answer = rig.publish(7, 1).await;
+    rig.refused(answer, 7, 1, "no space left");
+    let problem = rig.health.problem().expect("unhealthy while writes fail");
+    assert!(problem.contains("no space left"), "{problem}");
+
+    // The disk has room again: the retry is stored and confirmed.
+    rig.store.full.store(false, Ordering::Relaxed);
+    let answer = rig.publish(8, 1).await;
+    rig.stored(answer, 8).await;
+}
+
+#[tokio::test]
+async fn below_min_free_new_messages_are_refused_until_space_returns() {
+    let mut rig = Rig::new();
+    rig.store.free.store(MIN_FREE - 1, Ordering::Relaxed);
+    // Writes would fail too: the alarm must refuse before the store is touched.
+    rig.store.full.store(true, Ordering::Relaxed);
+    let answer = rig.publish(7, 1).await;
+    rig.refused(answer, 7, 1, "disk alarm");
+    let problem = rig.health.problem().expect("unhealthy under the alarm");
+    assert!(problem.contains("store.min_free_bytes"), "{problem}");
+
+    rig.store.free.store(MIN_FREE, Ordering::Relaxed);
+    rig.store.full.store(false, Ordering::Relaxed);
+    let answer = rig.publish(8, 1).await;
+    rig.stored(answer, 8).await;
+}
+
+#[tokio::test]
+async fn a_failed_sync_is_never_retried_into_a_confirm() {
+    let mut rig = Rig::new();
+    rig.store.sync_fails.store(true, Ordering::Relaxed);
+    let answer = rig.publish(7, 1).await;
+    rig.refused(answer, 7, 1, "syncing the store failed");
+
+    // The disk works again, but what the failed sync covered may be lost in a way a
+    // later sync cannot show: durable writes stay refused until a restart.
+    rig.store.sync_fails.store(false, Ordering::Relaxed);
+    let answer = rig.publish(8, 2).await;
+    rig.refused(answer, 8, 2, "until ternd restarts");
+    let problem = rig.health.problem().expect("unhealthy for good");
+    assert!(problem.contains("until ternd restarts"), "{problem}");
+    assert!(
+        rig.appended.try_recv().is_err(),
+        "nothing reached the queue"
+    );
+}
+
+/// The live messages of queue 1 in a store.
+#[derive(Default)]
+struct Live(Vec<StoredMessage>);
+
+impl Recover for Live {
+    fn queue(&mut self, _: tern_storage::QueueRecord) {}
+    fn next_seq(&mut self, _: QueueId, _: u64) {}
+    fn chunk(&mut self, chunk: RecoveredChunk) {
+        self.0.extend(chunk.live);
+    }
+    fn meta(&mut self, _: QueueId, _: u64, _: MessageMeta) {}
+    fn dedup(&mut self, _: DedupEntry) {}
+}
+
+/// Publishes and acks while the power fails at a random moment, many times over: the
+/// store the disk would hold keeps every confirmed message that was not acked, never
+/// brings back an ack that was answered, holds nothing that was never published, and
+/// recovers cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_loss_at_any_moment_loses_no_confirmed_message() {
+    const ROUNDS: usize = 40;
+    const MESSAGES: u32 = 300;
+    for round in 0..ROUNDS {
+        let mut rig = Rig::new();
+        let crash_after = fastrand::u32(0..MESSAGES);
+        // Acks sent to the journal, and those it answered (durable).
+        let ack_asked = Arc::new(StdMutex::new(BTreeSet::new()));
+        let acked = Arc::new(StdMutex::new(BTreeSet::new()));
+        let bodies: Vec<Bytes> = (0..MESSAGES).map(|i| envelope(&format!("m{i}"))).collect();
+        let ops: Vec<_> = (0..MESSAGES)
+            .map(|i| rig.op(i, &bodies[i as usize], None))
+            .collect();
+        let journal = rig.journal.clone();
+        let publisher = tokio::spawn(async move {
+            for op in ops {
+                if journal.publish(op).await.is_err() {
+                    return;
+                }
+            }
+        });
+        // Acks every third message once it reaches the queue, recording the acks the
+        // journal answered.
+        let mut appended = std::mem::replace(&mut rig.appended, mpsc::channel(1).1);
+        let journal = rig.journal.clone();
+        let acker_acked = Arc::clone(&acked);
+        let asked = Arc::clone(&ack_asked);
+        let acker = tokio::spawn(async move {
+            while let Some(QueueInput::Appended(msgs)) = appended.recv().await {
+                for m in msgs {
+                    if m.message.seq % 3 != 0 {
+                        continue;
+                    }
+                    let acked = Arc::clone(&acker_acked);
+                    let envelope = m.message.envelope.clone();
+                    asked.lock().unwrap().insert(envelope.to_vec());
+                    journal.send(Op::Settle {
+                        queue: 1,
+                        seq: m.message.seq,
+                        forget_meta: false,
+                        done: Some(Box::new(move |r| {
+                            if r.is_ok() {
+                                acked.lock().unwrap().insert(envelope.to_vec());
+                            }
+                        })),
+                    });
+                }
+            }
+        });
+        let mut confirmed = BTreeSet::new();
+        while confirmed.len() < crash_after as usize {
+            let (id, result) = rig.answers.recv().await.unwrap();
+            assert_eq!(result, Ok(1));
+            confirmed.insert(bodies[id as usize].to_vec());
+        }
+        // The power fails: what was confirmed and acked so far is known before the disk
+        // is looked at, so everything it counts was synced before this moment.
+        let acked_now = acked.lock().unwrap().clone();
+        let dir = tempfile::tempdir().unwrap();
+        let disk = rig.store.after_power_loss(dir.path());
+        publisher.abort();
+        acker.abort();
+
+        let mut live = Live::default();
+        disk.recover(&mut live).unwrap();
+        let mut found: HashMap<Vec<u8>, usize> = HashMap::new();
+        for m in &live.0 {
+            *found.entry(m.envelope.to_vec()).or_default() += 1;
+        }
+        for (body, n) in &found {
+            assert_eq!(*n, 1, "round {round}: a message is stored twice");
+            assert!(
+                bodies.iter().any(|b| b[..] == body[..]),
+                "round {round}: never published"
+            );
+            assert!(
+                !acked_now.contains(body),
+                "round {round}: an answered ack came back"
+            );
+        }
+        // A settle may be durable before its answer: only a message whose ack was
+        // asked for may be missing.
+        let asked_now = ack_asked.lock().unwrap().clone();
+        for body in confirmed.difference(&asked_now) {
+            assert!(
+                found.contains_key(body),
+                "round {round}: a confirmed message is lost"
+            );
+        }
+        // And the disk's state is one the broker starts from.
+        let back = recovery::recover(&disk, dir.path(), 1 << 20, Default::default());
+        assert!(back.is_ok(), "round {round}: recovery failed");
+    }
+}
