@@ -551,16 +551,22 @@ impl Writer {
                 );
             }
         }
+        // Pairs of messages no queue stored leave the window before any answer goes out:
+        // the publisher may retry the moment it reads its error.
+        let refused: Vec<DedupEntry> = after
+            .iter()
+            .zip(&fx.answers)
+            .filter_map(|(a, answer)| match (a, answer) {
+                (After::Publish { dedup, .. }, Err(_)) => dedup.clone(),
+                _ => None,
+            })
+            .collect();
+        forget_pairs(&self.dedup, &refused);
         let mut wakes = Wakes::default();
-        let mut forget = Vec::new();
         for (a, answer) in after.into_iter().zip(fx.answers) {
             match a {
                 After::Nothing => {}
-                After::Publish { confirm, dedup, .. } => {
-                    if answer.is_err() {
-                        // Not stored: a retry must not be taken for a duplicate.
-                        forget.extend(dedup);
-                    }
+                After::Publish { confirm, .. } => {
                     if let Some(to) = confirm {
                         self.confirm_latency.record(to.received.elapsed());
                         to.answer(answer.map_err(Refused::from), &mut wakes);
@@ -575,21 +581,28 @@ impl Writer {
             }
         }
         wakes.wake_all();
-        forget_pairs(&self.dedup, &forget);
         for done in batch.barriers {
             done(Ok(()));
         }
     }
 
     fn failed(dedup: &Mutex<DedupWindow>, error: &LogError, batch: Batch) {
+        // Out of the window before any answer goes out, as above.
+        let pairs: Vec<DedupEntry> = batch
+            .after
+            .iter()
+            .filter_map(|a| match a {
+                After::Publish { dedup, .. } => dedup.clone(),
+                _ => None,
+            })
+            .collect();
+        forget_pairs(dedup, &pairs);
         let message = format!("the message could not be stored: {error}");
         let mut wakes = Wakes::default();
-        let mut forget = Vec::new();
         for a in batch.after {
             match a {
                 After::Nothing => {}
-                After::Publish { confirm, dedup, .. } => {
-                    forget.extend(dedup);
+                After::Publish { confirm, .. } => {
                     if let Some(to) = confirm {
                         to.answer(Err(Refused::Store(message.clone())), &mut wakes);
                     }
@@ -603,7 +616,6 @@ impl Writer {
             }
         }
         wakes.wake_all();
-        forget_pairs(dedup, &forget);
         for done in batch.barriers {
             done(Err(error.to_string()));
         }
