@@ -31,15 +31,19 @@ struct Confirmed {
     count: AtomicUsize,
 }
 
-/// Publishes `p{conn}-{n}` at QoS 1 as fast as the broker takes them, with many
-/// confirms in flight, until the connection dies; records every confirmed id.
-async fn publish_until_killed(addr: String, conn: usize, confirmed: Arc<Confirmed>) -> usize {
-    let c = Client::builder()
+/// A publisher's connection: no reconnect, many confirms in flight.
+async fn publisher(addr: String) -> Client {
+    Client::builder()
         .reconnect(false)
         .max_inflight(1000)
         .connect(addr)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Publishes `p{conn}-{n}` at QoS 1 as fast as the broker takes them, with many
+/// confirms in flight, until the connection dies; records every confirmed id.
+async fn publish_until_killed(c: Client, conn: usize, confirmed: Arc<Confirmed>) -> usize {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, PendingConfirm)>();
     let collector = tokio::spawn(async move {
         while let Some((id, pending)) = rx.recv().await {
@@ -92,14 +96,16 @@ async fn confirmed_messages_survive_sigkill(kill_after: usize) {
         .unwrap();
 
     let confirmed = Arc::new(Confirmed::default());
-    let publishers: Vec<_> = (0..PUBLISHERS)
-        .map(|conn| {
-            tokio::spawn(publish_until_killed(
-                ternd.url(),
-                conn,
-                Arc::clone(&confirmed),
-            ))
-        })
+    // Every publisher is connected before any publishes: on a busy machine the first
+    // ones could reach the kill before the last one connected.
+    let mut clients = Vec::new();
+    for _ in 0..PUBLISHERS {
+        clients.push(within("connect", publisher(ternd.url())).await);
+    }
+    let publishers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(conn, c)| tokio::spawn(publish_until_killed(c, conn, Arc::clone(&confirmed))))
         .collect();
     wait_for("enough confirms", || {
         confirmed.count.load(Ordering::SeqCst) >= kill_after
