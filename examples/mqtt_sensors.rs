@@ -75,6 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Config::default()
     };
     let running = Server::start(config).await?;
+    ternd::bridge::start(running.server());
     let tern_addr = running.addr().ok_or("no plaintext listener")?;
     let server = running.server().clone();
     println!("tern broker on {tern_addr}, bridged to mqtt://{mqtt}");

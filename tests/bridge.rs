@@ -171,7 +171,9 @@ fn bridges(toml: &str) -> Vec<tern_broker::bridge::MqttBridge> {
 /// A tern broker running the bridges of `toml`.
 async fn start_with_bridges(toml: &str) -> TestBroker {
     let bridges = bridges(toml);
-    start_broker_with(move |c: &mut Config| c.bridges = bridges).await
+    let b = start_broker_with(move |c: &mut Config| c.bridges = bridges).await;
+    ternd::bridge::start(&b.server);
+    b
 }
 
 /// The value of metric `line_prefix` (name and labels) in the broker's exposition.

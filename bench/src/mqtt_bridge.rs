@@ -104,6 +104,7 @@ async fn run_async(args: &Args) -> anyhow::Result<Report> {
         ..Config::default()
     };
     let running = Server::start(config).await.context("starting the broker")?;
+    ternd::bridge::start(running.server());
     let addr = running.addr().context("no plaintext listener")?;
     let server = running.server().clone();
 

@@ -165,7 +165,7 @@ impl Metrics {
         }
         counter(r, "tern_messages_delivered_total", &[("via", "queue")])
             .absolute(delivered_from_queues);
-        for b in shared.bridges() {
+        for b in &shared.bridges {
             let l = [("bridge", b.name.as_str())];
             let connected = b.connected.load(std::sync::atomic::Ordering::Relaxed);
             gauge(r, "tern_bridge_connected", &l).set(if connected { 1.0 } else { 0.0 });

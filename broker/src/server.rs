@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::bridge::BridgeStatus;
 use crate::config::{Config, Listen, SyncPolicy};
 use crate::dedup::DedupWindow;
 use crate::journal::{Journal, LogMetrics, Op, StoreLog, Writer};
@@ -56,8 +57,11 @@ pub(crate) struct Shared {
     /// Open connections per client address, for the per-address limit. A std `Mutex`:
     /// one map update per connect and disconnect.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    /// The MQTT bridges' status, once they are started.
-    pub bridges: Mutex<Vec<Arc<crate::bridge::BridgeStatus>>>,
+    /// Each configured MQTT bridge's status, updated by the bridge once it runs.
+    pub bridges: Vec<Arc<BridgeStatus>>,
+    /// Connections and the services started on the server ([`Server::spawn_service`]),
+    /// waited for at shutdown.
+    tasks: TaskTracker,
     pub started: std::time::Instant,
     /// URLs this server listens on, for server info. A std `Mutex`: written when a
     /// listener starts, read by server-info requests.
@@ -122,11 +126,6 @@ impl Shared {
 
     pub fn count_protocol_error(&self, e: &DecodeError) {
         self.stats.count_decode_error(e);
-    }
-
-    /// The MQTT bridges' status.
-    pub fn bridges(&self) -> Vec<Arc<crate::bridge::BridgeStatus>> {
-        lock(&self.bridges).clone()
     }
 
     /// URLs this server listens on.
@@ -280,6 +279,16 @@ impl Server {
                 done: None,
             });
         }
+        let bridges = config
+            .bridges
+            .iter()
+            .map(|b| {
+                Arc::new(BridgeStatus {
+                    name: b.name.clone(),
+                    ..BridgeStatus::default()
+                })
+            })
+            .collect();
         let shared = Arc::new(Shared {
             config,
             router: Router::default(),
@@ -293,7 +302,8 @@ impl Server {
             metrics,
             tls,
             per_ip: Mutex::new(HashMap::new()),
-            bridges: Mutex::new(Vec::new()),
+            bridges,
+            tasks: TaskTracker::new(),
             started: std::time::Instant::now(),
             listeners: Mutex::new(Vec::new()),
             queue_tasks: Mutex::new(Vec::new()),
@@ -348,10 +358,25 @@ impl Server {
         &self.shared.config
     }
 
-    /// Cancelled when the server starts shutting down: background tasks of the broker's
-    /// own (the MQTT bridges) stop on it.
-    pub(crate) fn shutdown_token(&self) -> tokio_util::sync::CancellationToken {
+    /// Cancelled when the server starts shutting down: services started with
+    /// [`Server::spawn_service`] stop on it.
+    pub fn shutdown_token(&self) -> CancellationToken {
         self.shared.shutdown.clone()
+    }
+
+    /// Runs a component built on the broker (the daemon's MQTT bridges) as a task of the
+    /// server: it must end once [`Server::shutdown_token`] is cancelled, and shutdown
+    /// waits for it, under the shutdown timeout, as for a connection.
+    pub fn spawn_service<F>(&self, service: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.shared.tasks.spawn(service);
+    }
+
+    /// The status of the configured MQTT bridge `name`, which the bridge updates.
+    pub fn bridge_status(&self, name: &str) -> Option<Arc<BridgeStatus>> {
+        self.shared.bridges.iter().find(|b| b.name == name).cloned()
     }
 
     /// Number of queues on the server.
@@ -440,8 +465,7 @@ impl Server {
                 ))
             }
         };
-        let tracker = TaskTracker::new();
-        *lock(&shared.bridges) = crate::bridge::start(self, &tracker);
+        let tracker = &shared.tasks;
         let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
         let refusals = Arc::new(Semaphore::new(MAX_TLS_REFUSALS));
         tokio::pin!(shutdown);
@@ -784,13 +808,18 @@ impl Running {
     }
 }
 
-/// Opens the store, binds `config.listen` (and the metrics endpoint, unless it is off)
-/// and serves until `shutdown` completes.
+/// Opens the store, binds `config.listen` (and the metrics endpoint, unless it is off),
+/// starts the `services` built on the broker (the daemon passes its MQTT bridges; see
+/// [`Server::spawn_service`]) and serves until `shutdown` completes.
 ///
 /// # Errors
 ///
 /// The store cannot be opened, an address cannot be bound, or the final flush failed.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    services: impl FnOnce(&Server),
+) -> Result<(), Error> {
     let listener = bind_listen(config.listen).await?;
     let metrics = bind_listen(config.metrics_listen).await?;
     let tls_listener = match &config.tls {
@@ -806,6 +835,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // Installed with or without TLS: SIGHUP's default action would end the process.
     #[cfg(unix)]
     reload_on_sighup(server.clone())?;
+    services(&server);
     server.serve_with(listener, tls_listener, shutdown).await
 }
 

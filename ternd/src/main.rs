@@ -143,7 +143,7 @@ fn start(cli: Cli) -> anyhow::Result<()> {
         // Registered before the broker listens, so that a signal that arrives the
         // moment it is up still shuts it down gracefully.
         let shutdown = shutdown_signal()?;
-        tern_broker::run(config, shutdown).await?;
+        tern_broker::run(config, shutdown, ternd::bridge::start).await?;
         anyhow::Ok(())
     })
 }

@@ -174,7 +174,7 @@ impl RawConn {
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        cargo_build(&["-p", "tern-broker", "-p", "tern-client", "--bins"]);
+        cargo_build(&["-p", "ternd", "-p", "tern-client", "--bins"]);
     });
     profile_dir().join(name)
 }

@@ -1,10 +1,10 @@
-//! MQTT bridges: sensor readings from an MQTT broker into tern subjects, commands from
-//! tern subjects out to MQTT devices.
+//! MQTT bridges, as the broker knows them: the `[[bridge.mqtt]]` settings and their
+//! validation, the topic ↔ subject [`mapping`], and each bridge's [`BridgeStatus`] for
+//! metrics and server info.
 //!
-//! A bridge is a tern client connected to its own broker over an in-process connection
-//! ([`crate::Server::connect_local`]) on one side, and an MQTT client (rumqttc) on the
-//! other. Reusing the ordinary client gives it confirms, durable consumption with acks
-//! and reconnects for free, and keeps the router's internals private.
+//! The bridges themselves run in the `ternd` crate (`ternd::bridge`): a bridge is an
+//! ordinary tern client on an in-process connection ([`crate::Server::connect_local`])
+//! plus an MQTT client, so the broker library depends on neither client.
 //!
 //! # Mapping
 //!
@@ -14,40 +14,8 @@
 //! character becomes `%XX` per UTF-8 byte (upper-case hex), and an empty level is `%`
 //! alone. `a//b` ↔ `a.%.b`, `v1.2/x` ↔ `v1%2E2.x`, `$SYS/broker/load` ↔
 //! `$SYS.broker.load`. See [`mapping`]; `docs/BRIDGE.md` has the user's version.
-//!
-//! # Delivery
-//!
-//! ```text
-//! import  MQTT PUBLISH ─▶ tern publish (QoS 1: wait for the confirm) ─▶ MQTT PUBACK
-//! export  tern queue bridge.<name>.export.<n> ─▶ MQTT PUBLISH ─▶ PUBACK ─▶ tern ack
-//! ```
-//!
-//! * Import: each message is published on the mapped subject with headers
-//!   `mqtt_topic`, `mqtt_qos`, `mqtt_retain` and `bridge`. A QoS 1 message is acked
-//!   to the MQTT broker (rumqttc manual acks, in the order received) only once tern
-//!   confirmed it — durable in every queue it routed to.
-//! * Export: a QoS 1 export consumes from a durable queue of its own, bounded by
-//!   `buffer` messages, and acks a delivery only once the MQTT PUBACK for it arrived.
-//!   Deliveries in flight when the connection drops are published again after the
-//!   reconnect. A QoS 0 export is a plain subscription.
-//! * Loops: an imported message carries `bridge = <name>`; the bridge's exports never
-//!   send such a message out again. What an export sends to a topic one of its own
-//!   imports subscribes to comes back from the MQTT broker; that echo is dropped
-//!   ([`echo`]).
-//!
-//! # Layout
-//!
-//! * this file: the `[[bridge.mqtt]]` settings, their validation, status, start.
-//! * [`mapping`]: topics ↔ subjects, filters ↔ patterns, routes.
-//! * `conn_log`: the once-per-change connection log (no I/O); reconnects are paced by
-//!   the client's `Backoff`.
-//! * `echo`: echo suppression (no I/O).
-//! * `run`: the MQTT connection driver and the bridge task.
 
-mod conn_log;
-mod echo;
 pub mod mapping;
-mod run;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -57,10 +25,8 @@ use std::time::Duration;
 
 use serde::de::IgnoredAny;
 use serde::Deserialize;
-use tokio_util::task::TaskTracker;
 
 use crate::config::{ConfigError, HumanDuration};
-use crate::Server;
 use mapping::Route;
 
 /// Default `buffer` of a QoS 1 export: messages its queue holds while the MQTT broker
@@ -581,9 +547,10 @@ fn tls_config(
     Ok(Arc::new(config))
 }
 
-/// What a bridge reports for metrics and server info.
+/// What a bridge reports for metrics and server info. The server makes one per
+/// configured bridge when it opens; the bridge (run by the `ternd` crate) updates it.
 #[derive(Debug, Default)]
-pub(crate) struct BridgeStatus {
+pub struct BridgeStatus {
     pub name: String,
     /// Whether the MQTT connection is up.
     pub connected: AtomicBool,
@@ -593,31 +560,6 @@ pub(crate) struct BridgeStatus {
     pub messages_out: AtomicU64,
     /// Connections restored after a loss.
     pub reconnects: AtomicU64,
-}
-
-/// Starts every configured bridge as tasks in `tracker`; they stop when the server
-/// shuts down. Returns their status handles.
-pub(crate) fn start(server: &Server, tracker: &TaskTracker) -> Vec<Arc<BridgeStatus>> {
-    let shutdown = server.shutdown_token();
-    server
-        .config()
-        .bridges
-        .iter()
-        .map(|b| {
-            let status = Arc::new(BridgeStatus {
-                name: b.name.clone(),
-                ..BridgeStatus::default()
-            });
-            run::spawn(
-                server.clone(),
-                Arc::new(b.clone()),
-                Arc::clone(&status),
-                shutdown.child_token(),
-                tracker,
-            );
-            status
-        })
-        .collect()
 }
 
 #[cfg(test)]

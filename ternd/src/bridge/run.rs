@@ -45,12 +45,11 @@ use rumqttc::{
 use tern_client::{Client, Delivery, ErrorCode, Headers, Message, Overflow, Qos, QueueConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::conn_log::{ConnLog, Note};
 use super::echo::EchoFilter;
-use super::{BridgeStatus, MqttBridge};
-use crate::Server;
+use tern_broker::bridge::{BridgeStatus, MqttBridge};
+use tern_broker::Server;
 use tern_client::Backoff;
 
 /// QoS 1 exports in flight to the MQTT broker at once (and the prefetch of each export
@@ -126,13 +125,12 @@ impl Gate {
     }
 }
 
-/// Starts `cfg`'s driver and bridge tasks in `tracker`.
+/// Starts `cfg`'s driver and bridge tasks as services of `server`.
 pub(super) fn spawn(
     server: Server,
     cfg: Arc<MqttBridge>,
     status: Arc<BridgeStatus>,
     shutdown: CancellationToken,
-    tracker: &TaskTracker,
 ) {
     let max_packet = usize::try_from(server.config().limits.max_frame_size).unwrap_or(usize::MAX);
     let (mqtt, eventloop) = AsyncClient::new(options(&cfg, max_packet), REQUEST_CHANNEL);
@@ -143,7 +141,7 @@ pub(super) fn spawn(
         .iter()
         .map(|i| SubscribeFilter::new(i.route.mqtt_filter(), qos(i.qos)))
         .collect();
-    tracker.spawn(
+    server.spawn_service(
         Driver {
             cfg: Arc::clone(&cfg),
             eventloop,
@@ -156,7 +154,7 @@ pub(super) fn spawn(
         }
         .run(),
     );
-    tracker.spawn(
+    server.clone().spawn_service(
         Bridge {
             cfg,
             status,
@@ -822,7 +820,7 @@ impl Bridge {
 async fn declare_export_queue(
     tern: &Client,
     bridge: &str,
-    export: &super::Export,
+    export: &tern_broker::bridge::Export,
 ) -> Result<(), tern_client::Error> {
     let config = QueueConfig::new(export.queue.as_str())
         .bind(export.route.tern_pattern())
