@@ -120,7 +120,7 @@ impl Log for StoreLog {
             return Ok(fx);
         }
         if let Err(e) = self.store.apply(&fx.commit) {
-            machine.undo(&fx);
+            machine.undo(fx);
             return Err(LogError::Refused(e.to_string()));
         }
         self.metrics.commits.increment(1);
@@ -134,7 +134,7 @@ impl Log for StoreLog {
         self.dirty = true;
         if self.sync_now() {
             if let Err(e) = self.sync() {
-                machine.undo(&fx);
+                machine.undo(fx);
                 return Err(e);
             }
         }
