@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tern_codec::{DecodeError, Encode, ErrorCode, ErrorFrame};
-use tern_storage::{QueueId, SledStore, Store};
+use tern_storage::{QueueId, SledStore, Store, Wal};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::bridge::BridgeStatus;
 use crate::config::{Config, Listen, SyncPolicy};
 use crate::dedup::DedupWindow;
-use crate::journal::{Journal, LogMetrics, Op, StoreLog, Writer};
+use crate::journal::{Journal, LogMetrics, Op, StoreLog, Writer, WAL_BYTES};
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::queue::def::QueueDef;
@@ -34,6 +34,9 @@ use crate::session;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::store_health::StoreHealth;
 use crate::Error;
+
+/// The write-ahead log's file in the data directory.
+const WAL_FILE: &str = "wal";
 
 /// State every connection shares.
 #[derive(Debug)]
@@ -223,29 +226,27 @@ impl Server {
                 "sync = {other}: confirmed messages can be lost if the broker is killed or the machine loses power"
             ),
         }
-        let recovered = recovery::recover(
-            &*store,
-            &config.data_dir,
-            config.queues.memory,
-            config.limits.filter,
-        )?;
         let store_config = &config.store;
-        let mut window = DedupWindow::new(
-            store_config.dedup_window,
-            u64::try_from(store_config.dedup_age.as_millis()).unwrap_or(u64::MAX),
-        );
-        for e in &recovered.dedup {
-            window.restore(e);
-        }
-        let dedup = Arc::new(Mutex::new(window));
         let metrics = Metrics::new();
         let store_health = Arc::new(StoreHealth::new(
             store_config.min_free_bytes,
             metrics.disk_alarm.clone(),
             metrics.disk_alarms.clone(),
         ));
-        let log = StoreLog::new(
+        let wal = Wal::open(&config.data_dir.join(WAL_FILE), WAL_BYTES)
+            .map_err(tern_storage::StorageError::Wal)?;
+        let (log, recovered) = StoreLog::open(
             Arc::clone(&store),
+            wal,
+            &config.data_dir,
+            |store| {
+                recovery::recover(
+                    store,
+                    &config.data_dir,
+                    config.queues.memory,
+                    config.limits.filter,
+                )
+            },
             Arc::clone(&store_health),
             store_config.sync,
             LogMetrics {
@@ -254,7 +255,15 @@ impl Server {
                 bytes_written: metrics.bytes_written.clone(),
                 flush_duration: metrics.flush_duration.clone(),
             },
+        )?;
+        let mut window = DedupWindow::new(
+            store_config.dedup_window,
+            u64::try_from(store_config.dedup_age.as_millis()).unwrap_or(u64::MAX),
         );
+        for e in &recovered.dedup {
+            window.restore(e);
+        }
+        let dedup = Arc::new(Mutex::new(window));
         let mut writer = Writer::new(
             Box::new(log),
             recovered.machine,

@@ -26,6 +26,9 @@ pub enum StorageError {
     Refused { detail: String },
     #[error("store I/O failed: {0}")]
     Io(#[from] sled::Error),
+    /// The write-ahead log could not be opened or read.
+    #[error("the write-ahead log failed: {0}")]
+    Wal(#[source] std::io::Error),
     /// An `fsync`/`fdatasync` of the store's files failed: what it covered is not
     /// durable, and must never be reported so.
     #[error("syncing the store's files to disk failed: {0}")]

@@ -32,7 +32,8 @@
 //!
 //! [`Store::flush`] returns once everything applied is on stable storage: sled's own
 //! flush only `sync_file_range`s its log, so the engine adds the `fdatasync`s and
-//! directory `fsync`s that make it so (`file_sync`).
+//! directory `fsync`s that make it so (`file_sync`). Flushing is the checkpoint of the
+//! broker's write-ahead log ([`Wal`]), which makes each commit durable in between.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
@@ -42,10 +43,12 @@ mod error;
 mod file_sync;
 mod record;
 mod sled_store;
+mod wal;
 
 pub use error::StorageError;
 pub use record::{DedupEntry, MessageMeta, QueueRecord, StoredMessage};
 pub use sled_store::{SledStore, DEFAULT_CACHE_BYTES};
+pub use wal::{LogFile, Wal, WalRecord};
 
 /// The on-disk format this version writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -74,6 +77,9 @@ pub struct Commit {
     pub dedup: Vec<DedupEntry>,
     /// Forget deduplication entries recorded before this time (ms since the epoch).
     pub dedup_forget_before: Option<u64>,
+    /// The index of the log entry this commit makes durable: recovery replays the
+    /// write-ahead log from the entry after the last one the store holds.
+    pub log_index: Option<u64>,
 }
 
 impl Commit {
@@ -109,6 +115,9 @@ pub trait Recover {
     fn chunk(&mut self, chunk: RecoveredChunk);
     fn meta(&mut self, queue: QueueId, seq: u64, meta: MessageMeta);
     fn dedup(&mut self, entry: DedupEntry);
+    /// The index of the last log entry whose commit the store holds, if any was
+    /// recorded.
+    fn log_index(&mut self, index: u64);
 }
 
 /// What the broker needs from a store. Every method blocks on I/O: call them from a
@@ -116,7 +125,7 @@ pub trait Recover {
 pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     /// Streams everything the store holds to `into`, in this order: queues, their next
     /// sequence numbers, message metas, chunks (one at a time, so that recovery never
-    /// needs the whole store in memory), dedup entries.
+    /// needs the whole store in memory), the log index, dedup entries.
     ///
     /// # Errors
     ///

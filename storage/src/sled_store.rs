@@ -26,6 +26,8 @@ const CHUNK: u8 = b'c';
 const SETTLED: u8 = b'a';
 const META: u8 = b'm';
 const DEDUP: u8 = b'd';
+/// The index of the last log entry whose commit the store holds.
+const LOG_INDEX: &[u8] = b"w";
 
 fn key5(prefix: u8, queue: QueueId) -> [u8; 5] {
     let mut k = [prefix, 0, 0, 0, 0];
@@ -283,6 +285,13 @@ impl Store for SledStore {
             });
             Ok(())
         })?;
+        if let Some(v) = self.db.get(LOG_INDEX)? {
+            let index =
+                v.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| {
+                    self.corrupt(LOG_INDEX, format!("{} bytes, expected 8", v.len()))
+                })?;
+            into.log_index(index);
+        }
         self.scan(DEDUP, |k, v| {
             let at_ms = k
                 .get(1..9)
@@ -341,7 +350,12 @@ impl Store for SledStore {
             }
         }
         if let Some(first) = commit.dedup.first() {
-            let n = self.dedup_counter.fetch_add(1, Ordering::Relaxed);
+            // The log index keeps the key the same when a commit is replayed from the
+            // write-ahead log; the counter separates commits made without one.
+            let n = match commit.log_index {
+                Some(i) => i,
+                None => self.dedup_counter.fetch_add(1, Ordering::Relaxed) | 1 << 63,
+            };
             let entries: Vec<_> = commit.dedup.iter().collect();
             let value = record::encode_dedup(&entries).map_err(refuse)?;
             batch.insert(&key17(DEDUP, first.at_ms, n), value.as_ref());
@@ -354,6 +368,9 @@ impl Store for SledStore {
             {
                 batch.remove(key?);
             }
+        }
+        if let Some(i) = commit.log_index {
+            batch.insert(LOG_INDEX, &i.to_be_bytes());
         }
         self.db.apply_batch(batch)?;
         Ok(())
@@ -438,6 +455,7 @@ mod tests {
         fn dedup(&mut self, entry: DedupEntry) {
             self.dedup.push(entry);
         }
+        fn log_index(&mut self, _: u64) {}
     }
 
     fn recovered(store: &SledStore) -> Collected {

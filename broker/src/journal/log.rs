@@ -1,20 +1,22 @@
 //! The seam between the durable queues' state machine and the disk.
 //!
 //! The journal hands each group commit's [`Entry`] to a [`Log`], which applies it to the
-//! [`Machine`] and makes it durable. [`StoreLog`] is the embedded default: it writes the
-//! entry's effects to the local store (sled) as one atomic commit and syncs as the
-//! policy says. The store keeps state, not commands — a chunk per queue per commit,
-//! settled bitmaps — so it needs no compaction: what is settled is deleted. A replicated
-//! log is a second implementation of the same trait, which applies an entry once a
-//! majority holds it.
+//! [`Machine`] and makes it durable. [`StoreLog`] is the embedded default: a
+//! write-ahead log of entries in front of the local store (sled), which is the log's
+//! snapshot — compacting the log is checkpointing the store. A replicated log is a
+//! second implementation of the same trait, which applies an entry once a majority
+//! holds it.
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tern_storage::{StorageError, Store};
+use tern_storage::{StorageError, Store, Wal, WalRecord};
 
 use crate::config::SyncPolicy;
 use crate::queue::machine::{Effects, Entry, Machine};
+use crate::queue::recovery::Recovered;
 use crate::store_health::StoreHealth;
 
 /// Where the durable queues' entries go.
@@ -42,6 +44,14 @@ pub(crate) trait Log: Send + 'static {
     ///
     /// The sync failed ([`LogError::SyncFailed`]).
     fn sync(&mut self) -> Result<(), LogError>;
+
+    /// Makes the state hold everything appended, so that the log can start over (a
+    /// checkpoint); at shutdown, so that the next start replays nothing.
+    ///
+    /// # Errors
+    ///
+    /// The checkpoint failed ([`LogError::SyncFailed`]).
+    fn compact(&mut self) -> Result<(), LogError>;
 }
 
 /// Why an entry is not durable.
@@ -69,36 +79,93 @@ pub(crate) struct LogMetrics {
     pub flush_duration: metrics::Histogram,
 }
 
-/// The embedded log: the local store, synced by policy.
+/// Most bytes the write-ahead log holds before a checkpoint. Its file grows to this
+/// once and is then overwritten in place (`tern_storage::Wal`).
+pub(crate) const WAL_BYTES: u64 = 64 << 20;
+
+/// The embedded log: a write-ahead log file of entries in front of the local store.
+///
+/// An entry's commit goes to the store unsynced and the entry itself to the
+/// write-ahead log, which is synced as the policy says: one `fdatasync` of a file
+/// that does not grow makes the commit durable. When the log is full, the store is
+/// flushed and synced (a checkpoint) and the log starts over. At start the store is
+/// recovered, the entries the log holds after the store's last one are replayed
+/// through the machine into the store, and the store is checkpointed before the log is
+/// overwritten.
 pub(crate) struct StoreLog {
     store: Arc<dyn Store>,
+    wal: Wal,
     /// The disk alarm.
     health: Arc<StoreHealth>,
     sync: SyncPolicy,
     metrics: LogMetrics,
+    /// The index the next entry gets.
+    next_index: u64,
     last_sync: Instant,
-    /// Something was written since the last sync.
+    /// Something was appended since the last sync.
     dirty: bool,
-    /// Set by the first failed sync, for good.
+    /// Set by the first failed write to the log or sync, for good.
     failed: Option<String>,
 }
 
 impl StoreLog {
-    pub fn new(
+    /// Opens the log over `store` and `wal` (with the records found in it): recovers
+    /// what the store holds with `recover`, replays the entries after it and
+    /// checkpoints. Returns the log and the recovered state.
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be read or written, or the log holds an entry this version
+    /// cannot decode ([`StorageError::Corrupt`] naming `data_dir`).
+    pub fn open(
         store: Arc<dyn Store>,
+        (mut wal, records): (Wal, Vec<WalRecord>),
+        data_dir: &Path,
+        recover: impl Fn(&dyn Store) -> Result<Recovered, StorageError>,
         health: Arc<StoreHealth>,
         sync: SyncPolicy,
         metrics: LogMetrics,
-    ) -> Self {
-        Self {
+    ) -> Result<(Self, Recovered), StorageError> {
+        let mut recovered = recover(&*store)?;
+        let mut next = recovered.log_index + 1;
+        let mut pending: HashMap<u64, Vec<u8>> = records
+            .into_iter()
+            .filter(|r| r.index >= next)
+            .map(|r| (r.index, r.payload))
+            .collect();
+        let mut replayed = 0u64;
+        while let Some(payload) = pending.remove(&next) {
+            let entry: Entry =
+                postcard::from_bytes(&payload).map_err(|e| StorageError::Corrupt {
+                    path: data_dir.to_path_buf(),
+                    detail: format!("write-ahead log entry {next} cannot be decoded: {e}"),
+                })?;
+            let mut fx = recovered.machine.apply(&entry);
+            fx.commit.log_index = Some(next);
+            store.apply(&fx.commit)?;
+            next += 1;
+            replayed += 1;
+        }
+        // What the store holds may sit in the page cache only (after a kill, not a
+        // power loss): it must be on disk before the log that covers it is overwritten.
+        store.flush()?;
+        wal.restart();
+        if replayed > 0 {
+            tracing::info!(entries = replayed, "replayed the write-ahead log");
+            recovered = recover(&*store)?;
+        }
+        let log = Self {
             store,
+            wal,
             health,
             sync,
             metrics,
+            next_index: next,
             last_sync: Instant::now(),
             dirty: false,
             failed: None,
-        }
+        };
+        Ok((log, recovered))
     }
 
     fn sync_now(&self) -> bool {
@@ -108,6 +175,30 @@ impl StoreLog {
             SyncPolicy::Never => false,
         }
     }
+
+    /// Stops the log for good after a failed write or sync.
+    fn fail(&mut self, e: &dyn std::fmt::Display) -> LogError {
+        let e = failed_sync(e);
+        self.failed = Some(e.clone());
+        LogError::SyncFailed(e)
+    }
+
+    /// Appends entry `index` to the write-ahead log, or checkpoints when it does not
+    /// fit; syncs as the policy says.
+    fn write(&mut self, index: u64, entry: &[u8]) -> Result<(), LogError> {
+        match self.wal.append(index, entry) {
+            Ok(true) => {
+                self.dirty = true;
+                if self.sync_now() {
+                    self.sync()?;
+                }
+                Ok(())
+            }
+            // The store gets everything so far, this entry included.
+            Ok(false) => self.compact(),
+            Err(e) => Err(self.fail(&e)),
+        }
+    }
 }
 
 impl Log for StoreLog {
@@ -115,14 +206,24 @@ impl Log for StoreLog {
         if let Some(e) = &self.failed {
             return Err(LogError::SyncFailed(e.clone()));
         }
-        let fx = machine.apply(entry);
+        let mut fx = machine.apply(entry);
         if fx.commit.is_empty() {
             return Ok(fx);
         }
+        let encoded = match postcard::to_stdvec(entry) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                machine.undo(fx);
+                return Err(LogError::Refused(format!("cannot encode the entry: {e}")));
+            }
+        };
+        let index = self.next_index;
+        fx.commit.log_index = Some(index);
         if let Err(e) = self.store.apply(&fx.commit) {
             machine.undo(fx);
             return Err(LogError::Refused(e.to_string()));
         }
+        self.next_index += 1;
         self.metrics.commits.increment(1);
         let bytes: usize = fx
             .commit
@@ -131,12 +232,9 @@ impl Log for StoreLog {
             .flat_map(|(_, msgs)| msgs.iter().map(|m| m.envelope.len()))
             .sum();
         self.metrics.bytes_written.increment(bytes as u64);
-        self.dirty = true;
-        if self.sync_now() {
-            if let Err(e) = self.sync() {
-                machine.undo(fx);
-                return Err(e);
-            }
+        if let Err(e) = self.write(index, &encoded) {
+            machine.undo(fx);
+            return Err(e);
         }
         Ok(fx)
     }
@@ -159,11 +257,25 @@ impl Log for StoreLog {
             return Err(LogError::SyncFailed(e.clone()));
         }
         let started = Instant::now();
-        if let Err(e) = self.store.flush() {
-            let e = failed_sync(&e);
-            self.failed = Some(e.clone());
-            return Err(LogError::SyncFailed(e));
+        if let Err(e) = self.wal.sync() {
+            return Err(self.fail(&e));
         }
+        self.metrics.flushes.increment(1);
+        self.metrics.flush_duration.record(started.elapsed());
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    fn compact(&mut self) -> Result<(), LogError> {
+        if let Some(e) = &self.failed {
+            return Err(LogError::SyncFailed(e.clone()));
+        }
+        let started = Instant::now();
+        if let Err(e) = self.store.flush() {
+            return Err(self.fail(&e));
+        }
+        self.wal.restart();
         self.metrics.flushes.increment(1);
         self.metrics.flush_duration.record(started.elapsed());
         self.dirty = false;
@@ -173,7 +285,7 @@ impl Log for StoreLog {
 }
 
 /// Logged once, when the log stops for good.
-fn failed_sync(e: &StorageError) -> String {
+fn failed_sync(e: &dyn std::fmt::Display) -> String {
     tracing::error!(error = %e, "syncing the store failed: durable publishing is stopped until ternd is restarted");
     e.to_string()
 }

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use tern_storage::{DedupEntry, MessageMeta, QueueId};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-pub(crate) use self::log::{Log, LogError, LogMetrics, StoreLog};
+pub(crate) use self::log::{Log, LogError, LogMetrics, StoreLog, WAL_BYTES};
 use crate::dedup::DedupWindow;
 use crate::outbound::Wakes;
 use crate::queue::def::QueueDef;
@@ -375,7 +375,7 @@ impl Writer {
             }
             self.commit(publishes, ops, expire).await;
         }
-        if let Err(e) = self.log.sync() {
+        if let Err(e) = self.log.compact() {
             tracing::error!(error = %e, "final flush of the store failed");
         }
     }
@@ -416,7 +416,7 @@ impl Writer {
             Err(e) => Self::failed(&self.dedup, &e, batch),
         }
         if let Some(done) = shutdown {
-            done(self.log.sync().map_err(|e| e.to_string()));
+            done(self.log.compact().map_err(|e| e.to_string()));
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::Mutex as StdMutex;
 
 use tern_codec::{QueueDeclare, QueueOptions};
 use tern_storage::{
-    Commit, Recover, RecoveredChunk, SledStore, StorageError, Store, StoredMessage,
+    Commit, LogFile, Recover, RecoveredChunk, SledStore, StorageError, Store, StoredMessage, Wal,
 };
 
 use super::*;
@@ -22,8 +22,6 @@ struct TestStore {
     store: SledStore,
     /// Writes fail, as on a full disk.
     full: AtomicBool,
-    /// Flushes fail, as on a failing disk.
-    sync_fails: AtomicBool,
     /// What the filesystem reports free.
     free: AtomicU64,
     /// Commits applied since the last flush, then those a flush covered.
@@ -36,7 +34,6 @@ impl TestStore {
         Self {
             store: SledStore::open(dir).unwrap(),
             full: AtomicBool::new(false),
-            sync_fails: AtomicBool::new(false),
             free: AtomicU64::new(u64::MAX),
             unsynced: StdMutex::default(),
             synced: StdMutex::default(),
@@ -70,9 +67,6 @@ impl Store for TestStore {
         Ok(())
     }
     fn flush(&self) -> Result<(), StorageError> {
-        if self.sync_fails.load(Ordering::Relaxed) {
-            return Err(StorageError::Sync(std::io::Error::other("EIO")));
-        }
         self.store.flush()?;
         let mut unsynced = self.unsynced.lock().unwrap();
         self.synced.lock().unwrap().append(&mut unsynced);
@@ -91,6 +85,82 @@ impl Store for TestStore {
     fn free_bytes(&self) -> Result<u64, StorageError> {
         Ok(self.free.load(Ordering::Relaxed))
     }
+}
+
+/// The write-ahead log's file in memory, which keeps apart what a sync covered: after
+/// a power loss ([`SimFile::after_power_loss`]) only that is left.
+#[derive(Debug, Clone, Default)]
+struct SimFile(Arc<StdMutex<SimBytes>>);
+
+#[derive(Debug, Default)]
+struct SimBytes {
+    current: Vec<u8>,
+    durable: Vec<u8>,
+    /// Syncs fail, as on a failing disk.
+    sync_fails: bool,
+}
+
+impl SimFile {
+    fn after_power_loss(&self) -> SimFile {
+        let durable = self.0.lock().unwrap().durable.clone();
+        SimFile(Arc::new(StdMutex::new(SimBytes {
+            current: durable.clone(),
+            durable,
+            sync_fails: false,
+        })))
+    }
+}
+
+impl LogFile for SimFile {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        let mut b = self.0.lock().unwrap();
+        let start = usize::try_from(offset).unwrap();
+        if b.current.len() < start + buf.len() {
+            b.current.resize(start + buf.len(), 0);
+        }
+        b.current[start..start + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        let mut b = self.0.lock().unwrap();
+        if b.sync_fails {
+            return Err(std::io::Error::other("EIO"));
+        }
+        b.durable = b.current.clone();
+        Ok(())
+    }
+    fn read_all(&mut self) -> std::io::Result<Vec<u8>> {
+        Ok(self.0.lock().unwrap().current.clone())
+    }
+}
+
+/// A write-ahead log small enough that the tests checkpoint often.
+const TEST_WAL_BYTES: u64 = 16 << 10;
+
+/// Opens the log over `store` and `wal` as the server does; returns it with the
+/// recovered state.
+fn open_log(
+    store: Arc<dyn Store>,
+    wal: &SimFile,
+    dir: &std::path::Path,
+    health: &Arc<StoreHealth>,
+) -> (StoreLog, recovery::Recovered) {
+    let wal = Wal::with_file(Box::new(wal.clone()), TEST_WAL_BYTES).unwrap();
+    StoreLog::open(
+        store,
+        wal,
+        dir,
+        |s| recovery::recover(s, dir, 1 << 20, Default::default()),
+        Arc::clone(health),
+        SyncPolicy::Always,
+        LogMetrics {
+            commits: metrics::Counter::noop(),
+            flushes: metrics::Counter::noop(),
+            bytes_written: metrics::Counter::noop(),
+            flush_duration: metrics::Histogram::noop(),
+        },
+    )
+    .unwrap()
 }
 
 /// Answers to publishes, as a session would encode them: (id, queues or error text).
@@ -121,6 +191,7 @@ fn queue_def() -> QueueDef {
 /// publishers' answers.
 struct Rig {
     store: Arc<TestStore>,
+    wal: SimFile,
     health: Arc<StoreHealth>,
     dedup: Arc<Mutex<DedupWindow>>,
     journal: Journal,
@@ -131,7 +202,7 @@ struct Rig {
 }
 
 impl Rig {
-    fn new() -> Self {
+    async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(TestStore::open(dir.path()));
         let health = Arc::new(StoreHealth::new(
@@ -140,32 +211,36 @@ impl Rig {
             metrics::Counter::noop(),
         ));
         let dedup = Arc::new(Mutex::new(DedupWindow::new(1000, 60_000)));
-        let log = StoreLog::new(
+        let wal = SimFile::default();
+        let (log, recovered) = open_log(
             Arc::clone(&store) as Arc<dyn Store>,
-            Arc::clone(&health),
-            SyncPolicy::Always,
-            LogMetrics {
-                commits: metrics::Counter::noop(),
-                flushes: metrics::Counter::noop(),
-                bytes_written: metrics::Counter::noop(),
-                flush_duration: metrics::Histogram::noop(),
-            },
+            &wal,
+            dir.path(),
+            &health,
         );
-        let mut machine = Machine::default();
-        machine.recover_queue(1, queue_def(), 0, []);
-        let mut writer = Writer::new(
+        let writer = Writer::new(
             Box::new(log),
-            machine,
+            recovered.machine,
             Arc::clone(&health),
             Arc::clone(&dedup),
             metrics::Histogram::noop(),
         );
-        let (tasks, appended) = mpsc::channel(4096);
-        writer.add_task(1, tasks);
         let (journal, _thread) = writer.spawn().unwrap();
+        let (tasks, appended) = mpsc::channel(4096);
+        let (done, declared) = oneshot::channel();
+        journal.send(Op::PutQueue {
+            id: 1,
+            def: Arc::new(queue_def()),
+            tasks,
+            done: Box::new(move |r| {
+                let _ = done.send(r);
+            }),
+        });
+        declared.await.unwrap().unwrap();
         let (tx, answers) = mpsc::unbounded_channel();
         Rig {
             store,
+            wal,
             health,
             dedup,
             journal,
@@ -233,7 +308,7 @@ impl Rig {
 
 #[tokio::test]
 async fn a_failed_write_is_an_error_confirm_and_the_journal_goes_on() {
-    let mut rig = Rig::new();
+    let mut rig = Rig::new().await;
     rig.store.full.store(true, Ordering::Relaxed);
     let answer = rig.publish(7, 1).await;
     rig.refused(answer, 7, 1, "no space left");
@@ -248,7 +323,7 @@ async fn a_failed_write_is_an_error_confirm_and_the_journal_goes_on() {
 
 #[tokio::test]
 async fn below_min_free_new_messages_are_refused_until_space_returns() {
-    let mut rig = Rig::new();
+    let mut rig = Rig::new().await;
     rig.store.free.store(MIN_FREE - 1, Ordering::Relaxed);
     // Writes would fail too: the alarm must refuse before the store is touched.
     rig.store.full.store(true, Ordering::Relaxed);
@@ -265,14 +340,14 @@ async fn below_min_free_new_messages_are_refused_until_space_returns() {
 
 #[tokio::test]
 async fn a_failed_sync_is_never_retried_into_a_confirm() {
-    let mut rig = Rig::new();
-    rig.store.sync_fails.store(true, Ordering::Relaxed);
+    let mut rig = Rig::new().await;
+    rig.wal.0.lock().unwrap().sync_fails = true;
     let answer = rig.publish(7, 1).await;
     rig.refused(answer, 7, 1, "syncing the store failed");
 
     // The disk works again, but what the failed sync covered may be lost in a way a
     // later sync cannot show: durable writes stay refused until a restart.
-    rig.store.sync_fails.store(false, Ordering::Relaxed);
+    rig.wal.0.lock().unwrap().sync_fails = false;
     let answer = rig.publish(8, 2).await;
     rig.refused(answer, 8, 2, "until ternd restarts");
     let problem = rig.health.problem().expect("unhealthy for good");
@@ -295,6 +370,7 @@ impl Recover for Live {
     }
     fn meta(&mut self, _: QueueId, _: u64, _: MessageMeta) {}
     fn dedup(&mut self, _: DedupEntry) {}
+    fn log_index(&mut self, _: u64) {}
 }
 
 /// Publishes and acks while the power fails at a random moment, many times over: the
@@ -306,7 +382,7 @@ async fn a_power_loss_at_any_moment_loses_no_confirmed_message() {
     const ROUNDS: usize = 40;
     const MESSAGES: u32 = 300;
     for round in 0..ROUNDS {
-        let mut rig = Rig::new();
+        let mut rig = Rig::new().await;
         let crash_after = fastrand::u32(0..MESSAGES);
         // Acks sent to the journal, and those it answered (durable).
         let ack_asked = Arc::new(StdMutex::new(BTreeSet::new()));
@@ -361,9 +437,17 @@ async fn a_power_loss_at_any_moment_loses_no_confirmed_message() {
         // is looked at, so everything it counts was synced before this moment.
         let acked_now = acked.lock().unwrap().clone();
         let dir = tempfile::tempdir().unwrap();
-        let disk = rig.store.after_power_loss(dir.path());
+        let disk = Arc::new(rig.store.after_power_loss(dir.path()));
+        let wal = rig.wal.after_power_loss();
         publisher.abort();
         acker.abort();
+        // The broker starts again: the store, with the write-ahead log replayed into it.
+        let (_log, _) = open_log(
+            Arc::clone(&disk) as Arc<dyn Store>,
+            &wal,
+            dir.path(),
+            &rig.health,
+        );
 
         let mut live = Live::default();
         disk.recover(&mut live).unwrap();
@@ -391,8 +475,8 @@ async fn a_power_loss_at_any_moment_loses_no_confirmed_message() {
                 "round {round}: a confirmed message is lost"
             );
         }
-        // And the disk's state is one the broker starts from.
-        let back = recovery::recover(&disk, dir.path(), 1 << 20, Default::default());
+        // And the recovered state is one the broker starts from again.
+        let back = recovery::recover(&*disk, dir.path(), 1 << 20, Default::default());
         assert!(back.is_ok(), "round {round}: recovery failed");
     }
 }

@@ -28,7 +28,7 @@ pub struct BindingFilterError {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BindingDef {
     pub pattern: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub filter: Option<String>,
 }
 
@@ -39,18 +39,20 @@ pub enum OverflowDef {
     Reject,
 }
 
-/// A queue as declared, with every option resolved.
+/// A queue as declared, with every option resolved. Stored as JSON in the store and
+/// carried in the write-ahead log in postcard, which is not self-describing: every
+/// field is always written (`default` only reads definitions stored by older versions).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueDef {
     pub name: String,
     pub bindings: Vec<BindingDef>,
     pub max_deliver: u32,
     pub ack_timeout_ms: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub dead_letter: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub ttl_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub max_length: Option<u64>,
     pub overflow: OverflowDef,
 }

@@ -724,8 +724,9 @@ pub(crate) mod tests {
         fn applying_is_deterministic(entries in entries()) {
             let (mut a, mut b) = (declared(), declared());
             for e in &entries {
-                let wire = serde_json::to_vec(e).unwrap();
-                let copy: Entry = serde_json::from_slice(&wire).unwrap();
+                // The write-ahead log's encoding.
+                let wire = postcard::to_stdvec(e).unwrap();
+                let copy: Entry = postcard::from_bytes(&wire).unwrap();
                 prop_assert_eq!(&copy, e);
                 let (fa, fb) = (a.apply(e), b.apply(&copy));
                 prop_assert_eq!(fa.commit, fb.commit);

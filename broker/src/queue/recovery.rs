@@ -23,6 +23,8 @@ pub(crate) struct Recovered {
     /// Metas of messages settled before a crash cut their clean-up short: to forget.
     pub stale_metas: Vec<(QueueId, u64)>,
     pub dedup: Vec<DedupEntry>,
+    /// The index of the last log entry the store holds (0: none).
+    pub log_index: u64,
 }
 
 /// One queue, ready for its task.
@@ -54,6 +56,7 @@ pub(crate) fn recover(
         chunks: HashMap::new(),
         metas: HashMap::new(),
         dedup: Vec::new(),
+        log_index: 0,
         errors: Vec::new(),
     };
     store.recover(&mut r)?;
@@ -82,6 +85,7 @@ pub(crate) fn recover(
         queues,
         stale_metas: r.metas.into_keys().collect(),
         dedup: r.dedup,
+        log_index: r.log_index,
     })
 }
 
@@ -94,6 +98,7 @@ struct Reader {
     chunks: HashMap<QueueId, Vec<(u64, Chunk)>>,
     metas: HashMap<(QueueId, u64), MessageMeta>,
     dedup: Vec<DedupEntry>,
+    log_index: u64,
     errors: Vec<String>,
 }
 
@@ -155,5 +160,9 @@ impl Recover for Reader {
 
     fn dedup(&mut self, entry: DedupEntry) {
         self.dedup.push(entry);
+    }
+
+    fn log_index(&mut self, index: u64) {
+        self.log_index = index;
     }
 }
