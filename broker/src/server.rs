@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::queue::def::QueueDef;
 use crate::queue::state::QueueState;
+use crate::queue::task::ReadBack;
 use crate::queue::{recovery, BindingFilters, QueueHandle, QueueInput, QueueTask, Queues};
 use crate::router::Router;
 use crate::session;
@@ -163,6 +164,7 @@ impl Shared {
             store: Arc::clone(&self.store),
             queues: Arc::clone(&self.queues),
             delivery_latency: self.metrics.delivery_latency.clone(),
+            read_back: ReadBack::default(),
         };
         let join = crate::queue::spawn(task, rx);
         lock(&self.queue_tasks).push(join);

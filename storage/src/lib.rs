@@ -147,14 +147,16 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     /// The disk refused the flush.
     fn flush(&self) -> Result<(), StorageError>;
 
-    /// Reads one message back (for a queue that keeps only part of its messages in
-    /// memory). `None` if it is not stored (settled, or never was).
+    /// Reads back the chunk that holds message `seq` of `queue`: its messages not yet
+    /// settled, in sequence order, each a slice of one copy of the chunk (for a queue
+    /// that keeps only part of its bodies in memory and delivers in sequence order: a
+    /// chunk is read and decoded once, not once per message). Empty if no chunk holds
+    /// `seq`.
     ///
     /// # Errors
     ///
     /// The store cannot be read or the chunk is corrupt.
-    fn read_message(&self, queue: QueueId, seq: u64)
-        -> Result<Option<StoredMessage>, StorageError>;
+    fn read_chunk(&self, queue: QueueId, seq: u64) -> Result<Vec<StoredMessage>, StorageError>;
 
     /// Bytes free for the store on its filesystem (for an unprivileged process), so
     /// that the broker can stop taking messages before the disk is full: the engine

@@ -382,18 +382,14 @@ impl Store for SledStore {
         self.files.sync().map_err(StorageError::Sync)
     }
 
-    fn read_message(
-        &self,
-        queue: QueueId,
-        seq: u64,
-    ) -> Result<Option<StoredMessage>, StorageError> {
+    fn read_chunk(&self, queue: QueueId, seq: u64) -> Result<Vec<StoredMessage>, StorageError> {
         let last = self
             .db
             .range(key13(CHUNK, queue, 0)..=key13(CHUNK, queue, seq))
             .next_back()
             .transpose()?;
         let Some((k, v)) = last else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         let Some((_, first_seq)) = split13(&k) else {
             return Err(self.corrupt(&k, "short key".into()));
@@ -403,15 +399,19 @@ impl Store for SledStore {
             .get(key13(SETTLED, queue, first_seq))?
             .map(|b| b.to_vec())
             .unwrap_or_default();
-        let mut found = None;
-        record::decode_chunk(Bytes::copy_from_slice(&v), |i, m| {
-            if m.seq == seq && !is_settled(&bitmap, i) {
-                found = Some(m);
+        let mut live = Vec::new();
+        let len = record::decode_chunk(Bytes::copy_from_slice(&v), |i, m| {
+            if !is_settled(&bitmap, i) {
+                live.push(m);
             }
             Ok(())
         })
         .map_err(|e| self.corrupt(&k, e))?;
-        Ok(found)
+        if seq - first_seq >= u64::from(len) {
+            // The chunk before `seq` ends before it: no chunk holds it.
+            return Ok(Vec::new());
+        }
+        Ok(live)
     }
 
     fn size_on_disk(&self) -> Result<u64, StorageError> {
@@ -526,10 +526,18 @@ mod tests {
         assert_eq!(c.metas.len(), 1);
         assert_eq!(c.dedup.len(), 1);
 
-        assert_eq!(store.read_message(1, 2).unwrap(), Some(message(2, "a")));
-        assert_eq!(store.read_message(1, 3).unwrap(), None, "settled");
-        assert_eq!(store.read_message(1, 9).unwrap(), None, "never stored");
-        assert_eq!(store.read_message(3, 0).unwrap(), None, "no such queue");
+        let seqs = |q, seq| {
+            store
+                .read_chunk(q, seq)
+                .unwrap()
+                .iter()
+                .map(|m| m.seq)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(store.read_chunk(1, 2).unwrap()[1], message(2, "a"));
+        assert_eq!(seqs(1, 3), [0, 2], "settled records are left out");
+        assert_eq!(seqs(1, 9), [0u64; 0], "never stored");
+        assert_eq!(seqs(3, 0), [0u64; 0], "no such queue");
     }
 
     #[test]
@@ -549,7 +557,7 @@ mod tests {
             })
             .unwrap();
         assert!(recovered(&store).chunks.is_empty());
-        assert_eq!(store.read_message(1, 6).unwrap(), None);
+        assert!(store.read_chunk(1, 6).unwrap().is_empty());
     }
 
     #[test]

@@ -81,7 +81,9 @@ pub(crate) struct LogMetrics {
 
 /// Most bytes the write-ahead log holds before a checkpoint. Its file grows to this
 /// once and is then overwritten in place (`tern_storage::Wal`).
-pub(crate) const WAL_BYTES: u64 = 64 << 20;
+/// Small, because sled keeps what it was given since its last flush in memory: the
+/// checkpoint every 8 MiB bounds that, and costs one sled flush per 8 MiB written.
+pub(crate) const WAL_BYTES: u64 = 8 << 20;
 
 /// The embedded log: a write-ahead log file of entries in front of the local store.
 ///

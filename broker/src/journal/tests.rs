@@ -72,12 +72,8 @@ impl Store for TestStore {
         self.synced.lock().unwrap().append(&mut unsynced);
         Ok(())
     }
-    fn read_message(
-        &self,
-        queue: QueueId,
-        seq: u64,
-    ) -> Result<Option<StoredMessage>, StorageError> {
-        self.store.read_message(queue, seq)
+    fn read_chunk(&self, queue: QueueId, seq: u64) -> Result<Vec<StoredMessage>, StorageError> {
+        self.store.read_chunk(queue, seq)
     }
     fn size_on_disk(&self) -> Result<u64, StorageError> {
         self.store.size_on_disk()

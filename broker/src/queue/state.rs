@@ -20,7 +20,7 @@
 //! any waiting state and hands it to the task, which appends it to the dead-letter
 //! queue (or drops and counts it when there is none).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -79,6 +79,54 @@ pub struct Entry {
     pub has_meta: bool,
     /// The connection that published it, while known (not after a restart).
     pub publisher: Option<u64>,
+}
+
+/// The ready messages in sequence order. Messages arrive in sequence order and leave
+/// mostly from the front, so a deque holds them with no per-message node, about half
+/// the memory of a `BTreeMap` filled in order (whose nodes split half full); a
+/// redelivered message goes back in by binary search, near the front.
+#[derive(Debug, Default)]
+struct Ready(VecDeque<Entry>);
+
+impl Ready {
+    fn insert(&mut self, entry: Entry) {
+        match self.0.back() {
+            Some(last) if last.seq >= entry.seq => {
+                let at = self.0.partition_point(|e| e.seq < entry.seq);
+                self.0.insert(at, entry);
+            }
+            _ => self.0.push_back(entry),
+        }
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Entry> {
+        if self.0.front().is_some_and(|e| e.seq == seq) {
+            let entry = self.0.pop_front();
+            // A queue that drained gives its memory back.
+            if self.0.capacity() > 64 && self.0.len() < self.0.capacity() / 4 {
+                self.0.shrink_to(self.0.len() * 2);
+            }
+            return entry;
+        }
+        let at = self.0.binary_search_by_key(&seq, |e| e.seq).ok()?;
+        self.0.remove(at)
+    }
+
+    fn first_seq(&self) -> Option<u64> {
+        self.0.front().map(|e| e.seq)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn into_entries(self) -> impl Iterator<Item = Entry> {
+        self.0.into_iter()
+    }
 }
 
 /// A consumer attached to the queue.
@@ -201,7 +249,7 @@ pub enum Action {
 #[derive(Debug)]
 pub struct QueueState {
     pub def: Arc<QueueDef>,
-    ready: BTreeMap<u64, Entry>,
+    ready: Ready,
     /// (expires_ms, seq) of ready entries that expire.
     expiries: BTreeSet<(u64, u64)>,
     /// Entries nacked with a delay, by (due_ms, seq).
@@ -225,7 +273,7 @@ impl QueueState {
     pub fn new(def: Arc<QueueDef>, memory_budget: usize) -> Self {
         Self {
             def,
-            ready: BTreeMap::new(),
+            ready: Ready::default(),
             expiries: BTreeSet::new(),
             delayed: BTreeMap::new(),
             in_flight: HashMap::new(),
@@ -274,11 +322,11 @@ impl QueueState {
         if let Some(at) = entry.expires_ms {
             self.expiries.insert((at, entry.seq));
         }
-        self.ready.insert(entry.seq, entry);
+        self.ready.insert(entry);
     }
 
     fn take_ready(&mut self, seq: u64) -> Option<Entry> {
-        let entry = self.ready.remove(&seq)?;
+        let entry = self.ready.remove(seq)?;
         if let Some(at) = entry.expires_ms {
             self.expiries.remove(&(at, seq));
         }
@@ -322,7 +370,7 @@ impl QueueState {
         }
         if let (Some(max), OverflowDef::DropHead) = (self.def.max_length, self.def.overflow) {
             while self.len() > max {
-                let Some((&seq, _)) = self.ready.iter().next() else {
+                let Some(seq) = self.ready.first_seq() else {
                     break;
                 };
                 if let Some(entry) = self.take_ready(seq) {
@@ -762,7 +810,7 @@ impl QueueState {
                 }
                 return;
             };
-            let Some((&seq, _)) = self.ready.iter().next() else {
+            let Some(seq) = self.ready.first_seq() else {
                 return;
             };
             let Some(mut entry) = self.take_ready(seq) else {
@@ -827,7 +875,7 @@ impl QueueState {
         self.expiries.clear();
         let delayed = std::mem::take(&mut self.delayed);
         let mut n = 0;
-        for entry in ready.into_values().chain(delayed.into_values()) {
+        for entry in ready.into_entries().chain(delayed.into_values()) {
             self.release(&entry);
             out.push(Action::Settle {
                 seq: entry.seq,
@@ -843,7 +891,7 @@ impl QueueState {
     pub fn take_waiting(&mut self, max: u64) -> Vec<Entry> {
         let mut taken = Vec::new();
         while max == 0 || (taken.len() as u64) < max {
-            let Some((&seq, _)) = self.ready.iter().next() else {
+            let Some(seq) = self.ready.first_seq() else {
                 break;
             };
             if let Some(entry) = self.take_ready(seq) {

@@ -24,6 +24,33 @@ pub(crate) struct QueueTask {
     pub queues: Arc<Queues>,
     /// Enqueue-to-first-delivery time of this server's queues.
     pub delivery_latency: metrics::Histogram,
+    /// Bodies of the chunk last read back from the store, not yet delivered.
+    pub read_back: ReadBack,
+}
+
+/// Bodies read back from the store, one chunk at a time. A queue delivers in sequence
+/// order, so the messages after one it had to read back are mostly in the same chunk:
+/// reading and decoding the chunk once serves them all, where a read per message would
+/// copy and decode the whole chunk each time. Holds at most one chunk, and each body is
+/// handed out once.
+#[derive(Debug, Default)]
+pub(crate) struct ReadBack {
+    /// (seq, envelope), in sequence order.
+    bodies: std::collections::VecDeque<(u64, Bytes)>,
+}
+
+impl ReadBack {
+    /// The body of `seq`, if the chunk in hand has it.
+    fn take(&mut self, seq: u64) -> Option<Bytes> {
+        // Older ones were settled or are redeliveries for later: let them go.
+        while self.bodies.front().is_some_and(|(s, _)| *s < seq) {
+            self.bodies.pop_front();
+        }
+        match self.bodies.front() {
+            Some((s, _)) if *s == seq => self.bodies.pop_front().map(|(_, b)| b),
+            _ => None,
+        }
+    }
 }
 
 /// Starts the queue's task.
@@ -210,17 +237,24 @@ impl QueueTask {
         wakes.wake_all();
     }
 
-    /// A message body, from memory or read back from the store.
-    fn body(&self, seq: u64, body: Option<Bytes>) -> Option<Bytes> {
-        match body {
-            Some(b) => Some(b),
-            None => match self.store.read_message(self.id, seq) {
-                Ok(m) => m.map(|m| m.envelope),
-                Err(e) => {
-                    tracing::error!(queue = %self.state.def.name, seq, error = %e, "cannot read a message back");
-                    None
-                }
-            },
+    /// A message body, from memory, from the chunk last read back, or read back from
+    /// the store with the rest of its chunk.
+    fn body(&mut self, seq: u64, body: Option<Bytes>) -> Option<Bytes> {
+        if body.is_some() {
+            return body;
+        }
+        if let Some(b) = self.read_back.take(seq) {
+            return Some(b);
+        }
+        match self.store.read_chunk(self.id, seq) {
+            Ok(messages) => {
+                self.read_back.bodies = messages.into_iter().map(|m| (m.seq, m.envelope)).collect();
+                self.read_back.take(seq)
+            }
+            Err(e) => {
+                tracing::error!(queue = %self.state.def.name, seq, error = %e, "cannot read a message back");
+                None
+            }
         }
     }
 
