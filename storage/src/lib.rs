@@ -56,8 +56,10 @@ pub const FORMAT_VERSION: u32 = 1;
 /// A queue's number in the store, assigned by the broker when the queue is created.
 pub type QueueId = u32;
 
-/// Everything one group commit writes, applied atomically.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// Everything one group commit writes, applied atomically. Serializable: the broker's
+/// write-ahead log holds commits, and replays them after a crash — each sets keys to
+/// absolute values, so applying again one the store already holds changes nothing.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Commit {
     /// Queues created or changed.
     pub put_queues: Vec<QueueRecord>,
@@ -157,6 +159,13 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     ///
     /// The store cannot be read or the chunk is corrupt.
     fn read_chunk(&self, queue: QueueId, seq: u64) -> Result<Vec<StoredMessage>, StorageError>;
+
+    /// The index of the last log entry whose commit the store holds (0: none).
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be read.
+    fn log_index(&self) -> Result<u64, StorageError>;
 
     /// Bytes free for the store on its filesystem (for an unprivileged process), so
     /// that the broker can stop taking messages before the disk is full: the engine

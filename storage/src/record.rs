@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::QueueId;
 
 /// A message in a queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredMessage {
     /// Position in its queue; unique and increasing per queue.
     pub seq: u64,
@@ -25,7 +25,7 @@ pub struct StoredMessage {
 
 /// A queue's name and definition. The definition is the broker's business: the store
 /// keeps its bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueRecord {
     pub id: QueueId,
     pub name: String,

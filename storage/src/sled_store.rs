@@ -285,13 +285,7 @@ impl Store for SledStore {
             });
             Ok(())
         })?;
-        if let Some(v) = self.db.get(LOG_INDEX)? {
-            let index =
-                v.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| {
-                    self.corrupt(LOG_INDEX, format!("{} bytes, expected 8", v.len()))
-                })?;
-            into.log_index(index);
-        }
+        into.log_index(Store::log_index(self)?);
         self.scan(DEDUP, |k, v| {
             let at_ms = k
                 .get(1..9)
@@ -412,6 +406,17 @@ impl Store for SledStore {
             return Ok(Vec::new());
         }
         Ok(live)
+    }
+
+    fn log_index(&self) -> Result<u64, StorageError> {
+        match self.db.get(LOG_INDEX)? {
+            Some(v) => v
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| self.corrupt(LOG_INDEX, format!("{} bytes, expected 8", v.len()))),
+            None => Ok(0),
+        }
     }
 
     fn size_on_disk(&self) -> Result<u64, StorageError> {

@@ -21,9 +21,8 @@
 //!
 //! `crc32` covers `index` and `payload`. The scan of the file stops at the first record
 //! that is cut off, has a bad checksum or a length of 0. Records of an earlier pass may
-//! follow the current end; their indices are at or below the store's last checkpoint, so
-//! the caller, which replays only the indices after the store's own, consecutively,
-//! never mistakes them for new ones.
+//! follow the current end, with lower indices: the caller replays the records from the
+//! start whose indices follow each other, and stops at the first that does not.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek};

@@ -2,17 +2,17 @@
 //!
 //! The journal hands each group commit's [`Entry`] to a [`Log`], which applies it to the
 //! [`Machine`] and makes it durable. [`StoreLog`] is the embedded default: a
-//! write-ahead log of entries in front of the local store (sled), which is the log's
-//! snapshot — compacting the log is checkpointing the store. A replicated log is a
-//! second implementation of the same trait, which applies an entry once a majority
-//! holds it.
+//! write-ahead log of the entries' store commits (a redo log) in front of the local
+//! store (sled) — compacting the log is checkpointing the store. A replicated log is a
+//! second implementation of the same trait, which ships the entries themselves and
+//! applies one once a majority holds it: the machine is deterministic, so every
+//! replica reaches the same state.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tern_storage::{StorageError, Store, Wal, WalRecord};
+use tern_storage::{Commit, StorageError, Store, Wal, WalRecord};
 
 use crate::config::SyncPolicy;
 use crate::queue::machine::{Effects, Entry, Machine};
@@ -85,15 +85,17 @@ pub(crate) struct LogMetrics {
 /// checkpoint every 8 MiB bounds that, and costs one sled flush per 8 MiB written.
 pub(crate) const WAL_BYTES: u64 = 8 << 20;
 
-/// The embedded log: a write-ahead log file of entries in front of the local store.
+/// The embedded log: a write-ahead log file of store commits in front of the store.
 ///
-/// An entry's commit goes to the store unsynced and the entry itself to the
-/// write-ahead log, which is synced as the policy says: one `fdatasync` of a file
-/// that does not grow makes the commit durable. When the log is full, the store is
-/// flushed and synced (a checkpoint) and the log starts over. At start the store is
-/// recovered, the entries the log holds after the store's last one are replayed
-/// through the machine into the store, and the store is checkpointed before the log is
-/// overwritten.
+/// An entry's commit goes to the store unsynced and, encoded (postcard), to the
+/// write-ahead log, which is synced as the policy says: one `fdatasync` of a file that
+/// does not grow makes the commit durable. When the log is full, the store is flushed
+/// and synced (a checkpoint) and the log starts over. At start the commits since the
+/// last checkpoint are applied to the store again — each sets keys to absolute values,
+/// so one the store already holds changes nothing — and the store is checkpointed
+/// before the log is overwritten; then the state is recovered from the store. The log
+/// is physical, not of commands, so that recovery needs no machine state from before
+/// the checkpoint, whatever part of the unsynced writes the store kept.
 pub(crate) struct StoreLog {
     store: Arc<dyn Store>,
     wal: Wal,
@@ -128,34 +130,33 @@ impl StoreLog {
         sync: SyncPolicy,
         metrics: LogMetrics,
     ) -> Result<(Self, Recovered), StorageError> {
-        let mut recovered = recover(&*store)?;
-        let mut next = recovered.log_index + 1;
-        let mut pending: HashMap<u64, Vec<u8>> = records
-            .into_iter()
-            .filter(|r| r.index >= next)
-            .map(|r| (r.index, r.payload))
-            .collect();
-        let mut replayed = 0u64;
-        while let Some(payload) = pending.remove(&next) {
-            let entry: Entry =
-                postcard::from_bytes(&payload).map_err(|e| StorageError::Corrupt {
+        // The store may hold commits the log does not (written, never synced, after a
+        // kill): their indices are not given out again.
+        let held = store.log_index()?;
+        // The records from the start of the file with consecutive indices are those
+        // since the last checkpoint; records of earlier passes follow, with lower ones.
+        let mut last = None;
+        for r in records {
+            if last.is_some_and(|l: u64| r.index != l + 1) {
+                break;
+            }
+            let commit: Commit =
+                postcard::from_bytes(&r.payload).map_err(|e| StorageError::Corrupt {
                     path: data_dir.to_path_buf(),
-                    detail: format!("write-ahead log entry {next} cannot be decoded: {e}"),
+                    detail: format!("write-ahead log record {} cannot be decoded: {e}", r.index),
                 })?;
-            let mut fx = recovered.machine.apply(&entry);
-            fx.commit.log_index = Some(next);
-            store.apply(&fx.commit)?;
-            next += 1;
-            replayed += 1;
+            store.apply(&commit)?;
+            last = Some(r.index);
         }
         // What the store holds may sit in the page cache only (after a kill, not a
         // power loss): it must be on disk before the log that covers it is overwritten.
         store.flush()?;
         wal.restart();
-        if replayed > 0 {
-            tracing::info!(entries = replayed, "replayed the write-ahead log");
-            recovered = recover(&*store)?;
+        if let Some(last) = last {
+            tracing::info!(last, "replayed the write-ahead log");
         }
+        let recovered = recover(&*store)?;
+        let next = held.max(last.unwrap_or(0)).max(recovered.log_index) + 1;
         let log = Self {
             store,
             wal,
@@ -212,15 +213,15 @@ impl Log for StoreLog {
         if fx.commit.is_empty() {
             return Ok(fx);
         }
-        let encoded = match postcard::to_stdvec(entry) {
+        let index = self.next_index;
+        fx.commit.log_index = Some(index);
+        let encoded = match postcard::to_stdvec(&fx.commit) {
             Ok(bytes) => bytes,
             Err(e) => {
                 machine.undo(fx);
-                return Err(LogError::Refused(format!("cannot encode the entry: {e}")));
+                return Err(LogError::Refused(format!("cannot encode the commit: {e}")));
             }
         };
-        let index = self.next_index;
-        fx.commit.log_index = Some(index);
         if let Err(e) = self.store.apply(&fx.commit) {
             machine.undo(fx);
             return Err(LogError::Refused(e.to_string()));
