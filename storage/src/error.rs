@@ -26,6 +26,9 @@ pub enum StorageError {
     Refused { detail: String },
     #[error("store I/O failed: {0}")]
     Io(#[from] sled::Error),
+    /// The files that hold message bodies could not be written, read or synced.
+    #[error("the message segment files failed: {0}")]
+    Segments(#[source] std::io::Error),
     /// The write-ahead log could not be opened or read.
     #[error("the write-ahead log failed: {0}")]
     Wal(#[source] std::io::Error),

@@ -42,6 +42,7 @@
 mod error;
 mod file_sync;
 mod record;
+mod segments;
 mod sled_store;
 mod wal;
 

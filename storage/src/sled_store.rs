@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use crate::file_sync::FileSync;
 use crate::record::{self, Corrupt};
+use crate::segments::{Pointer, Segments};
 use crate::{
     Commit, QueueId, Recover, RecoveredChunk, StorageError, Store, StoredMessage, FORMAT_VERSION,
 };
@@ -28,6 +29,8 @@ const META: u8 = b'm';
 const DEDUP: u8 = b'd';
 /// The index of the last log entry whose commit the store holds.
 const LOG_INDEX: &[u8] = b"w";
+/// The segment files of chunk bodies, in the data directory.
+const SEGMENTS_DIR: &str = "segments";
 
 fn key5(prefix: u8, queue: QueueId) -> [u8; 5] {
     let mut k = [prefix, 0, 0, 0, 0];
@@ -67,6 +70,8 @@ pub struct SledStore {
     db: sled::Db,
     /// The syncs sled's own flush leaves out.
     files: FileSync,
+    /// Chunk bodies, which sled holds pointers to.
+    segments: Segments,
     path: PathBuf,
     /// Distinguishes dedup keys written in the same millisecond.
     dedup_counter: AtomicU64,
@@ -122,13 +127,24 @@ impl SledStore {
                 source,
             })?;
         let files = FileSync::open(dir).map_err(StorageError::Sync)?;
+        let segments = Segments::open(&dir.join(SEGMENTS_DIR)).map_err(StorageError::Segments)?;
         let store = Self {
             db,
             files,
+            segments,
             path,
             dedup_counter: AtomicU64::new(0),
         };
         store.check_format(fresh)?;
+        // Chunks are released as commits settle them, from the first commit on (a
+        // replay of the write-ahead log comes before recovery): their segments' live
+        // counts must be known from the start.
+        for item in store.db.scan_prefix([CHUNK]) {
+            let (_, value) = item?;
+            if let Some(p) = Pointer::decode(&value) {
+                store.segments.recovered(&p);
+            }
+        }
         Ok(store)
     }
 
@@ -210,6 +226,104 @@ impl SledStore {
         Ok(())
     }
 
+    /// Builds and applies `commit`'s batch, appending its chunks to segments (recorded
+    /// in `appended` as they go); returns the chunk pointers it removed or replaced.
+    fn apply_batch(
+        &self,
+        commit: &Commit,
+        appended: &mut Vec<Pointer>,
+    ) -> Result<Vec<Pointer>, StorageError> {
+        let mut batch = sled::Batch::default();
+        let mut released = Vec::new();
+        let refuse = |detail: Corrupt| StorageError::Refused { detail };
+        for &id in &commit.delete_queues {
+            batch.remove(&key5(QUEUE, id));
+            batch.remove(&key5(NEXT_SEQ, id));
+            for prefix in [CHUNK, SETTLED, META] {
+                for item in self.db.scan_prefix(key5(prefix, id)) {
+                    let (key, value) = item?;
+                    released.extend(Pointer::decode(&value).filter(|_| prefix == CHUNK));
+                    batch.remove(key);
+                }
+            }
+        }
+        for q in &commit.put_queues {
+            batch.insert(
+                &key5(QUEUE, q.id),
+                record::encode_queue(q).map_err(refuse)?.as_ref(),
+            );
+        }
+        for (queue, messages) in &commit.chunks {
+            if let Some(first) = messages.first() {
+                let bytes = record::encode_chunk(messages).map_err(refuse)?;
+                let key = key13(CHUNK, *queue, first.seq);
+                // A commit applied again (from the write-ahead log) writes the chunk
+                // again: the copy it replaces is released.
+                released.extend(self.pointer_at(&key)?);
+                let pointer = self
+                    .segments
+                    .append(&bytes)
+                    .map_err(|e| StorageError::Refused {
+                        detail: format!("writing a message segment failed: {e}"),
+                    })?;
+                appended.push(pointer);
+                batch.insert(&key, &pointer.encode());
+            }
+        }
+        for (queue, next) in &commit.next_seqs {
+            batch.insert(&key5(NEXT_SEQ, *queue), &next.to_be_bytes());
+        }
+        for (queue, first_seq, bitmap) in &commit.settled {
+            let key = key13(SETTLED, *queue, *first_seq);
+            match bitmap {
+                Some(bits) => batch.insert(&key, bits.as_slice()),
+                None => {
+                    batch.remove(&key);
+                    let chunk = key13(CHUNK, *queue, *first_seq);
+                    released.extend(self.pointer_at(&chunk)?);
+                    batch.remove(&chunk);
+                }
+            }
+        }
+        for (queue, seq, meta) in &commit.metas {
+            let key = key13(META, *queue, *seq);
+            match meta {
+                Some(m) => batch.insert(&key, record::encode_meta(m).map_err(refuse)?.as_ref()),
+                None => batch.remove(&key),
+            }
+        }
+        if let Some(first) = commit.dedup.first() {
+            // The log index keeps the key the same when a commit is replayed from the
+            // write-ahead log; the counter separates commits made without one.
+            let n = match commit.log_index {
+                Some(i) => i,
+                None => self.dedup_counter.fetch_add(1, Ordering::Relaxed) | 1 << 63,
+            };
+            let entries: Vec<_> = commit.dedup.iter().collect();
+            let value = record::encode_dedup(&entries).map_err(refuse)?;
+            batch.insert(&key17(DEDUP, first.at_ms, n), value.as_ref());
+        }
+        if let Some(before) = commit.dedup_forget_before {
+            for key in self
+                .db
+                .range(key17(DEDUP, 0, 0)..key17(DEDUP, before, 0))
+                .keys()
+            {
+                batch.remove(key?);
+            }
+        }
+        if let Some(i) = commit.log_index {
+            batch.insert(LOG_INDEX, &i.to_be_bytes());
+        }
+        self.db.apply_batch(batch)?;
+        Ok(released)
+    }
+
+    /// The segment pointer stored at chunk key `key`, if any.
+    fn pointer_at(&self, key: &[u8]) -> Result<Option<Pointer>, StorageError> {
+        Ok(self.db.get(key)?.and_then(|v| Pointer::decode(&v)))
+    }
+
     /// Settled bitmaps by (queue, first seq).
     fn settled_maps(&self) -> Result<HashMap<(QueueId, u64), Vec<u8>>, StorageError> {
         let mut maps = HashMap::new();
@@ -264,10 +378,26 @@ impl Store for SledStore {
             Ok(())
         })?;
         let mut settled = self.settled_maps()?;
+        self.segments.begin_recovery();
         self.scan(CHUNK, |k, v| {
             let (queue, first_seq) =
                 split13(k).ok_or_else(|| self.corrupt(k, "short key".into()))?;
             let bitmap = settled.remove(&(queue, first_seq)).unwrap_or_default();
+            let v = match Pointer::decode(&v) {
+                None => v,
+                Some(p) => match self.segments.read(&p).map_err(StorageError::Segments)? {
+                    Some(bytes) => {
+                        self.segments.recovered(&p);
+                        bytes
+                    }
+                    None => {
+                        // Written by sled on its own after the last flush, and covered
+                        // by no synced log record: never confirmed.
+                        tracing::warn!(queue, first_seq, "a chunk's bytes are missing or damaged; its unconfirmed messages are dropped");
+                        return Ok(());
+                    }
+                },
+            };
             let mut live = Vec::new();
             let len = record::decode_chunk(v, |i, m| {
                 if !is_settled(&bitmap, i) {
@@ -285,6 +415,9 @@ impl Store for SledStore {
             });
             Ok(())
         })?;
+        self.segments
+            .end_recovery()
+            .map_err(StorageError::Segments)?;
         into.log_index(Store::log_index(self)?);
         self.scan(DEDUP, |k, v| {
             let at_ms = k
@@ -300,80 +433,32 @@ impl Store for SledStore {
     }
 
     fn apply(&self, commit: &Commit) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        let refuse = |detail: Corrupt| StorageError::Refused { detail };
-        for &id in &commit.delete_queues {
-            batch.remove(&key5(QUEUE, id));
-            batch.remove(&key5(NEXT_SEQ, id));
-            for prefix in [CHUNK, SETTLED, META] {
-                for key in self.db.scan_prefix(key5(prefix, id)).keys() {
-                    batch.remove(key?);
+        let mut appended = Vec::new();
+        match self.apply_batch(commit, &mut appended) {
+            Ok(released) => {
+                for p in &released {
+                    self.segments.release(p);
                 }
+                Ok(())
             }
-        }
-        for q in &commit.put_queues {
-            batch.insert(
-                &key5(QUEUE, q.id),
-                record::encode_queue(q).map_err(refuse)?.as_ref(),
-            );
-        }
-        for (queue, messages) in &commit.chunks {
-            if let Some(first) = messages.first() {
-                let value = record::encode_chunk(messages).map_err(refuse)?;
-                batch.insert(&key13(CHUNK, *queue, first.seq), value.as_ref());
-            }
-        }
-        for (queue, next) in &commit.next_seqs {
-            batch.insert(&key5(NEXT_SEQ, *queue), &next.to_be_bytes());
-        }
-        for (queue, first_seq, bitmap) in &commit.settled {
-            let key = key13(SETTLED, *queue, *first_seq);
-            match bitmap {
-                Some(bits) => batch.insert(&key, bits.as_slice()),
-                None => {
-                    batch.remove(&key);
-                    batch.remove(&key13(CHUNK, *queue, *first_seq));
+            Err(e) => {
+                // The bytes appended stay in their segment, unreferenced.
+                for p in &appended {
+                    self.segments.release(p);
                 }
+                Err(e)
             }
         }
-        for (queue, seq, meta) in &commit.metas {
-            let key = key13(META, *queue, *seq);
-            match meta {
-                Some(m) => batch.insert(&key, record::encode_meta(m).map_err(refuse)?.as_ref()),
-                None => batch.remove(&key),
-            }
-        }
-        if let Some(first) = commit.dedup.first() {
-            // The log index keeps the key the same when a commit is replayed from the
-            // write-ahead log; the counter separates commits made without one.
-            let n = match commit.log_index {
-                Some(i) => i,
-                None => self.dedup_counter.fetch_add(1, Ordering::Relaxed) | 1 << 63,
-            };
-            let entries: Vec<_> = commit.dedup.iter().collect();
-            let value = record::encode_dedup(&entries).map_err(refuse)?;
-            batch.insert(&key17(DEDUP, first.at_ms, n), value.as_ref());
-        }
-        if let Some(before) = commit.dedup_forget_before {
-            for key in self
-                .db
-                .range(key17(DEDUP, 0, 0)..key17(DEDUP, before, 0))
-                .keys()
-            {
-                batch.remove(key?);
-            }
-        }
-        if let Some(i) = commit.log_index {
-            batch.insert(LOG_INDEX, &i.to_be_bytes());
-        }
-        self.db.apply_batch(batch)?;
-        Ok(())
     }
 
-    /// sled's flush, then the syncs it leaves out (`file_sync`).
+    /// The segment files' syncs, sled's flush, then the syncs sled leaves out
+    /// (`file_sync`); then the segments nothing points at any more are deleted.
     fn flush(&self) -> Result<(), StorageError> {
+        self.segments.sync().map_err(StorageError::Sync)?;
         self.db.flush()?;
-        self.files.sync().map_err(StorageError::Sync)
+        self.files.sync().map_err(StorageError::Sync)?;
+        self.segments.delete_dead();
+        Ok(())
     }
 
     fn read_chunk(&self, queue: QueueId, seq: u64) -> Result<Vec<StoredMessage>, StorageError> {
@@ -393,8 +478,16 @@ impl Store for SledStore {
             .get(key13(SETTLED, queue, first_seq))?
             .map(|b| b.to_vec())
             .unwrap_or_default();
+        let bytes = match Pointer::decode(&v) {
+            None => Bytes::copy_from_slice(&v),
+            Some(p) => self
+                .segments
+                .read(&p)
+                .map_err(StorageError::Segments)?
+                .ok_or_else(|| self.corrupt(&k, "its segment bytes are missing".into()))?,
+        };
         let mut live = Vec::new();
-        let len = record::decode_chunk(Bytes::copy_from_slice(&v), |i, m| {
+        let len = record::decode_chunk(bytes, |i, m| {
             if !is_settled(&bitmap, i) {
                 live.push(m);
             }
@@ -420,7 +513,8 @@ impl Store for SledStore {
     }
 
     fn size_on_disk(&self) -> Result<u64, StorageError> {
-        Ok(self.db.size_on_disk()?)
+        let segments = self.segments.size().map_err(StorageError::Segments)?;
+        Ok(self.db.size_on_disk()? + segments)
     }
 
     fn free_bytes(&self) -> Result<u64, StorageError> {
@@ -543,6 +637,74 @@ mod tests {
         assert_eq!(seqs(1, 3), [0, 2], "settled records are left out");
         assert_eq!(seqs(1, 9), [0u64; 0], "never stored");
         assert_eq!(seqs(3, 0), [0u64; 0], "no such queue");
+    }
+
+    #[test]
+    fn chunk_bodies_live_in_segments_deleted_once_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = dir.path().join(SEGMENTS_DIR);
+        let files = || std::fs::read_dir(&segments).unwrap().count();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store
+                .apply(&Commit {
+                    chunks: vec![(1, vec![message(0, "a"), message(1, "b")])],
+                    ..Commit::default()
+                })
+                .unwrap();
+            store.flush().unwrap();
+            assert_eq!(files(), 1);
+            assert_eq!(store.read_chunk(1, 1).unwrap()[1], message(1, "b"));
+            store
+                .apply(&Commit {
+                    settled: vec![(1, 0, None)],
+                    ..Commit::default()
+                })
+                .unwrap();
+            store.flush().unwrap();
+        }
+        // The segment was being appended to; at the next start nothing points at it.
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(recovered(&store).chunks.is_empty());
+        store.flush().unwrap();
+        assert_eq!(files(), 0);
+    }
+
+    #[test]
+    fn a_segment_outlives_one_of_its_chunks_settled_before_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let two = Commit {
+            chunks: vec![(1, vec![message(0, "a")]), (2, vec![message(0, "b")])],
+            ..Commit::default()
+        };
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.apply(&two).unwrap();
+            store.flush().unwrap();
+        }
+        // As when the write-ahead log is replayed: commits before recovery.
+        let store = SledStore::open(dir.path()).unwrap();
+        store
+            .apply(&Commit {
+                settled: vec![(1, 0, None)],
+                ..Commit::default()
+            })
+            .unwrap();
+        store.flush().unwrap();
+        assert_eq!(store.read_chunk(2, 0).unwrap(), vec![message(0, "b")]);
+    }
+
+    #[test]
+    fn chunks_stored_inline_by_an_older_version_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let inline = record::encode_chunk(&[message(0, "old")]).unwrap();
+        store
+            .db
+            .insert(key13(CHUNK, 2, 0), inline.as_ref())
+            .unwrap();
+        assert_eq!(recovered(&store).chunks[0].live, vec![message(0, "old")]);
+        assert_eq!(store.read_chunk(2, 0).unwrap(), vec![message(0, "old")]);
     }
 
     #[test]
