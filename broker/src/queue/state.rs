@@ -21,9 +21,11 @@
 //! queue (or drops and counts it when there is none).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 use tern_codec::{AckMode, DeliveryHead, ErrorCode, QueueStats};
 use tern_storage::{MessageMeta, StoredMessage};
 
@@ -61,24 +63,25 @@ impl DeadReason {
     }
 }
 
-/// A message waiting in, or delivered from, the queue.
+/// A message waiting in, or delivered from, the queue: 64 bytes, since a queue keeps
+/// one for every message it holds (its body, when resident, is in
+/// [`QueueState`]'s body map, which the memory budget bounds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub seq: u64,
     pub enqueued_ms: u64,
-    pub expires_ms: Option<u64>,
-    /// Delivery attempts made so far.
-    pub delivery_count: u32,
+    /// When it expires (ms since the epoch), if it does.
+    pub expires_ms: Option<NonZeroU64>,
+    /// The connection that published it, while known (not after a restart).
+    pub publisher: Option<NonZeroU64>,
     /// Label of the consumer it was last delivered to.
     pub last_consumer: Option<Arc<str>>,
-    /// The envelope in wire form, or `None` when it is kept only in the store.
-    pub body: Option<Bytes>,
-    /// Size of the envelope, resident or not.
-    pub size: usize,
+    /// Delivery attempts made so far.
+    pub delivery_count: u32,
+    /// Size of the envelope in bytes.
+    pub size: u32,
     /// Whether the store holds a [`MessageMeta`] for it, which must be deleted with it.
     pub has_meta: bool,
-    /// The connection that published it, while known (not after a restart).
-    pub publisher: Option<u64>,
 }
 
 /// The ready messages in sequence order. Messages arrive in sequence order and leave
@@ -240,7 +243,12 @@ pub enum Action {
         reply: Option<ReplyTo>,
     },
     /// Move the message to the dead-letter queue (or drop it if there is none).
-    DeadLetter { entry: Entry, reason: DeadReason },
+    DeadLetter {
+        entry: Entry,
+        /// Its body, when resident.
+        body: Option<Bytes>,
+        reason: DeadReason,
+    },
     /// Answer OK now.
     Ok { outbound: Arc<Outbound>, id: u32 },
 }
@@ -262,6 +270,8 @@ pub struct QueueState {
     /// Where the next round-robin search for a consumer with credit starts.
     next_consumer: usize,
     next_delivery_id: u64,
+    /// Resident bodies by sequence number, up to `memory_budget` bytes in all.
+    bodies: FxHashMap<u64, Bytes>,
     resident_bytes: usize,
     memory_budget: usize,
     /// When dispatch last stopped only because auto-ack consumers' buffers were full.
@@ -282,6 +292,7 @@ impl QueueState {
             consumers: Vec::new(),
             next_consumer: 0,
             next_delivery_id: 1,
+            bodies: FxHashMap::default(),
             resident_bytes: 0,
             memory_budget,
             blocked_at: None,
@@ -292,35 +303,32 @@ impl QueueState {
     /// An entry for a stored message, resident if the memory budget allows.
     fn entry(&mut self, m: StoredMessage, delivery_count: u32) -> Entry {
         let size = m.envelope.len();
-        let body = if self.resident_bytes + size <= self.memory_budget {
+        if self.resident_bytes + size <= self.memory_budget {
             self.resident_bytes += size;
-            Some(m.envelope)
-        } else {
-            None
-        };
+            self.bodies.insert(m.seq, m.envelope);
+        }
         Entry {
             seq: m.seq,
             enqueued_ms: m.enqueued_ms,
-            expires_ms: m.expires_ms,
-            delivery_count,
-            last_consumer: None,
-            body,
-            size,
-            has_meta: false,
+            expires_ms: m.expires_ms.and_then(NonZeroU64::new),
             publisher: None,
+            last_consumer: None,
+            delivery_count,
+            size: u32::try_from(size).unwrap_or(u32::MAX),
+            has_meta: false,
         }
     }
 
-    /// Forgets an entry's resident body (it is settled or moved out).
-    fn release(&mut self, entry: &Entry) {
-        if entry.body.is_some() {
-            self.resident_bytes = self.resident_bytes.saturating_sub(entry.size);
-        }
+    /// Takes an entry's resident body out (it is settled or moved out).
+    fn release(&mut self, entry: &Entry) -> Option<Bytes> {
+        let body = self.bodies.remove(&entry.seq)?;
+        self.resident_bytes = self.resident_bytes.saturating_sub(body.len());
+        Some(body)
     }
 
     fn make_ready(&mut self, entry: Entry) {
         if let Some(at) = entry.expires_ms {
-            self.expiries.insert((at, entry.seq));
+            self.expiries.insert((at.get(), entry.seq));
         }
         self.ready.insert(entry);
     }
@@ -328,7 +336,7 @@ impl QueueState {
     fn take_ready(&mut self, seq: u64) -> Option<Entry> {
         let entry = self.ready.remove(seq)?;
         if let Some(at) = entry.expires_ms {
-            self.expiries.remove(&(at, seq));
+            self.expiries.remove(&(at.get(), seq));
         }
         Some(entry)
     }
@@ -365,7 +373,7 @@ impl QueueState {
             let Appended { message, publisher } = m.into();
             self.stats.published += 1;
             let mut entry = self.entry(message, 0);
-            entry.publisher = publisher;
+            entry.publisher = publisher.and_then(NonZeroU64::new);
             self.make_ready(entry);
         }
         if let (Some(max), OverflowDef::DropHead) = (self.def.max_length, self.def.overflow) {
@@ -387,11 +395,15 @@ impl QueueState {
     }
 
     fn dead_letter(&mut self, entry: Entry, reason: DeadReason, out: &mut Vec<Action>) {
-        self.release(&entry);
+        let body = self.release(&entry);
         if reason == DeadReason::Expired {
             self.stats.expired += 1;
         }
-        out.push(Action::DeadLetter { entry, reason });
+        out.push(Action::DeadLetter {
+            entry,
+            body,
+            reason,
+        });
     }
 
     /// The task reports what became of a dead-lettered message.
@@ -450,7 +462,7 @@ impl QueueState {
             out.push(Action::Deliver {
                 outbound: Arc::clone(&c.outbound),
                 replies: c.replies.clone(),
-                own: held.entry.publisher == Some(key.conn),
+                own: held.entry.publisher.map(NonZeroU64::get) == Some(key.conn),
                 head: DeliveryHead {
                     cid: key.cid,
                     delivery_id,
@@ -458,7 +470,7 @@ impl QueueState {
                     delivery_count: held.entry.delivery_count,
                     received_before: true,
                 },
-                body: held.entry.body.clone(),
+                body: self.bodies.get(&held.entry.seq).cloned(),
                 enqueued_ms: held.entry.enqueued_ms,
             });
         }
@@ -816,7 +828,7 @@ impl QueueState {
             let Some(mut entry) = self.take_ready(seq) else {
                 return;
             };
-            if entry.expires_ms.is_some_and(|at| at <= now_ms) {
+            if entry.expires_ms.is_some_and(|at| at.get() <= now_ms) {
                 self.dead_letter(entry, DeadReason::Expired, out);
                 continue;
             }
@@ -835,7 +847,7 @@ impl QueueState {
             out.push(Action::Deliver {
                 outbound: Arc::clone(&c.outbound),
                 replies: c.replies.clone(),
-                own: entry.publisher == Some(c.key.conn),
+                own: entry.publisher.map(NonZeroU64::get) == Some(c.key.conn),
                 head: DeliveryHead {
                     cid: c.key.cid,
                     delivery_id,
@@ -843,7 +855,7 @@ impl QueueState {
                     delivery_count: entry.delivery_count,
                     received_before: false,
                 },
-                body: entry.body.clone(),
+                body: self.bodies.get(&seq).cloned(),
                 enqueued_ms: entry.enqueued_ms,
             });
             let (mode, consumer) = (c.mode, c.key);
@@ -888,15 +900,15 @@ impl QueueState {
     }
 
     /// Takes up to `max` waiting messages (0: all), oldest first, to move elsewhere.
-    pub fn take_waiting(&mut self, max: u64) -> Vec<Entry> {
+    pub fn take_waiting(&mut self, max: u64) -> Vec<(Entry, Option<Bytes>)> {
         let mut taken = Vec::new();
         while max == 0 || (taken.len() as u64) < max {
             let Some(seq) = self.ready.first_seq() else {
                 break;
             };
             if let Some(entry) = self.take_ready(seq) {
-                self.release(&entry);
-                taken.push(entry);
+                let body = self.release(&entry);
+                taken.push((entry, body));
             }
         }
         taken
@@ -1012,12 +1024,18 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::DeadLetter { entry, reason } => {
+                Action::DeadLetter { entry, reason, .. } => {
                     Some((entry.seq, *reason, entry.delivery_count))
                 }
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn an_entry_is_64_bytes() {
+        // One per message a queue holds: a queue of a million costs 64 MB of them.
+        assert_eq!(std::mem::size_of::<Entry>(), 64);
     }
 
     #[test]

@@ -160,8 +160,8 @@ impl QueueTask {
             QueueInput::MoveTo { to, max, reply } => {
                 let entries = s.take_waiting(max);
                 let n = entries.len() as u64;
-                for entry in entries {
-                    self.transfer(entry, to, None);
+                for (entry, body) in entries {
+                    self.transfer(entry, body, to, None);
                 }
                 let _ = reply.send(n);
             }
@@ -228,7 +228,11 @@ impl QueueTask {
                     meta,
                     done: reply.map(answer_when_durable),
                 }),
-                Action::DeadLetter { entry, reason } => self.dead_letter(entry, reason),
+                Action::DeadLetter {
+                    entry,
+                    body,
+                    reason,
+                } => self.dead_letter(entry, body, reason),
                 Action::Ok { outbound, id } => {
                     outbound.push_control(&OkFrame { id }, wakes);
                 }
@@ -258,7 +262,7 @@ impl QueueTask {
         }
     }
 
-    fn dead_letter(&mut self, entry: Entry, reason: DeadReason) {
+    fn dead_letter(&mut self, entry: Entry, body: Option<Bytes>, reason: DeadReason) {
         let target = self
             .state
             .def
@@ -267,7 +271,7 @@ impl QueueTask {
             .and_then(|name| self.queues.get(name));
         match target {
             Some(dlq) => {
-                self.transfer(entry, dlq.id, Some(reason));
+                self.transfer(entry, body, dlq.id, Some(reason));
                 self.state.dead_lettered(true);
             }
             None => {
@@ -284,8 +288,14 @@ impl QueueTask {
 
     /// Moves a message to queue `to`; with `reason`, as a dead letter with headers
     /// saying why, from where, after how many deliveries and from whom.
-    fn transfer(&mut self, entry: Entry, to: QueueId, reason: Option<DeadReason>) {
-        let Some(body) = self.body(entry.seq, entry.body.clone()) else {
+    fn transfer(
+        &mut self,
+        entry: Entry,
+        body: Option<Bytes>,
+        to: QueueId,
+        reason: Option<DeadReason>,
+    ) {
+        let Some(body) = self.body(entry.seq, body) else {
             return;
         };
         let envelope = match reason {
