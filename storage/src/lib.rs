@@ -19,11 +19,18 @@
 //! key                                   value
 //! "q" queue_id:u32                      QueueRecord (name, opaque definition)
 //! "n" queue_id:u32                      next sequence number of the queue: u64
-//! "c" queue_id:u32 first_seq:u64        chunk: count:u32, then records
+//! "c" queue_id:u32 first_seq:u64        pointer to the chunk in a segment file: 0xff,
+//!                                       segment:u64, offset:u64, len:u32, crc32:u32
+//!                                       (format 1 stored the chunk itself here:
+//!                                       count:u32, then records; still read)
 //! "a" queue_id:u32 first_seq:u64        settled bitmap of that chunk
 //! "m" queue_id:u32 seq:u64              MessageMeta
-//! "d" at_ms:u64 n:u64                   dedup entries written together
+//! "d" at_ms:u64 n:u64                   dedup entries written together (n: log index)
+//! "w"                                   index of the last log entry applied: u64
 //! ```
+//!
+//! Chunk bytes (count:u32, then records) live in `segments/<n>`, appended; see
+//! `segments` for why and how they are synced and deleted.
 //!
 //! Integers in keys are big-endian, so key order is numeric order. Nothing outside this
 //! crate sees a `sled::Tree`: callers use the [`Store`] operations only.
