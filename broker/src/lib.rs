@@ -10,6 +10,9 @@
 //! * `connection`: the read side of a socket (bytes in, frames out).
 //! * `outbound`: a connection's bounded outbound queue and the writer task.
 //! * `router`: who receives a message; [`sublist`]: the subject trie behind it.
+//! * `durable`: the durable queues as the server holds them (store, journal, queue
+//!   registry, exactly-once window); `journal`: the group-commit writer and the `Log`
+//!   seam; `queue`: the rules (`queue::machine`), the queues' tasks and recovery.
 //! * [`config`]: flags, environment, TOML and defaults.
 //! * [`stats`]: server-wide counters.
 //!
@@ -24,6 +27,7 @@ pub mod bridge;
 pub mod config;
 mod connection;
 mod dedup;
+mod durable;
 mod error;
 pub mod filter;
 mod handler;

@@ -142,7 +142,7 @@ impl Metrics {
             counter(r, "tern_protocol_errors_total", &[("kind", kind)]).absolute(n);
         }
         let mut delivered_from_queues = 0;
-        let queues = shared.queues.all();
+        let queues = shared.durable.queues.all();
         gauge(r, "tern_queues", &[]).set(queues.len() as f64);
         for q in queues {
             let Some(st) = q.stats().await else { continue };
@@ -180,7 +180,7 @@ impl Metrics {
             counter(r, "tern_bridge_reconnects_total", &l)
                 .absolute(b.reconnects.load(std::sync::atomic::Ordering::Relaxed));
         }
-        if let Ok(size) = shared.store.size_on_disk() {
+        if let Ok(size) = shared.durable.store.size_on_disk() {
             gauge(r, "tern_store_size_bytes", &[]).set(size as f64);
         }
         self.upkeep();
@@ -399,8 +399,8 @@ async fn answer(shared: &Shared, mut socket: TcpStream) -> std::io::Result<()> {
         (b"GET", b"/healthz") => {
             // Checked now, not only when the journal next writes: a broker with
             // nothing to store still reports the alarm cleared once space is back.
-            let store = &shared.store_health;
-            let _ = store.check_disk(&*shared.store);
+            let store = &shared.durable.health;
+            let _ = store.check_disk(&*shared.durable.store);
             match store.problem() {
                 None => respond(&mut socket, "200 OK", "text/plain", "ok\n").await,
                 Some(problem) => {

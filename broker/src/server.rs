@@ -13,31 +13,21 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tern_codec::{DecodeError, Encode, ErrorCode, ErrorFrame};
-use tern_storage::{QueueId, SledStore, Store, Wal};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bridge::BridgeStatus;
-use crate::config::{Config, Listen, SyncPolicy};
-use crate::dedup::DedupWindow;
-use crate::journal::{Journal, LogMetrics, Op, StoreLog, Writer, WAL_BYTES};
+use crate::config::{Config, Listen};
+use crate::durable::Durable;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
-use crate::queue::def::QueueDef;
-use crate::queue::state::QueueState;
-use crate::queue::task::ReadBack;
-use crate::queue::{recovery, BindingFilters, QueueHandle, QueueInput, QueueTask, Queues};
 use crate::router::Router;
 use crate::session;
 use crate::stats::{Stats, StatsSnapshot};
-use crate::store_health::StoreHealth;
 use crate::Error;
-
-/// The write-ahead log's file in the data directory.
-const WAL_FILE: &str = "wal";
 
 /// State every connection shares.
 #[derive(Debug)]
@@ -47,14 +37,8 @@ pub(crate) struct Shared {
     pub stats: Arc<Stats>,
     /// Random per process; sent in WELCOME.
     pub server_id: String,
-    pub store: Arc<dyn Store>,
-    /// Whether the store takes new messages (the disk alarm), for `/healthz`.
-    pub store_health: Arc<StoreHealth>,
-    pub journal: Journal,
-    pub queues: Arc<Queues>,
-    /// The exactly-once window. A std `Mutex`: one hash-set operation per QoS 2
-    /// publish, never held across an `.await`.
-    pub dedup: Arc<Mutex<DedupWindow>>,
+    /// The durable queues: store, journal, queue registry, exactly-once window.
+    pub durable: Durable,
     pub metrics: Metrics,
     /// The TLS configuration in force, when a TLS listener is configured.
     pub tls: Option<crate::tls::Tls>,
@@ -70,10 +54,6 @@ pub(crate) struct Shared {
     /// URLs this server listens on, for server info. A std `Mutex`: written when a
     /// listener starts, read by server-info requests.
     listeners: Mutex<Vec<String>>,
-    /// Queue tasks, to wait for at shutdown.
-    queue_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// The journal thread, joined at shutdown.
-    journal_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Cancelled once, when the server starts shutting down. Every connection's token
     /// is a child of it.
     pub shutdown: CancellationToken,
@@ -140,56 +120,6 @@ impl Shared {
     fn add_listener(&self, url: String) {
         lock(&self.listeners).push(url);
     }
-
-    /// Starts a queue's task, routes its bindings to it and registers it.
-    pub fn start_queue(
-        &self,
-        id: QueueId,
-        def: Arc<QueueDef>,
-        filters: BindingFilters,
-        tx: mpsc::Sender<QueueInput>,
-        rx: mpsc::Receiver<QueueInput>,
-        state: QueueState,
-    ) -> Arc<QueueHandle> {
-        let handle = Arc::new(QueueHandle {
-            id,
-            def,
-            filters,
-            tx,
-        });
-        let task = QueueTask {
-            id,
-            state,
-            journal: self.journal.clone(),
-            store: Arc::clone(&self.store),
-            queues: Arc::clone(&self.queues),
-            delivery_latency: self.metrics.delivery_latency.clone(),
-            read_back: ReadBack::default(),
-        };
-        let join = crate::queue::spawn(task, rx);
-        lock(&self.queue_tasks).push(join);
-        self.queues.insert(Arc::clone(&handle));
-        self.router.bind_queue(&handle);
-        handle
-    }
-
-    /// Stops every queue task, then the journal (which commits what it was sent and
-    /// flushes the store).
-    async fn stop_storage(&self) -> Result<(), Error> {
-        for queue in self.queues.all() {
-            let _ = queue.tx.send(QueueInput::Stop).await;
-        }
-        let tasks = std::mem::take(&mut *lock(&self.queue_tasks));
-        for task in tasks {
-            let _ = task.await;
-        }
-        let flushed = self.journal.shutdown().await;
-        let thread = lock(&self.journal_thread).take();
-        if let Some(thread) = thread {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
-        flushed.map_err(|e| Error::Shutdown(format!("final store flush failed: {e}")))
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -218,78 +148,8 @@ impl Server {
             Some(t) => Some(crate::tls::Tls::new(t.files.clone())?),
             None => None,
         };
-        let store: Arc<dyn Store> = Arc::new(SledStore::open_with_cache(
-            &config.data_dir,
-            config.store.cache_bytes,
-        )?);
-        match config.store.sync {
-            SyncPolicy::Always => {}
-            other => tracing::warn!(
-                "sync = {other}: confirmed messages can be lost if the broker is killed or the machine loses power"
-            ),
-        }
-        let store_config = &config.store;
         let metrics = Metrics::new();
-        let store_health = Arc::new(StoreHealth::new(
-            store_config.min_free_bytes,
-            metrics.disk_alarm.clone(),
-            metrics.disk_alarms.clone(),
-        ));
-        let wal = Wal::open(&config.data_dir.join(WAL_FILE), WAL_BYTES)
-            .map_err(tern_storage::StorageError::Wal)?;
-        let (log, recovered) = StoreLog::open(
-            Arc::clone(&store),
-            wal,
-            &config.data_dir,
-            |store| {
-                recovery::recover(
-                    store,
-                    &config.data_dir,
-                    config.queues.memory,
-                    config.limits.filter,
-                )
-            },
-            Arc::clone(&store_health),
-            store_config.sync,
-            LogMetrics {
-                commits: metrics.commits.clone(),
-                flushes: metrics.flushes.clone(),
-                bytes_written: metrics.bytes_written.clone(),
-                flush_duration: metrics.flush_duration.clone(),
-            },
-        )?;
-        let mut window = DedupWindow::new(
-            store_config.dedup_window,
-            u64::try_from(store_config.dedup_age.as_millis()).unwrap_or(u64::MAX),
-        );
-        for e in &recovered.dedup {
-            window.restore(e);
-        }
-        let dedup = Arc::new(Mutex::new(window));
-        let mut writer = Writer::new(
-            Box::new(log),
-            recovered.machine,
-            Arc::clone(&store_health),
-            Arc::clone(&dedup),
-            metrics.confirm_latency.clone(),
-        );
-        let mut started = Vec::new();
-        for q in recovered.queues {
-            let (tx, rx) = crate::queue::channel();
-            writer.add_task(q.id, tx.clone());
-            started.push((q, tx, rx));
-        }
-        let (journal, journal_thread) = writer.spawn()?;
-        // Metas left over belong to messages settled before a crash cut their clean-up
-        // short; forget them now.
-        for (queue, seq) in recovered.stale_metas {
-            journal.send(Op::Meta {
-                queue,
-                seq,
-                meta: None,
-                done: None,
-            });
-        }
+        let (durable, found) = Durable::open(&config, &metrics)?;
         let bridges = config
             .bridges
             .iter()
@@ -305,11 +165,7 @@ impl Server {
             router: Router::default(),
             stats: Arc::default(),
             server_id: format!("{:016x}", fastrand::u64(..)),
-            store,
-            store_health,
-            journal,
-            queues: Arc::default(),
-            dedup,
+            durable,
             metrics,
             tls,
             per_ip: Mutex::new(HashMap::new()),
@@ -317,16 +173,12 @@ impl Server {
             tasks: TaskTracker::new(),
             started: std::time::Instant::now(),
             listeners: Mutex::new(Vec::new()),
-            queue_tasks: Mutex::new(Vec::new()),
-            journal_thread: Mutex::new(Some(journal_thread)),
             shutdown: CancellationToken::new(),
             next_connection_id: AtomicU64::new(1),
             connections: Mutex::new(HashMap::new()),
         });
-        let recovered = started.len();
-        for (q, tx, rx) in started {
-            shared.start_queue(q.id, q.def, q.filters, tx, rx, q.state);
-        }
+        let recovered = found.len();
+        shared.durable.start_recovered(&shared.router, found);
         if recovered > 0 {
             tracing::info!(queues = recovered, "recovered queues from the store");
         }
@@ -392,7 +244,7 @@ impl Server {
 
     /// Number of queues on the server.
     pub fn queue_count(&self) -> usize {
-        self.shared.queues.len()
+        self.shared.durable.queues.len()
     }
 
     /// Opens an in-process connection to this server: the broker's own components (the
@@ -562,7 +414,7 @@ impl Server {
                 humantime::format_duration(shared.config.shutdown_timeout)
             );
         }
-        shared.stop_storage().await?;
+        shared.durable.stop().await?;
         tracing::info!("shut down");
         Ok(())
     }

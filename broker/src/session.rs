@@ -418,7 +418,7 @@ impl Session {
         self.wakes.wake_all();
         self.counts.add_to(&self.shared.stats);
         for op in self.publishes.drain(..) {
-            if let Err(op) = self.shared.journal.publish(op).await {
+            if let Err(op) = self.shared.durable.journal.publish(op).await {
                 if let Some(c) = op.confirm {
                     c.answer(Err(Refused::ShuttingDown), &mut self.wakes);
                 }

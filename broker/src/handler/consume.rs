@@ -26,6 +26,7 @@ pub(crate) fn consume(session: &mut Session, c: Consume) -> Result<(), Reject> {
     }
     let queue = session
         .shared
+        .durable
         .queues
         .get(&c.queue)
         .ok_or_else(|| not_found(&c.queue))?;

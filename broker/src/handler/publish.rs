@@ -103,7 +103,8 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
             ));
         }
         let producer = ProducerKey::new(session.principal.user.as_deref(), &p.producer);
-        if !journal::lock(&session.shared.dedup).insert(producer.as_str(), p.sequence, now) {
+        if !journal::lock(&session.shared.durable.dedup).insert(producer.as_str(), p.sequence, now)
+        {
             session.counts.duplicates += 1;
             if publish.id != 0 {
                 session.reply(&Confirm {
@@ -124,7 +125,7 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
     let queues = interest.queues(&view);
     if publish.mandatory && queues.is_empty() && !interest.has_taker(&view) {
         if let Some(d) = &dedup {
-            journal::lock(&session.shared.dedup).remove(&d.producer, d.sequence);
+            journal::lock(&session.shared.durable.dedup).remove(&d.producer, d.sequence);
         }
         return Err(Reject::new(
             ErrorCode::NoRoute,

@@ -99,7 +99,7 @@ async fn journal(
     op: impl FnOnce(crate::journal::Done) -> Op,
 ) -> Result<(), Reject> {
     let (tx, rx) = oneshot::channel();
-    shared.journal.send(op(Box::new(move |r| {
+    shared.durable.journal.send(op(Box::new(move |r| {
         let _ = tx.send(r);
     })));
     match rx.await {
@@ -124,6 +124,7 @@ async fn count_then_sync(
     queue.tx.send(input(reply)).await.map_err(|_| gone(name))?;
     let n = rx.await.map_err(|_| gone(name))?;
     shared
+        .durable
         .journal
         .barrier()
         .await
@@ -145,8 +146,8 @@ pub(crate) fn declare(session: &mut Session, d: QueueDeclare) -> Result<(), Reje
     run(session, d.id, move |shared| async move {
         // Held across the journal round trip: two declares of one name must not both
         // create it.
-        let _admin = shared.queues.admin.lock().await;
-        if let Some(existing) = shared.queues.get(&def.name) {
+        let _admin = shared.durable.queues.admin.lock().await;
+        if let Some(existing) = shared.durable.queues.get(&def.name) {
             if *existing.def != def {
                 return Err(Reject::new(
                     ErrorCode::QueueExists,
@@ -158,7 +159,7 @@ pub(crate) fn declare(session: &mut Session, d: QueueDeclare) -> Result<(), Reje
             }
             return info(d.id, &existing).await.map(Answer::Info);
         }
-        let id = shared.queues.next_id();
+        let id = shared.durable.queues.next_id();
         let def = Arc::new(def);
         let (tx, rx) = crate::queue::channel();
         let queue_def = Arc::clone(&def);
@@ -171,7 +172,9 @@ pub(crate) fn declare(session: &mut Session, d: QueueDeclare) -> Result<(), Reje
         })
         .await?;
         let state = QueueState::new(Arc::clone(&def), shared.config.queues.memory);
-        let handle = shared.start_queue(id, def, filters, tx, rx, state);
+        let handle = shared
+            .durable
+            .start_queue(&shared.router, id, def, filters, tx, rx, state);
         tracing::info!(queue = %handle.def.name, "queue created");
         info(d.id, &handle).await.map(Answer::Info)
     });
@@ -184,8 +187,9 @@ pub(crate) fn declare(session: &mut Session, d: QueueDeclare) -> Result<(), Reje
 pub(crate) fn delete(session: &mut Session, d: QueueDelete) -> Result<(), Reject> {
     require_admin(session, "delete queue", &d.name)?;
     run(session, d.id, move |shared| async move {
-        let _admin = shared.queues.admin.lock().await;
+        let _admin = shared.durable.queues.admin.lock().await;
         let queue = shared
+            .durable
             .queues
             .remove(&d.name)
             .ok_or_else(|| not_found(&d.name))?;
@@ -212,7 +216,7 @@ pub(crate) fn query(session: &mut Session, q: QueueQuery) -> Result<(), Reject> 
     run(session, q.id, move |shared| async move {
         if q.name.is_empty() {
             let mut infos = Vec::new();
-            for queue in shared.queues.all() {
+            for queue in shared.durable.queues.all() {
                 if !visible(&queue.def.name) {
                     continue;
                 }
@@ -224,6 +228,7 @@ pub(crate) fn query(session: &mut Session, q: QueueQuery) -> Result<(), Reject> 
             return Ok(Answer::List(infos));
         }
         let queue = shared
+            .durable
             .queues
             .get(&q.name)
             .filter(|queue| visible(&queue.def.name))
@@ -240,6 +245,7 @@ pub(crate) fn purge(session: &mut Session, p: QueuePurge) -> Result<(), Reject> 
     require_admin(session, "purge queue", &p.name)?;
     run(session, p.id, move |shared| async move {
         let queue = shared
+            .durable
             .queues
             .get(&p.name)
             .ok_or_else(|| not_found(&p.name))?;
@@ -264,10 +270,15 @@ pub(crate) fn move_messages(session: &mut Session, m: QueueMove) -> Result<(), R
     }
     run(session, m.id, move |shared| async move {
         let from = shared
+            .durable
             .queues
             .get(&m.from)
             .ok_or_else(|| not_found(&m.from))?;
-        let to = shared.queues.get(&m.to).ok_or_else(|| not_found(&m.to))?;
+        let to = shared
+            .durable
+            .queues
+            .get(&m.to)
+            .ok_or_else(|| not_found(&m.to))?;
         count_then_sync(&shared, &from, |reply| QueueInput::MoveTo {
             to: to.id,
             max: m.max,

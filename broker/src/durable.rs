@@ -1,0 +1,225 @@
+//! The durable queues as the rest of the broker holds them: the store, the journal
+//! that is its only writer, the registry of queues with their tasks, the exactly-once
+//! window. Opened from the data directory — the write-ahead log replayed, every queue
+//! recovered — and stopped at shutdown, after the connections.
+//!
+//! Sessions reach the durable queues only through this: a handler asks `journal`,
+//! `queues` and `dedup`; metrics and server info read `store` and `health`.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tern_storage::{QueueId, SledStore, StorageError, Store, Wal};
+use tokio::sync::mpsc;
+
+use crate::config::{Config, SyncPolicy};
+use crate::dedup::DedupWindow;
+use crate::journal::{Journal, LogMetrics, Op, StoreLog, Writer, WAL_BYTES};
+use crate::metrics::Metrics;
+use crate::queue::def::QueueDef;
+use crate::queue::recovery::{self, RecoveredQueue};
+use crate::queue::state::QueueState;
+use crate::queue::task::ReadBack;
+use crate::queue::{BindingFilters, QueueHandle, QueueInput, QueueTask, Queues};
+use crate::router::Router;
+use crate::store_health::StoreHealth;
+use crate::Error;
+
+/// The write-ahead log's file in the data directory.
+const WAL_FILE: &str = "wal";
+
+/// The durable queues of one server.
+#[derive(Debug)]
+pub(crate) struct Durable {
+    pub store: Arc<dyn Store>,
+    /// Whether the store takes new messages (the disk alarm), for `/healthz`.
+    pub health: Arc<StoreHealth>,
+    pub journal: Journal,
+    pub queues: Arc<Queues>,
+    /// The exactly-once window. A std `Mutex`: one hash-set operation per QoS 2
+    /// publish, never held across an `.await`.
+    pub dedup: Arc<Mutex<DedupWindow>>,
+    delivery_latency: metrics::Histogram,
+    /// Queue tasks, to wait for at shutdown.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The journal thread, joined at shutdown.
+    journal_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// A queue found in the store, with the channel its task will read.
+pub(crate) struct Recovered {
+    queue: RecoveredQueue,
+    tx: mpsc::Sender<QueueInput>,
+    rx: mpsc::Receiver<QueueInput>,
+}
+
+impl Durable {
+    /// Opens the store in `config.data_dir`, replays its write-ahead log, recovers every
+    /// queue and starts the journal. The queues found are returned, to be started with
+    /// [`Durable::start_recovered`] once the router exists.
+    ///
+    /// Blocks the calling thread on file I/O while the store is read.
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be opened or read, or the journal thread cannot start.
+    pub fn open(config: &Config, metrics: &Metrics) -> Result<(Self, Vec<Recovered>), Error> {
+        let store_config = &config.store;
+        let store: Arc<dyn Store> = Arc::new(SledStore::open_with_cache(
+            &config.data_dir,
+            store_config.cache_bytes,
+        )?);
+        match store_config.sync {
+            SyncPolicy::Always => {}
+            other => tracing::warn!(
+                "sync = {other}: confirmed messages can be lost if the broker is killed or the machine loses power"
+            ),
+        }
+        let health = Arc::new(StoreHealth::new(
+            store_config.min_free_bytes,
+            metrics.disk_alarm.clone(),
+            metrics.disk_alarms.clone(),
+        ));
+        let wal =
+            Wal::open(&config.data_dir.join(WAL_FILE), WAL_BYTES).map_err(StorageError::Wal)?;
+        let (log, recovered) = StoreLog::open(
+            Arc::clone(&store),
+            wal,
+            &config.data_dir,
+            |store| {
+                recovery::recover(
+                    store,
+                    &config.data_dir,
+                    config.queues.memory,
+                    config.limits.filter,
+                )
+            },
+            Arc::clone(&health),
+            store_config.sync,
+            LogMetrics {
+                commits: metrics.commits.clone(),
+                flushes: metrics.flushes.clone(),
+                bytes_written: metrics.bytes_written.clone(),
+                flush_duration: metrics.flush_duration.clone(),
+            },
+        )?;
+        let mut window = DedupWindow::new(
+            store_config.dedup_window,
+            u64::try_from(store_config.dedup_age.as_millis()).unwrap_or(u64::MAX),
+        );
+        for e in &recovered.dedup {
+            window.restore(e);
+        }
+        let dedup = Arc::new(Mutex::new(window));
+        let mut writer = Writer::new(
+            Box::new(log),
+            recovered.machine,
+            Arc::clone(&health),
+            Arc::clone(&dedup),
+            metrics.confirm_latency.clone(),
+        );
+        let mut found = Vec::new();
+        for queue in recovered.queues {
+            let (tx, rx) = crate::queue::channel();
+            writer.add_task(queue.id, tx.clone());
+            found.push(Recovered { queue, tx, rx });
+        }
+        let (journal, journal_thread) = writer.spawn()?;
+        // Metas left over belong to messages settled before a crash cut their clean-up
+        // short; forget them now.
+        for (queue, seq) in recovered.stale_metas {
+            journal.send(Op::Meta {
+                queue,
+                seq,
+                meta: None,
+                done: None,
+            });
+        }
+        let durable = Self {
+            store,
+            health,
+            journal,
+            queues: Arc::default(),
+            dedup,
+            delivery_latency: metrics.delivery_latency.clone(),
+            tasks: Mutex::new(Vec::new()),
+            journal_thread: Mutex::new(Some(journal_thread)),
+        };
+        Ok((durable, found))
+    }
+
+    /// Starts the tasks of the queues [`Durable::open`] found.
+    pub fn start_recovered(&self, router: &Router, found: Vec<Recovered>) {
+        for Recovered { queue, tx, rx } in found {
+            self.start_queue(
+                router,
+                queue.id,
+                queue.def,
+                queue.filters,
+                tx,
+                rx,
+                queue.state,
+            );
+        }
+    }
+
+    /// Starts a queue's task, routes its bindings to it and registers it.
+    #[allow(clippy::too_many_arguments)] // the parts of one queue, made by its caller
+    pub fn start_queue(
+        &self,
+        router: &Router,
+        id: QueueId,
+        def: Arc<QueueDef>,
+        filters: BindingFilters,
+        tx: mpsc::Sender<QueueInput>,
+        rx: mpsc::Receiver<QueueInput>,
+        state: QueueState,
+    ) -> Arc<QueueHandle> {
+        let handle = Arc::new(QueueHandle {
+            id,
+            def,
+            filters,
+            tx,
+        });
+        let task = QueueTask {
+            id,
+            state,
+            journal: self.journal.clone(),
+            store: Arc::clone(&self.store),
+            queues: Arc::clone(&self.queues),
+            delivery_latency: self.delivery_latency.clone(),
+            read_back: ReadBack::default(),
+        };
+        let join = crate::queue::spawn(task, rx);
+        lock(&self.tasks).push(join);
+        self.queues.insert(Arc::clone(&handle));
+        router.bind_queue(&handle);
+        handle
+    }
+
+    /// Stops every queue task, then the journal (which commits what it was sent and
+    /// checkpoints the store).
+    ///
+    /// # Errors
+    ///
+    /// The final flush of the store failed.
+    pub async fn stop(&self) -> Result<(), Error> {
+        for queue in self.queues.all() {
+            let _ = queue.tx.send(QueueInput::Stop).await;
+        }
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
+        for task in tasks {
+            let _ = task.await;
+        }
+        let flushed = self.journal.shutdown().await;
+        let thread = lock(&self.journal_thread).take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        flushed.map_err(|e| Error::Shutdown(format!("final store flush failed: {e}")))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Changed by single pushes and takes: a poisoned lock still guards whole data.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
