@@ -14,7 +14,6 @@ use tokio::sync::mpsc;
 use crate::config::{Config, SyncPolicy};
 use crate::dedup::DedupWindow;
 use crate::journal::{Journal, LogMetrics, Op, StoreLog, Writer, WAL_BYTES};
-use crate::metrics::Metrics;
 use crate::queue::def::QueueDef;
 use crate::queue::recovery::{self, RecoveredQueue};
 use crate::queue::state::QueueState;
@@ -45,6 +44,15 @@ pub(crate) struct Durable {
     journal_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// The metrics the durable queues record (the server's `Metrics` hands them out).
+pub(crate) struct DurableMetrics {
+    pub log: LogMetrics,
+    pub disk_alarm: metrics::Gauge,
+    pub disk_alarms: metrics::Counter,
+    pub confirm_latency: metrics::Histogram,
+    pub delivery_latency: metrics::Histogram,
+}
+
 /// A queue found in the store, with the channel its task will read.
 pub(crate) struct Recovered {
     queue: RecoveredQueue,
@@ -62,7 +70,7 @@ impl Durable {
     /// # Errors
     ///
     /// The store cannot be opened or read, or the journal thread cannot start.
-    pub fn open(config: &Config, metrics: &Metrics) -> Result<(Self, Vec<Recovered>), Error> {
+    pub fn open(config: &Config, metrics: DurableMetrics) -> Result<(Self, Vec<Recovered>), Error> {
         let store_config = &config.store;
         let store: Arc<dyn Store> = Arc::new(SledStore::open_with_cache(
             &config.data_dir,
@@ -76,8 +84,8 @@ impl Durable {
         }
         let health = Arc::new(StoreHealth::new(
             store_config.min_free_bytes,
-            metrics.disk_alarm.clone(),
-            metrics.disk_alarms.clone(),
+            metrics.disk_alarm,
+            metrics.disk_alarms,
         ));
         let wal =
             Wal::open(&config.data_dir.join(WAL_FILE), WAL_BYTES).map_err(StorageError::Wal)?;
@@ -95,12 +103,7 @@ impl Durable {
             },
             Arc::clone(&health),
             store_config.sync,
-            LogMetrics {
-                commits: metrics.commits.clone(),
-                flushes: metrics.flushes.clone(),
-                bytes_written: metrics.bytes_written.clone(),
-                flush_duration: metrics.flush_duration.clone(),
-            },
+            metrics.log,
         )?;
         let mut window = DedupWindow::new(
             store_config.dedup_window,
@@ -115,7 +118,7 @@ impl Durable {
             recovered.machine,
             Arc::clone(&health),
             Arc::clone(&dedup),
-            metrics.confirm_latency.clone(),
+            metrics.confirm_latency,
         );
         let mut found = Vec::new();
         for queue in recovered.queues {
@@ -140,7 +143,7 @@ impl Durable {
             journal,
             queues: Arc::default(),
             dedup,
-            delivery_latency: metrics.delivery_latency.clone(),
+            delivery_latency: metrics.delivery_latency,
             tasks: Mutex::new(Vec::new()),
             journal_thread: Mutex::new(Some(journal_thread)),
         };

@@ -24,6 +24,7 @@
 
 pub mod auth;
 pub mod bridge;
+mod clock;
 pub mod config;
 mod connection;
 mod dedup;

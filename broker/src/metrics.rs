@@ -22,6 +22,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::durable::DurableMetrics;
+use crate::journal::LogMetrics;
 use crate::server::Shared;
 
 /// Buckets of the latency histograms, in seconds: 50 µs to 10 s.
@@ -59,6 +61,22 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
+    /// The handles the durable queues record into.
+    pub fn durable(&self) -> DurableMetrics {
+        DurableMetrics {
+            log: LogMetrics {
+                commits: self.commits.clone(),
+                flushes: self.flushes.clone(),
+                bytes_written: self.bytes_written.clone(),
+                flush_duration: self.flush_duration.clone(),
+            },
+            disk_alarm: self.disk_alarm.clone(),
+            disk_alarms: self.disk_alarms.clone(),
+            confirm_latency: self.confirm_latency.clone(),
+            delivery_latency: self.delivery_latency.clone(),
+        }
+    }
+
     pub fn new() -> Self {
         let builder = PrometheusBuilder::new();
         // The bucket list is a non-empty constant; it cannot be refused.

@@ -149,7 +149,7 @@ impl Server {
             None => None,
         };
         let metrics = Metrics::new();
-        let (durable, found) = Durable::open(&config, &metrics)?;
+        let (durable, found) = Durable::open(&config, metrics.durable())?;
         let bridges = config
             .bridges
             .iter()

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use tern_codec::{Envelope, DEADLINE_HEADER};
 
-use crate::journal::now_ms;
+use crate::clock::now_ms;
 
 /// Most unused permits a connection holds at once; the oldest go first.
 const MAX_PERMITS: usize = 10_000;

@@ -16,9 +16,10 @@ use tern_storage::DedupEntry;
 use super::Reject;
 use crate::queue::machine::QueueError;
 
+use crate::clock::now_ms;
 use crate::dedup::{ProducerKey, MAX_PRODUCER_LEN};
 use crate::filter::MessageView;
-use crate::journal::{self, now_ms, ConfirmTo, Confirms, PublishOp, Refused};
+use crate::journal::{self, ConfirmTo, Confirms, PublishOp, Refused};
 use crate::outbound::{Outbound, Wakes};
 use crate::session::Session;
 

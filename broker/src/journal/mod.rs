@@ -33,6 +33,7 @@ use tern_storage::{DedupEntry, MessageMeta, QueueId};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 pub(crate) use self::log::{Log, LogError, LogMetrics, StoreLog, WAL_BYTES};
+use crate::clock::now_ms;
 use crate::dedup::DedupWindow;
 use crate::outbound::Wakes;
 use crate::queue::def::QueueDef;
@@ -273,13 +274,6 @@ pub(crate) struct Writer {
     dedup: Arc<Mutex<DedupWindow>>,
     /// Set by [`Op::Shutdown`]: stop after this commit.
     stopping: bool,
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Writer {

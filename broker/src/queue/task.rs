@@ -11,8 +11,9 @@ use tokio::sync::mpsc;
 
 use super::state::{Action, DeadReason, Entry, QueueState};
 use super::{QueueInput, Queues, ReplyTo};
+use crate::clock::now_ms;
 use crate::handler::Reject;
-use crate::journal::{now_ms, Done, Journal, Op};
+use crate::journal::{Done, Journal, Op};
 use crate::outbound::Wakes;
 
 /// Everything a queue task uses besides its state.
