@@ -71,7 +71,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         listen: Listen::On(SocketAddr::from(([127, 0, 0, 1], 0))),
         data_dir: data.path().to_owned(),
         metrics_listen: Listen::Off,
-        bridges: tern_broker::bridge::validate(settings.bridge.unwrap_or_default())?,
+        bridges: tern_broker::config::bridge::validate(settings.bridge.unwrap_or_default())?,
         ..Config::default()
     };
     let running = Server::start(config).await?;

@@ -163,9 +163,9 @@ impl MqttProcess {
 // ---------------------------------------------------------------------------------------
 
 /// `[[bridge.mqtt]]` tables as a ternd.toml holds them, through the real config path.
-fn bridges(toml: &str) -> Vec<tern_broker::bridge::MqttBridge> {
+fn bridges(toml: &str) -> Vec<tern_broker::config::bridge::MqttBridge> {
     let settings = Settings::from_toml(toml).unwrap_or_else(|e| panic!("{e}"));
-    tern_broker::bridge::validate(settings.bridge.unwrap_or_default()).unwrap()
+    tern_broker::config::bridge::validate(settings.bridge.unwrap_or_default()).unwrap()
 }
 
 /// A tern broker running the bridges of `toml`.

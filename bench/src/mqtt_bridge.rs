@@ -100,7 +100,7 @@ async fn run_async(args: &Args) -> anyhow::Result<Report> {
         listen: Listen::On(SocketAddr::from(([127, 0, 0, 1], 0))),
         data_dir: data.path().to_owned(),
         metrics_listen: Listen::Off,
-        bridges: tern_broker::bridge::validate(settings.bridge.unwrap_or_default())?,
+        bridges: tern_broker::config::bridge::validate(settings.bridge.unwrap_or_default())?,
         ..Config::default()
     };
     let running = Server::start(config).await.context("starting the broker")?;

@@ -48,7 +48,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::conn_log::{ConnLog, Note};
 use super::echo::EchoFilter;
-use tern_broker::bridge::{BridgeStatus, MqttBridge};
+use tern_broker::bridge::BridgeStatus;
+use tern_broker::config::bridge::MqttBridge;
 use tern_broker::Server;
 use tern_client::Backoff;
 
@@ -820,7 +821,7 @@ impl Bridge {
 async fn declare_export_queue(
     tern: &Client,
     bridge: &str,
-    export: &tern_broker::bridge::Export,
+    export: &tern_broker::config::bridge::Export,
 ) -> Result<(), tern_client::Error> {
     let config = QueueConfig::new(export.queue.as_str())
         .bind(export.route.tern_pattern())

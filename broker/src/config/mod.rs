@@ -6,6 +6,8 @@
 //! and the file format, so the three can never drift apart. Precedence: flag, then
 //! environment, then file, then the default in [`Config::default`].
 
+pub mod bridge;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,10 +19,11 @@ use serde::Deserialize;
 
 use crate::auth::acl::PermissionSettings;
 use crate::auth::{Auth, UserSettings};
-use crate::bridge::{BridgeSettings, MqttBridge};
 use crate::filter::FilterLimits;
 use crate::tls::{TlsError, TlsFiles};
 use tern_codec::{SubjectLimits, MAX_FRAME_SIZE_LIMIT};
+
+use self::bridge::{BridgeSettings, MqttBridge};
 
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -813,7 +816,7 @@ impl Config {
                 max_prefetch: at_least("queues.max_prefetch", s.queues.max_prefetch, 1)?
                     .unwrap_or(d.queues.max_prefetch),
             },
-            bridges: crate::bridge::validate(s.bridge.unwrap_or_default())?,
+            bridges: bridge::validate(s.bridge.unwrap_or_default())?,
             tls,
             auth: Arc::new(
                 Auth::new(
