@@ -39,6 +39,7 @@ mod queue;
 mod router;
 pub mod server;
 mod session;
+mod shared;
 pub mod stats;
 mod store_health;
 pub mod sublist;

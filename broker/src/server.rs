@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tern_codec::{DecodeError, Encode, ErrorCode, ErrorFrame};
+use tern_codec::{Encode, ErrorCode, ErrorFrame};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -23,52 +23,11 @@ use crate::bridge::BridgeStatus;
 use crate::config::{Config, Listen};
 use crate::durable::Durable;
 use crate::metrics::Metrics;
-use crate::outbound::Outbound;
 use crate::router::Router;
 use crate::session;
-use crate::stats::{Stats, StatsSnapshot};
+use crate::shared::{lock, Shared};
+use crate::stats::StatsSnapshot;
 use crate::Error;
-
-/// State every connection shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub config: Config,
-    pub router: Router,
-    pub stats: Arc<Stats>,
-    /// Random per process; sent in WELCOME.
-    pub server_id: String,
-    /// The durable queues: store, journal, queue registry, exactly-once window.
-    pub durable: Durable,
-    pub metrics: Metrics,
-    /// The TLS configuration in force, when a TLS listener is configured.
-    pub tls: Option<crate::tls::Tls>,
-    /// Open connections per client address, for the per-address limit. A std `Mutex`:
-    /// one map update per connect and disconnect.
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-    /// Each configured MQTT bridge's status, updated by the bridge once it runs.
-    pub bridges: Vec<Arc<BridgeStatus>>,
-    /// Connections and the services started on the server ([`Server::spawn_service`]),
-    /// waited for at shutdown.
-    tasks: TaskTracker,
-    pub started: std::time::Instant,
-    /// URLs this server listens on, for server info. A std `Mutex`: written when a
-    /// listener starts, read by server-info requests.
-    listeners: Mutex<Vec<String>>,
-    /// Cancelled once, when the server starts shutting down. Every connection's token
-    /// is a child of it.
-    pub shutdown: CancellationToken,
-    next_connection_id: AtomicU64,
-    /// Live connections, for server info. A std `Mutex`: touched on connect and
-    /// disconnect only, never held across an `.await`.
-    connections: Mutex<HashMap<u64, ConnectionEntry>>,
-}
-
-#[derive(Debug)]
-pub(crate) struct ConnectionEntry {
-    pub peer: String,
-    pub name: String,
-    pub outbound: Arc<Outbound>,
-}
 
 /// One live connection, as reported by [`Server::connections`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,50 +41,6 @@ pub struct ConnectionInfo {
     pub pending_bytes: usize,
     /// Messages dropped for this connection by the slow-consumer policy.
     pub dropped: u64,
-}
-
-impl Shared {
-    pub fn next_connection_id(&self) -> u64 {
-        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    fn connections(&self) -> MutexGuard<'_, HashMap<u64, ConnectionEntry>> {
-        // Inserts and removes are single map operations: a poisoned map is still whole.
-        self.connections.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn register(&self, id: u64, entry: ConnectionEntry) {
-        self.stats
-            .connections_opened
-            .fetch_add(1, Ordering::Relaxed);
-        self.connections().insert(id, entry);
-    }
-
-    pub fn deregister(&self, id: u64) {
-        self.stats
-            .connections_closed
-            .fetch_add(1, Ordering::Relaxed);
-        self.connections().remove(&id);
-    }
-
-    pub fn count_protocol_error(&self, e: &DecodeError) {
-        self.stats.count_decode_error(e);
-    }
-
-    /// URLs this server listens on.
-    pub fn listeners(&self) -> Vec<String> {
-        lock(&self.listeners).clone()
-    }
-
-    fn add_listener(&self, url: String) {
-        lock(&self.listeners).push(url);
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Each of these is changed by single pushes and takes: a poisoned lock still
-    // guards consistent data.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A broker: its store, router and counters. Cheap to clone; clones share everything.
@@ -265,7 +180,7 @@ impl Server {
 
     /// The Prometheus text exposition, as `GET /metrics` answers it.
     pub async fn metrics_text(&self) -> String {
-        self.shared.metrics.render(&self.shared).await
+        crate::metrics::exposition::render(&self.shared.metrics, &self.shared).await
     }
 
     /// Serves `GET /metrics` on `listener` until the server shuts down.
@@ -273,7 +188,7 @@ impl Server {
         if let Ok(addr) = listener.local_addr() {
             self.shared.add_listener(format!("http://{addr}/metrics"));
         }
-        crate::metrics::serve(Arc::clone(&self.shared), listener).await;
+        crate::metrics::exposition::serve(Arc::clone(&self.shared), listener).await;
     }
 
     /// Serves `listener` until `shutdown` completes, then shuts down gracefully.

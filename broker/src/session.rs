@@ -28,7 +28,7 @@ use crate::outbound::{Outbound, Wakes};
 use crate::queue::state::ConsumerKey;
 use crate::queue::{QueueHandle, QueueInput};
 use crate::router::{RouteCache, Subscriber};
-use crate::server::{ConnectionEntry, Shared};
+use crate::shared::{ConnectionEntry, Shared};
 use crate::stats::BatchCounts;
 
 /// The state of one greeted connection, as the handlers see it.

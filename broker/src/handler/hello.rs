@@ -3,7 +3,7 @@
 use tern_codec::{ErrorCode, Frame, Hello, Welcome, PROTOCOL_VERSION};
 
 use super::Reject;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Checks the first frame of a connection and builds the WELCOME.
 ///

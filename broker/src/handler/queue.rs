@@ -19,8 +19,8 @@ use crate::outbound::{Outbound, Wakes};
 use crate::queue::def::{validate_name, QueueDef};
 use crate::queue::state::QueueState;
 use crate::queue::{QueueHandle, QueueInput};
-use crate::server::Shared;
 use crate::session::Session;
+use crate::shared::Shared;
 
 /// What an admin request answers with.
 enum Answer {
