@@ -76,12 +76,12 @@ async fn a_stalled_consumer_does_not_pull_a_200_mb_backlog_into_memory() {
     assert_eq!(info.stats.ready + info.stats.unacked, 2000, "all stored");
 
     // What ternd may hold by its configured defaults: the journal's 32 MiB of messages
-    // waiting for a commit, 8 MiB of bodies the queue keeps, the stopped consumer's
+    // waiting for a commit, 4 MiB of bodies the queue keeps, the stopped consumer's
     // 8 MiB outbound budget (and 64 KiB over it for replies), sled's 16 MiB cache; and
     // 48 MiB for the rest (code, runtime, sled's own tables, read and write buffers).
     // Before bodies left sled and deliveries counted against the outbound budget, this
     // run peaked at 344 MiB.
-    let bound = (32 + 8 + 8 + 1 + 16 + 48) * MIB;
+    let bound = (32 + 4 + 8 + 1 + 16 + 48) * MIB;
     let peak = peak_rss(ternd.pid());
     assert!(
         peak <= bound,

@@ -22,13 +22,20 @@ use crate::store_health::StoreHealth;
 /// Where the durable queues' entries go.
 pub(crate) trait Log: Send + 'static {
     /// Applies `entry` to `machine` and makes it as durable as the sync policy asks;
-    /// returns what applying it did. On an error the machine is as it was before, and
+    /// returns what applying it did. With `awaited` false nobody waits for the entry
+    /// (settles whose acks were answered already): the log may sync it a little later,
+    /// with what follows ([`Log::sync_due`]). On an error the machine is as it was before, and
     /// nothing of the entry may be confirmed.
     ///
     /// # Errors
     ///
     /// The entry could not be stored or synced ([`LogError`]).
-    fn append(&mut self, machine: &mut Machine, entry: &Entry) -> Result<Effects, LogError>;
+    fn append(
+        &mut self,
+        machine: &mut Machine,
+        entry: &Entry,
+        awaited: bool,
+    ) -> Result<Effects, LogError>;
 
     /// Why new messages must be refused now, if they must (the disk alarm: the store
     /// must never run out of space mid-write). Settles and acks still go through.
@@ -84,6 +91,11 @@ pub(crate) struct LogMetrics {
 /// Small, because sled keeps what it was given since its last flush in memory: the
 /// checkpoint every 8 MiB bounds that, and costs one sled flush per 8 MiB written.
 pub(crate) const WAL_BYTES: u64 = 8 << 20;
+
+/// Under `sync = "always"`, how long an entry nobody waits for may stay unsynced: a
+/// stream of settles costs one sync per this, not one per commit, and their acks were
+/// answered already (a crash before the sync redelivers, as for any ack in flight).
+const UNAWAITED_SYNC: Duration = Duration::from_millis(10);
 
 /// The embedded log: a write-ahead log file of store commits in front of the store.
 ///
@@ -171,9 +183,9 @@ impl StoreLog {
         Ok((log, recovered))
     }
 
-    fn sync_now(&self) -> bool {
+    fn sync_now(&self, awaited: bool) -> bool {
         match self.sync {
-            SyncPolicy::Always => true,
+            SyncPolicy::Always => awaited,
             SyncPolicy::Interval(d) => self.last_sync.elapsed() >= d,
             SyncPolicy::Never => false,
         }
@@ -188,11 +200,11 @@ impl StoreLog {
 
     /// Appends entry `index` to the write-ahead log, or checkpoints when it does not
     /// fit; syncs as the policy says.
-    fn write(&mut self, index: u64, entry: &[u8]) -> Result<(), LogError> {
+    fn write(&mut self, index: u64, entry: &[u8], awaited: bool) -> Result<(), LogError> {
         match self.wal.append(index, entry) {
             Ok(true) => {
                 self.dirty = true;
-                if self.sync_now() {
+                if self.sync_now(awaited) {
                     self.sync()?;
                 }
                 Ok(())
@@ -205,7 +217,12 @@ impl StoreLog {
 }
 
 impl Log for StoreLog {
-    fn append(&mut self, machine: &mut Machine, entry: &Entry) -> Result<Effects, LogError> {
+    fn append(
+        &mut self,
+        machine: &mut Machine,
+        entry: &Entry,
+        awaited: bool,
+    ) -> Result<Effects, LogError> {
         if let Some(e) = &self.failed {
             return Err(LogError::SyncFailed(e.clone()));
         }
@@ -235,7 +252,7 @@ impl Log for StoreLog {
             .flat_map(|(_, msgs)| msgs.iter().map(|m| m.envelope.len()))
             .sum();
         self.metrics.bytes_written.increment(bytes as u64);
-        if let Err(e) = self.write(index, &encoded) {
+        if let Err(e) = self.write(index, &encoded, awaited) {
             machine.undo(fx);
             return Err(e);
         }
@@ -247,11 +264,13 @@ impl Log for StoreLog {
     }
 
     fn sync_due(&self) -> Option<Instant> {
+        if !self.dirty || self.failed.is_some() {
+            return None;
+        }
         match self.sync {
-            SyncPolicy::Interval(d) if self.dirty && self.failed.is_none() => {
-                Some(self.last_sync + d)
-            }
-            _ => None,
+            SyncPolicy::Always => Some(self.last_sync + UNAWAITED_SYNC),
+            SyncPolicy::Interval(d) => Some(self.last_sync + d),
+            SyncPolicy::Never => None,
         }
     }
 

@@ -256,6 +256,19 @@ struct Batch {
 }
 
 impl Batch {
+    /// Whether anyone waits for this batch to be durable: a publisher for its confirm,
+    /// an answer promised once a settle or declare sticks, a barrier, a shutdown.
+    fn awaited(&self) -> bool {
+        !self.barriers.is_empty()
+            || self.shutdown.is_some()
+            || self.after.iter().any(|a| match a {
+                After::Nothing => false,
+                After::Publish { confirm, .. } => confirm.is_some(),
+                After::Done(done) => done.is_some(),
+                After::Declared { .. } => true,
+            })
+    }
+
     fn push(&mut self, command: Command, after: After) {
         self.entry.commands.push(command);
         self.after.push(after);
@@ -402,7 +415,9 @@ impl Writer {
                 batch.push(Command::ForgetDedup { before_ms }, After::Nothing);
             }
         }
-        let result = self.log.append(&mut self.machine, &batch.entry);
+        let result = self
+            .log
+            .append(&mut self.machine, &batch.entry, batch.awaited());
         self.report(&result);
         let shutdown = batch.shutdown.take();
         match result {
