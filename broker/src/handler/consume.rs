@@ -12,7 +12,7 @@ use super::Reject;
 use crate::queue::def::validate_name;
 use crate::queue::state::{Consumer, ConsumerKey};
 use crate::queue::{QueueHandle, QueueInput};
-use crate::session::Session;
+use crate::session::state::Session;
 
 /// Attaches a consumer to a queue.
 ///

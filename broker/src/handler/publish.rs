@@ -21,7 +21,7 @@ use crate::dedup::{ProducerKey, MAX_PRODUCER_LEN};
 use crate::filter::MessageView;
 use crate::journal::{self, ConfirmTo, Confirms, PublishOp, Refused};
 use crate::outbound::{Outbound, Wakes};
-use crate::session::Session;
+use crate::session::state::Session;
 
 /// Routes a publish to every interested subscriber and queue.
 ///

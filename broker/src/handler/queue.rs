@@ -19,7 +19,7 @@ use crate::outbound::{Outbound, Wakes};
 use crate::queue::def::{validate_name, QueueDef};
 use crate::queue::state::QueueState;
 use crate::queue::{QueueHandle, QueueInput};
-use crate::session::Session;
+use crate::session::state::Session;
 use crate::shared::Shared;
 
 /// What an admin request answers with.

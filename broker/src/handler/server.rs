@@ -3,7 +3,7 @@
 use tern_codec::{ServerInfo, ServerQuery};
 
 use super::Reject;
-use crate::session::Session;
+use crate::session::state::Session;
 
 /// Answers with the server's SERVER_INFO.
 ///

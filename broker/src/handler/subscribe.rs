@@ -7,7 +7,7 @@ use tern_codec::{ErrorCode, Ok as OkFrame, Pattern, Subscribe, Unsubscribe};
 use super::Reject;
 use crate::filter::Filter;
 use crate::router::Subscriber;
-use crate::session::Session;
+use crate::session::state::Session;
 
 /// Longest queue group name, in bytes.
 const MAX_GROUP_LEN: usize = 255;

@@ -8,11 +8,13 @@
 //! they are full, which stops it reading from a client that sends faster than the disk
 //! or a queue can take.
 
+pub(crate) mod state;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
-use tern_codec::{DecodeError, Encode, ErrorCode, ErrorFrame, Frame, Pong};
+use tern_codec::{DecodeError, ErrorCode, ErrorFrame, Frame, Pong};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -23,36 +25,14 @@ use crate::auth::Principal;
 use crate::connection::FrameReader;
 use crate::error::ReadError;
 use crate::handler::{self, Reject};
-use crate::journal::{PublishOp, Refused};
+use crate::journal::Refused;
 use crate::outbound::{Outbound, Wakes};
-use crate::queue::state::ConsumerKey;
 use crate::queue::{QueueHandle, QueueInput};
-use crate::router::{RouteCache, Subscriber};
+use crate::router::RouteCache;
 use crate::shared::{ConnectionEntry, Shared};
 use crate::stats::BatchCounts;
 
-/// The state of one greeted connection, as the handlers see it.
-pub(crate) struct Session {
-    pub id: u64,
-    /// Who the connection is, and what it may do.
-    pub principal: Principal,
-    /// Reply subjects this connection may publish to beyond its permissions; `None`
-    /// when it may publish anywhere anyway.
-    pub replies: Option<Arc<ReplyPermits>>,
-    pub shared: Arc<Shared>,
-    pub outbound: Arc<Outbound>,
-    /// This connection's subscriptions by the client's subscription id.
-    pub subs: FxHashMap<u32, Arc<Subscriber>>,
-    pub routes: RouteCache,
-    pub wakes: Wakes,
-    pub counts: BatchCounts,
-    /// This connection's consumers by the client's consumer id.
-    pub consumers: FxHashMap<u32, Arc<QueueHandle>>,
-    /// Messages for the journal, gathered during a read batch.
-    pub publishes: Vec<PublishOp>,
-    /// Inputs for queue tasks, gathered during a read batch.
-    pub queue_inputs: Vec<(Arc<QueueHandle>, QueueInput)>,
-}
+use self::state::Session;
 
 /// Who is at the other end of a connection.
 #[derive(Debug, Clone)]
@@ -385,11 +365,6 @@ impl Session {
         }
     }
 
-    /// Queues a reply on this connection.
-    pub fn reply(&mut self, frame: &impl Encode) {
-        self.outbound.push_control(frame, &mut self.wakes);
-    }
-
     fn protocol_error(&mut self, e: &DecodeError) {
         self.shared.count_protocol_error(e);
         let frame = ErrorFrame::new(0, e.code(), e.to_string());
@@ -400,16 +375,6 @@ impl Session {
             tracing::debug!(error = %e, "protocol error");
             self.reply(&frame);
         }
-    }
-
-    /// The consumer `cid` of this connection, as queues know it.
-    pub fn key(&self, cid: u32) -> ConsumerKey {
-        ConsumerKey { conn: self.id, cid }
-    }
-
-    /// Queues an input for a queue task, sent at the end of the read batch.
-    pub fn tell_queue(&mut self, queue: &Arc<QueueHandle>, input: QueueInput) {
-        self.queue_inputs.push((Arc::clone(queue), input));
     }
 
     /// Wakes writers, adds counts, and hands the batch's work to the journal and the
