@@ -20,9 +20,12 @@
 //! ```
 //!
 //! `crc32` covers `index` and `payload`. The scan of the file stops at the first record
-//! that is cut off, has a bad checksum or a length of 0. Records of an earlier pass may
-//! follow the current end, with lower indices: the caller replays the records from the
-//! start whose indices follow each other, and stops at the first that does not.
+//! that is cut off or has a bad checksum (a zeroed region has one). A record with an
+//! empty payload is a *checkpoint marker*: everything up to its index is in the store.
+//! Each pass over the file starts with one, synced before any record follows it, so
+//! that records of an earlier pass — which may follow the current end, with lower
+//! indices — are never taken for new ones: the caller replays the records after the
+//! marker whose indices follow it one by one, and stops at the first that does not.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek};
@@ -179,10 +182,17 @@ impl Wal {
         self.file.sync_data()
     }
 
-    /// Starts over at the beginning of the file: every record appended so far is in
-    /// the store (a checkpoint), and is overwritten from now on.
-    pub fn restart(&mut self) {
+    /// Starts over at the beginning of the file: every record up to `index` is in the
+    /// store (a checkpoint). Writes and syncs the marker that says so before anything
+    /// else is appended.
+    ///
+    /// # Errors
+    ///
+    /// The marker could not be written or synced.
+    pub fn checkpointed(&mut self, index: u64) -> io::Result<()> {
         self.end = 0;
+        self.append(index, &[])?;
+        self.sync()
     }
 }
 
@@ -200,9 +210,6 @@ fn parse(all: &[u8]) -> Option<(WalRecord, &[u8])> {
     let (len, rest) = all.split_first_chunk::<4>()?;
     let (crc, rest) = rest.split_first_chunk::<4>()?;
     let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
-    if len == 0 {
-        return None;
-    }
     let (index_and_payload, rest) = rest.split_at_checked(8 + len)?;
     if crc32fast::hash(index_and_payload) != u32::from_be_bytes(*crc) {
         return None;
@@ -260,16 +267,20 @@ mod tests {
         let path = dir.path().join("wal");
         let record = HEAD as u64 + 10;
         let (mut wal, _) = Wal::open(&path, 3 * record).unwrap();
+        // A marker is HEAD bytes, record 4 below HEAD + 20: together as long as records 1
+        // and 2, so record 3 of the first pass is still whole after them.
         for i in 1..=3 {
             assert!(wal.append(i, &[7; 10]).unwrap());
         }
         assert!(!wal.append(4, &[7; 10]).unwrap(), "full");
-        wal.restart();
-        assert!(wal.append(4, &[8; 10]).unwrap());
+        wal.checkpointed(3).unwrap();
+        // The marker (no payload) took the place of record 1.
+        assert!(wal.append(4, &[8; 20]).unwrap());
         wal.sync().unwrap();
-        // The new record, then the old ones it did not overwrite.
+        // The marker, the new record, then the old one it did not overwrite.
         let back = records(&path);
-        assert_eq!(back.iter().map(|r| r.index).collect::<Vec<_>>(), [4, 2, 3]);
+        assert_eq!(back.iter().map(|r| r.index).collect::<Vec<_>>(), [3, 4, 3]);
+        assert!(back[0].payload.is_empty());
         assert_eq!(
             std::fs::metadata(&path).unwrap().len(),
             3 * record,

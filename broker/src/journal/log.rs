@@ -145,11 +145,17 @@ impl StoreLog {
         // The store may hold commits the log does not (written, never synced, after a
         // kill): their indices are not given out again.
         let held = store.log_index()?;
-        // The records from the start of the file with consecutive indices are those
-        // since the last checkpoint; records of earlier passes follow, with lower ones.
-        let mut last = None;
-        for r in records {
-            if last.is_some_and(|l: u64| r.index != l + 1) {
+        // The file starts with the marker of the last checkpoint; the records after it
+        // whose indices follow it one by one are the commits since. What follows them
+        // is of earlier passes, already in the store: replaying it would set keys back.
+        let mut records = records.into_iter();
+        // A log whose first record is no checkpoint marker holds nothing since one (the
+        // marker is synced before any record follows it).
+        let marker = records.next().filter(|r| r.payload.is_empty());
+        let mut last = marker.as_ref().map_or(0, |m| m.index);
+        let mut replayed = 0u64;
+        for r in records.take_while(|_| marker.is_some()) {
+            if r.payload.is_empty() || r.index != last + 1 {
                 break;
             }
             let commit: Commit =
@@ -158,17 +164,19 @@ impl StoreLog {
                     detail: format!("write-ahead log record {} cannot be decoded: {e}", r.index),
                 })?;
             store.apply(&commit)?;
-            last = Some(r.index);
+            last = r.index;
+            replayed += 1;
         }
         // What the store holds may sit in the page cache only (after a kill, not a
         // power loss): it must be on disk before the log that covers it is overwritten.
         store.flush()?;
-        wal.restart();
-        if let Some(last) = last {
-            tracing::info!(last, "replayed the write-ahead log");
-        }
         let recovered = recover(&*store)?;
-        let next = held.max(last.unwrap_or(0)).max(recovered.log_index) + 1;
+        let applied = held.max(last).max(recovered.log_index);
+        wal.checkpointed(applied).map_err(StorageError::Wal)?;
+        if replayed > 0 {
+            tracing::info!(entries = replayed, last, "replayed the write-ahead log");
+        }
+        let next = applied + 1;
         let log = Self {
             store,
             wal,
@@ -297,7 +305,9 @@ impl Log for StoreLog {
         if let Err(e) = self.store.flush() {
             return Err(self.fail(&e));
         }
-        self.wal.restart();
+        if let Err(e) = self.wal.checkpointed(self.next_index - 1) {
+            return Err(self.fail(&e));
+        }
         self.metrics.flushes.increment(1);
         self.metrics.flush_duration.record(started.elapsed());
         self.dirty = false;
