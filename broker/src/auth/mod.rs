@@ -177,12 +177,7 @@ impl Auth {
                 return Err((key("name"), "the user is configured twice".into()));
             }
             if let Some(h) = &u.password_hash {
-                PasswordHash::new(h).map_err(|e| {
-                    (
-                        key("password_hash"),
-                        format!("not an argon2 hash ({e}); make one with `ternd passwd`"),
-                    )
-                })?;
+                check_password_hash(h).map_err(|why| (key("password_hash"), why))?;
             }
             if let Some(t) = &u.token_sha256 {
                 let digest = parse_hex32(t).ok_or_else(|| {
@@ -298,6 +293,42 @@ impl Auth {
             }
         }
     }
+}
+
+/// Most argon2 cost a configured hash may ask for: every login (and every refusal of an
+/// unknown user, which costs the same) pays it, so a hash with a huge cost would make
+/// ternd hang at start (computing the refusal hash) and on each login. `ternd passwd`
+/// makes hashes of m = 19 MiB, t = 2, p = 1.
+const MAX_ARGON2_MEMORY_KIB: u32 = 256 * 1024;
+const MAX_ARGON2_TIME: u32 = 16;
+const MAX_ARGON2_LANES: u32 = 16;
+
+/// Checks that `hash` is an argon2 PHC string of a cost ternd can afford.
+fn check_password_hash(hash: &str) -> Result<(), String> {
+    let parsed = PasswordHash::new(hash)
+        .map_err(|e| format!("not an argon2 hash ({e}); make one with `ternd passwd`"))?;
+    if argon2::Algorithm::try_from(parsed.algorithm).is_err() {
+        return Err(format!(
+            "not an argon2 hash (algorithm '{}'); make one with `ternd passwd`",
+            parsed.algorithm
+        ));
+    }
+    let params = argon2::Params::try_from(&parsed)
+        .map_err(|e| format!("not an argon2 hash ({e}); make one with `ternd passwd`"))?;
+    if params.m_cost() > MAX_ARGON2_MEMORY_KIB
+        || params.t_cost() > MAX_ARGON2_TIME
+        || params.p_cost() > MAX_ARGON2_LANES
+    {
+        return Err(format!(
+            "argon2 cost too high (m={} KiB, t={}, p={}; at most m={MAX_ARGON2_MEMORY_KIB}, \
+             t={MAX_ARGON2_TIME}, p={MAX_ARGON2_LANES}): every login would pay it; make one \
+             with `ternd passwd`",
+            params.m_cost(),
+            params.t_cost(),
+            params.p_cost()
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -423,6 +454,35 @@ mod tests {
         assert!(p.permissions.subscribe.allows_pattern("public.news"));
         assert!(!p.permissions.subscribe.allows_pattern("private.x"));
         assert!(!p.permissions.admin);
+    }
+
+    /// Found by the config fuzz target: a hash asking for 970 argon2 passes made the
+    /// config loader compute the refusal hash at that cost, for over 10 s; a larger
+    /// cost would hang ternd at start and on every login.
+    #[test]
+    fn a_hash_of_unaffordable_cost_or_another_algorithm_is_refused() {
+        let limits = Default::default();
+        for (hash, why) in [
+            ("$id$t=970", "algorithm 'id'"),
+            (
+                "$argon2id$v=19$m=19456,t=970,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+                "cost too high",
+            ),
+            (
+                "$argon2id$v=19$m=4194304,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+                "cost too high",
+            ),
+        ] {
+            let mut bad = user("alice", None, None);
+            bad.password_hash = Some(hash.into());
+            let (key, message) =
+                Auth::new(vec![bad], None, PermissionSettings::default(), &limits).unwrap_err();
+            assert_eq!(key, "users[alice].password_hash");
+            assert!(message.contains(why), "{hash}: {message}");
+        }
+        let mut good = user("alice", None, None);
+        good.password_hash = Some(cheap_hash("secret"));
+        assert!(Auth::new(vec![good], None, PermissionSettings::default(), &limits).is_ok());
     }
 
     #[test]
