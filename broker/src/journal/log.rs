@@ -206,6 +206,27 @@ impl StoreLog {
         LogError::SyncFailed(e)
     }
 
+    /// Runs one way of making everything so far durable (`sync` or `compact`): refused
+    /// once the log has failed, fatal for good when it fails, timed and counted when it
+    /// succeeds.
+    fn synced(
+        &mut self,
+        make_durable: impl FnOnce(&mut Self) -> Result<(), String>,
+    ) -> Result<(), LogError> {
+        if let Some(e) = &self.failed {
+            return Err(LogError::SyncFailed(e.clone()));
+        }
+        let started = Instant::now();
+        if let Err(e) = make_durable(self) {
+            return Err(self.fail(&e));
+        }
+        self.metrics.flushes.increment(1);
+        self.metrics.flush_duration.record(started.elapsed());
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
     /// Appends entry `index` to the write-ahead log, or checkpoints when it does not
     /// fit; syncs as the policy says.
     fn write(&mut self, index: u64, entry: &[u8], awaited: bool) -> Result<(), LogError> {
@@ -283,36 +304,16 @@ impl Log for StoreLog {
     }
 
     fn sync(&mut self) -> Result<(), LogError> {
-        if let Some(e) = &self.failed {
-            return Err(LogError::SyncFailed(e.clone()));
-        }
-        let started = Instant::now();
-        if let Err(e) = self.wal.sync() {
-            return Err(self.fail(&e));
-        }
-        self.metrics.flushes.increment(1);
-        self.metrics.flush_duration.record(started.elapsed());
-        self.dirty = false;
-        self.last_sync = Instant::now();
-        Ok(())
+        self.synced(|log| log.wal.sync().map_err(|e| e.to_string()))
     }
 
     fn compact(&mut self) -> Result<(), LogError> {
-        if let Some(e) = &self.failed {
-            return Err(LogError::SyncFailed(e.clone()));
-        }
-        let started = Instant::now();
-        if let Err(e) = self.store.flush() {
-            return Err(self.fail(&e));
-        }
-        if let Err(e) = self.wal.checkpointed(self.next_index - 1) {
-            return Err(self.fail(&e));
-        }
-        self.metrics.flushes.increment(1);
-        self.metrics.flush_duration.record(started.elapsed());
-        self.dirty = false;
-        self.last_sync = Instant::now();
-        Ok(())
+        self.synced(|log| {
+            log.store.flush().map_err(|e| e.to_string())?;
+            log.wal
+                .checkpointed(log.next_index - 1)
+                .map_err(|e| e.to_string())
+        })
     }
 }
 
