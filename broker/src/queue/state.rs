@@ -146,6 +146,10 @@ pub struct Consumer {
     pub name: Option<Arc<str>>,
     /// Deliveries it holds unsettled.
     in_flight: u32,
+    /// Bytes of the deliveries made for it and not yet in its buffer (the task carries
+    /// out the actions of a whole burst of inputs at once): counted with the buffer, so
+    /// that a burst cannot hand a stopped consumer its whole prefetch.
+    planned: usize,
 }
 
 /// How long a consumer whose connection buffer is full waits before the queue looks
@@ -164,7 +168,7 @@ impl Consumer {
     }
 
     fn buffer_full(&self) -> bool {
-        self.outbound.pending_bytes() >= self.outbound.max_pending()
+        self.outbound.pending_bytes() + self.planned >= self.outbound.max_pending()
     }
 
     pub fn new(
@@ -183,6 +187,7 @@ impl Consumer {
             mode,
             name,
             in_flight: 0,
+            planned: 0,
         }
     }
 
@@ -860,6 +865,7 @@ impl QueueState {
             });
             let (mode, consumer) = (c.mode, c.key);
             c.in_flight += 1;
+            c.planned += entry.size as usize;
             self.stats.delivered += 1;
             if entry.delivery_count > 1 {
                 self.stats.redelivered += 1;
@@ -920,6 +926,14 @@ impl QueueState {
     }
 
     /// Counters and current sizes.
+    /// The actions returned so far are carried out: the deliveries they made are in
+    /// their consumers' buffers, which count them from now on.
+    pub fn performed(&mut self) {
+        for c in &mut self.consumers {
+            c.planned = 0;
+        }
+    }
+
     pub fn stats(&self) -> QueueStats {
         QueueStats {
             ready: (self.ready.len() + self.delayed.len()) as u64,
@@ -1060,6 +1074,34 @@ mod tests {
         assert_eq!(next[0].0, 1);
         assert_eq!(q.stats().ready, 1);
         assert_eq!(q.stats().unacked, 2);
+    }
+
+    #[test]
+    fn a_burst_of_inputs_never_plans_past_the_consumers_buffer() {
+        let mut q = queue(def(5));
+        let mut out = Vec::new();
+        let small = Arc::new(Outbound::new(
+            1000,
+            SlowConsumerPolicy::Drop,
+            CancellationToken::new(),
+            Arc::default(),
+        ));
+        let c = Consumer::new(key(1), small, None, 100, AckMode::Manual, None);
+        q.attach(c, 0, &mut out).unwrap();
+        let big = |seq| StoredMessage {
+            envelope: Bytes::from(vec![b'x'; 300]),
+            ..msg(seq)
+        };
+        // Two inputs handled before the task carries out any action: the second must
+        // count the first's deliveries, which are not in the buffer yet.
+        q.append((0..5).map(big), 0, &mut out);
+        q.append((5..10).map(big), 0, &mut out);
+        assert_eq!(deliveries(&out).len(), 4, "1,000 bytes take four of 300");
+        // Carried out (and the buffer drained by the writer): room again.
+        out.clear();
+        q.performed();
+        q.tick(FULL_RETRY_MS + 1, &mut out);
+        assert_eq!(deliveries(&out).len(), 4);
     }
 
     fn deliveries_of(d: &[(u32, u64, u64, u32)], cid: u32) -> (u32, u64, u64, u32) {

@@ -185,6 +185,11 @@ impl QueueTask {
     }
 
     fn perform(&mut self, actions: &mut Vec<Action>, wakes: &mut Wakes) {
+        self.carry_out(actions, wakes);
+        self.state.performed();
+    }
+
+    fn carry_out(&mut self, actions: &mut Vec<Action>, wakes: &mut Wakes) {
         for action in actions.drain(..) {
             match action {
                 Action::Deliver {
