@@ -8,17 +8,14 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tern_storage::{QueueId, SledStore, StorageError, Store, Wal};
-use tokio::sync::mpsc;
+use tern_storage::{SledStore, StorageError, Store, Wal};
 
 use crate::config::{Config, SyncPolicy};
 use crate::dedup::DedupWindow;
 use crate::journal::{Journal, LogMetrics, Op, StoreLog, Writer, WAL_BYTES};
-use crate::queue::def::QueueDef;
-use crate::queue::recovery::{self, RecoveredQueue};
-use crate::queue::state::QueueState;
-use crate::queue::task::ReadBack;
-use crate::queue::{BindingFilters, QueueHandle, QueueInput, QueueTask, Queues};
+use crate::queue::recovery;
+use crate::queue::runtime::QueueRuntime;
+use crate::queue::Queues;
 use crate::router::Router;
 use crate::store_health::StoreHealth;
 use crate::Error;
@@ -34,12 +31,11 @@ pub(crate) struct Durable {
     pub health: Arc<StoreHealth>,
     pub journal: Journal,
     pub queues: Arc<Queues>,
+    /// The queues' tasks, started and stopped as entries are applied.
+    runtime: Arc<QueueRuntime>,
     /// The exactly-once window. A std `Mutex`: one hash-set operation per QoS 2
     /// publish, never held across an `.await`.
     pub dedup: Arc<Mutex<DedupWindow>>,
-    delivery_latency: metrics::Histogram,
-    /// Queue tasks, to wait for at shutdown.
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The journal thread, joined at shutdown.
     journal_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -53,24 +49,20 @@ pub(crate) struct DurableMetrics {
     pub delivery_latency: metrics::Histogram,
 }
 
-/// A queue found in the store, with the channel its task will read.
-pub(crate) struct Recovered {
-    queue: RecoveredQueue,
-    tx: mpsc::Sender<QueueInput>,
-    rx: mpsc::Receiver<QueueInput>,
-}
-
 impl Durable {
     /// Opens the store in `config.data_dir`, replays its write-ahead log, recovers every
-    /// queue and starts the journal. The queues found are returned, to be started with
-    /// [`Durable::start_recovered`] once the router exists.
+    /// queue, starts the journal and the queues' tasks (bound in `router`).
     ///
     /// Blocks the calling thread on file I/O while the store is read.
     ///
     /// # Errors
     ///
     /// The store cannot be opened or read, or the journal thread cannot start.
-    pub fn open(config: &Config, metrics: DurableMetrics) -> Result<(Self, Vec<Recovered>), Error> {
+    pub fn open(
+        config: &Config,
+        metrics: DurableMetrics,
+        router: Arc<Router>,
+    ) -> Result<Self, Error> {
         let store_config = &config.store;
         let store: Arc<dyn Store> = Arc::new(SledStore::open_with_cache(
             &config.data_dir,
@@ -113,20 +105,27 @@ impl Durable {
             window.restore(e);
         }
         let dedup = Arc::new(Mutex::new(window));
-        let mut writer = Writer::new(
-            Box::new(log),
-            recovered.machine,
+        let runtime = Arc::new(QueueRuntime::new(
+            router,
+            Arc::clone(&store),
+            config.queues.memory,
+            config.limits.filter,
+            metrics.delivery_latency,
+        ));
+        let writer = Writer::new(
+            log,
             Arc::clone(&health),
             Arc::clone(&dedup),
             metrics.confirm_latency,
+            Arc::clone(&runtime),
         );
-        let mut found = Vec::new();
-        for queue in recovered.queues {
-            let (tx, rx) = crate::queue::channel();
-            writer.add_task(queue.id, tx.clone());
-            found.push(Recovered { queue, tx, rx });
-        }
         let (journal, journal_thread) = writer.spawn()?;
+        runtime.set_journal(journal.clone());
+        let found = recovered.queues.len();
+        runtime.start_recovered(recovered.queues);
+        if found > 0 {
+            tracing::info!(queues = found, "recovered queues from the store");
+        }
         // Metas left over belong to messages settled before a crash cut their clean-up
         // short; forget them now.
         for (queue, seq) in recovered.stale_metas {
@@ -137,66 +136,15 @@ impl Durable {
                 done: None,
             });
         }
-        let durable = Self {
+        Ok(Self {
             store,
             health,
             journal,
-            queues: Arc::default(),
+            queues: Arc::clone(&runtime.queues),
+            runtime,
             dedup,
-            delivery_latency: metrics.delivery_latency,
-            tasks: Mutex::new(Vec::new()),
             journal_thread: Mutex::new(Some(journal_thread)),
-        };
-        Ok((durable, found))
-    }
-
-    /// Starts the tasks of the queues [`Durable::open`] found.
-    pub fn start_recovered(&self, router: &Router, found: Vec<Recovered>) {
-        for Recovered { queue, tx, rx } in found {
-            self.start_queue(
-                router,
-                queue.id,
-                queue.def,
-                queue.filters,
-                tx,
-                rx,
-                queue.state,
-            );
-        }
-    }
-
-    /// Starts a queue's task, routes its bindings to it and registers it.
-    #[allow(clippy::too_many_arguments)] // the parts of one queue, made by its caller
-    pub fn start_queue(
-        &self,
-        router: &Router,
-        id: QueueId,
-        def: Arc<QueueDef>,
-        filters: BindingFilters,
-        tx: mpsc::Sender<QueueInput>,
-        rx: mpsc::Receiver<QueueInput>,
-        state: QueueState,
-    ) -> Arc<QueueHandle> {
-        let handle = Arc::new(QueueHandle {
-            id,
-            def,
-            filters,
-            tx,
-        });
-        let task = QueueTask {
-            id,
-            state,
-            journal: self.journal.clone(),
-            store: Arc::clone(&self.store),
-            queues: Arc::clone(&self.queues),
-            delivery_latency: self.delivery_latency.clone(),
-            read_back: ReadBack::default(),
-        };
-        let join = crate::queue::spawn(task, rx);
-        lock(&self.tasks).push(join);
-        self.queues.insert(Arc::clone(&handle));
-        router.bind_queue(&handle);
-        handle
+        })
     }
 
     /// Stops every queue task, then the journal (which commits what it was sent and
@@ -206,13 +154,7 @@ impl Durable {
     ///
     /// The final flush of the store failed.
     pub async fn stop(&self) -> Result<(), Error> {
-        for queue in self.queues.all() {
-            let _ = queue.tx.send(QueueInput::Stop).await;
-        }
-        let tasks = std::mem::take(&mut *lock(&self.tasks));
-        for task in tasks {
-            let _ = task.await;
-        }
+        self.runtime.stop_all().await;
         let flushed = self.journal.shutdown().await;
         let thread = lock(&self.journal_thread).take();
         if let Some(thread) = thread {

@@ -64,7 +64,8 @@ impl Server {
             None => None,
         };
         let metrics = Metrics::new();
-        let (durable, found) = Durable::open(&config, metrics.durable())?;
+        let router = Arc::new(Router::default());
+        let durable = Durable::open(&config, metrics.durable(), Arc::clone(&router))?;
         let bridges = config
             .bridges
             .iter()
@@ -77,7 +78,7 @@ impl Server {
             .collect();
         let shared = Arc::new(Shared {
             config,
-            router: Router::default(),
+            router,
             stats: Arc::default(),
             server_id: format!("{:016x}", fastrand::u64(..)),
             durable,
@@ -92,11 +93,6 @@ impl Server {
             next_connection_id: AtomicU64::new(1),
             connections: Mutex::new(HashMap::new()),
         });
-        let recovered = found.len();
-        shared.durable.start_recovered(&shared.router, found);
-        if recovered > 0 {
-            tracing::info!(queues = recovered, "recovered queues from the store");
-        }
         // Warned once the server is sure to start, so that a failed start is one line.
         if !shared.config.auth.has_users() {
             tracing::warn!("no users configured: every client is anonymous with every permission");

@@ -23,7 +23,7 @@ use crate::stats::Stats;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub config: Config,
-    pub router: Router,
+    pub router: Arc<Router>,
     pub stats: Arc<Stats>,
     /// Random per process; sent in WELCOME.
     pub server_id: String,

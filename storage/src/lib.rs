@@ -27,6 +27,7 @@
 //! "m" queue_id:u32 seq:u64              MessageMeta
 //! "d" at_ms:u64 n:u64                   dedup entries written together (n: log index)
 //! "w"                                   index of the last log entry applied: u64
+//! "i"                                   number of the next queue declared: u32
 //! ```
 //!
 //! Chunk bytes (count:u32, then records) live in `segments/<n>`, appended; see
@@ -87,6 +88,9 @@ pub struct Commit {
     pub dedup: Vec<DedupEntry>,
     /// Forget deduplication entries recorded before this time (ms since the epoch).
     pub dedup_forget_before: Option<u64>,
+    /// The number the next queue declared gets, when this commit changes it: kept so that
+    /// numbers are never reused, even for a queue deleted and declared again.
+    pub next_queue_id: Option<QueueId>,
     /// The index of the log entry this commit makes durable: recovery replays the
     /// write-ahead log from the entry after the last one the store holds.
     pub log_index: Option<u64>,
@@ -102,6 +106,7 @@ impl Commit {
             && self.metas.is_empty()
             && self.dedup.is_empty()
             && self.dedup_forget_before.is_none()
+            && self.next_queue_id.is_none()
     }
 }
 
@@ -125,6 +130,8 @@ pub trait Recover {
     fn chunk(&mut self, chunk: RecoveredChunk);
     fn meta(&mut self, queue: QueueId, seq: u64, meta: MessageMeta);
     fn dedup(&mut self, entry: DedupEntry);
+    /// The number the next declared queue gets, if one was recorded.
+    fn next_queue_id(&mut self, id: QueueId);
     /// The index of the last log entry whose commit the store holds, if any was
     /// recorded.
     fn log_index(&mut self, index: u64);

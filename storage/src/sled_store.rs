@@ -29,6 +29,8 @@ const META: u8 = b'm';
 const DEDUP: u8 = b'd';
 /// The index of the last log entry whose commit the store holds.
 const LOG_INDEX: &[u8] = b"w";
+/// The number the next declared queue gets.
+const NEXT_QUEUE_ID: &[u8] = b"i";
 /// The segment files of chunk bodies, in the data directory.
 const SEGMENTS_DIR: &str = "segments";
 
@@ -315,6 +317,9 @@ impl SledStore {
         if let Some(i) = commit.log_index {
             batch.insert(LOG_INDEX, &i.to_be_bytes());
         }
+        if let Some(id) = commit.next_queue_id {
+            batch.insert(NEXT_QUEUE_ID, &id.to_be_bytes());
+        }
         self.db.apply_batch(batch)?;
         Ok(released)
     }
@@ -419,6 +424,12 @@ impl Store for SledStore {
             .end_recovery()
             .map_err(StorageError::Segments)?;
         into.log_index(Store::log_index(self)?);
+        if let Some(v) = self.db.get(NEXT_QUEUE_ID)? {
+            let id = v.as_ref().try_into().map(u32::from_be_bytes).map_err(|_| {
+                self.corrupt(NEXT_QUEUE_ID, format!("{} bytes, expected 4", v.len()))
+            })?;
+            into.next_queue_id(id);
+        }
         self.scan(DEDUP, |k, v| {
             let at_ms = k
                 .get(1..9)
@@ -555,6 +566,7 @@ mod tests {
             self.dedup.push(entry);
         }
         fn log_index(&mut self, _: u64) {}
+        fn next_queue_id(&mut self, _: QueueId) {}
     }
 
     fn recovered(store: &SledStore) -> Collected {

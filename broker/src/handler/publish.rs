@@ -204,6 +204,7 @@ impl Confirms for Outbound {
             Err(refused) => {
                 let code = match refused {
                     Refused::Queue(QueueError::Full(_)) => ErrorCode::QueueFull,
+                    Refused::Queue(QueueError::Exists(_)) => ErrorCode::QueueExists,
                     Refused::Store(_) => ErrorCode::StorageFailed,
                     Refused::ShuttingDown => ErrorCode::ShuttingDown,
                 };

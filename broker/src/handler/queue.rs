@@ -14,10 +14,10 @@ use tern_codec::{
 use tokio::sync::oneshot;
 
 use super::Reject;
-use crate::journal::Op;
+use crate::journal::{Op, Refused};
 use crate::outbound::{Outbound, Wakes};
 use crate::queue::def::{validate_name, QueueDef};
-use crate::queue::state::QueueState;
+use crate::queue::machine::QueueError;
 use crate::queue::{QueueHandle, QueueInput};
 use crate::session::state::Session;
 use crate::shared::Shared;
@@ -139,44 +139,39 @@ pub(crate) fn declare(session: &mut Session, d: QueueDeclare) -> Result<(), Reje
     require_admin(session, "declare queue", &d.name)?;
     let config = &session.shared.config;
     let def = QueueDef::from_declare(&d, &config.queues, &config.limits.subject)?;
-    // Compiled before anything is stored: a queue must not be stored if it cannot run.
-    let filters = def
-        .compile_filters(&config.limits.filter)
+    // Checked before anything is stored: a queue must not be stored if it cannot run.
+    def.compile_filters(&config.limits.filter)
         .map_err(|e| Reject::new(ErrorCode::InvalidFilter, e.to_string()))?;
     run(session, d.id, move |shared| async move {
-        // Held across the journal round trip: two declares of one name must not both
-        // create it.
-        let _admin = shared.durable.queues.admin.lock().await;
-        if let Some(existing) = shared.durable.queues.get(&def.name) {
-            if *existing.def != def {
-                return Err(Reject::new(
-                    ErrorCode::QueueExists,
-                    format!(
-                        "queue '{}' exists with other bindings or options; delete it first to change them",
-                        def.name
-                    ),
-                ));
+        let name = def.name.clone();
+        // The machine decides: a new queue, the same one again (no change), or a name
+        // taken by another definition.
+        let (tx, rx) = oneshot::channel();
+        shared.durable.journal.send(Op::PutQueue {
+            def,
+            done: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        });
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(Refused::Queue(e @ QueueError::Exists(_)))) => {
+                return Err(Reject::new(ErrorCode::QueueExists, e.to_string()))
             }
-            return info(d.id, &existing).await.map(Answer::Info);
+            Ok(Err(Refused::ShuttingDown)) | Err(_) => {
+                return Err(Reject::new(
+                    ErrorCode::ShuttingDown,
+                    "the server is shutting down",
+                ))
+            }
+            Ok(Err(e)) => return Err(Reject::new(ErrorCode::StorageFailed, e.to_string())),
         }
-        let id = shared.durable.queues.next_id();
-        let def = Arc::new(def);
-        let (tx, rx) = crate::queue::channel();
-        let queue_def = Arc::clone(&def);
-        let tasks = tx.clone();
-        journal(&shared, move |done| Op::PutQueue {
-            id,
-            def: queue_def,
-            tasks,
-            done,
-        })
-        .await?;
-        let state = QueueState::new(Arc::clone(&def), shared.config.queues.memory);
-        let handle = shared
+        let queue = shared
             .durable
-            .start_queue(&shared.router, id, def, filters, tx, rx, state);
-        tracing::info!(queue = %handle.def.name, "queue created");
-        info(d.id, &handle).await.map(Answer::Info)
+            .queues
+            .get(&name)
+            .ok_or_else(|| gone(&name))?;
+        info(d.id, &queue).await.map(Answer::Info)
     });
     Ok(())
 }
@@ -187,17 +182,14 @@ pub(crate) fn declare(session: &mut Session, d: QueueDeclare) -> Result<(), Reje
 pub(crate) fn delete(session: &mut Session, d: QueueDelete) -> Result<(), Reject> {
     require_admin(session, "delete queue", &d.name)?;
     run(session, d.id, move |shared| async move {
-        let _admin = shared.durable.queues.admin.lock().await;
         let queue = shared
             .durable
             .queues
-            .remove(&d.name)
+            .get(&d.name)
             .ok_or_else(|| not_found(&d.name))?;
-        shared.router.unbind_queue(&queue);
-        let _ = queue.tx.send(QueueInput::Stop).await;
+        // The queue stops once the delete is applied.
         let id = queue.id;
         journal(&shared, move |done| Op::DeleteQueue { queue: id, done }).await?;
-        tracing::info!(queue = %d.name, "queue deleted");
         Ok(Answer::Ok)
     });
     Ok(())

@@ -19,9 +19,10 @@ use crate::queue::machine::{Effects, Entry, Machine};
 use crate::queue::recovery::Recovered;
 use crate::store_health::StoreHealth;
 
-/// Where the durable queues' entries go.
+/// Where the durable queues' entries go. The log owns the state machine: a replicated
+/// log applies an entry only once a majority holds it, on every node.
 pub(crate) trait Log: Send + 'static {
-    /// Applies `entry` to `machine` and makes it as durable as the sync policy asks;
+    /// Applies `entry` to the machine and makes it as durable as the sync policy asks;
     /// returns what applying it did. With `awaited` false nobody waits for the entry
     /// (settles whose acks were answered already): the log may sync it a little later,
     /// with what follows ([`Log::sync_due`]). On an error the machine is as it was before, and
@@ -30,12 +31,7 @@ pub(crate) trait Log: Send + 'static {
     /// # Errors
     ///
     /// The entry could not be stored or synced ([`LogError`]).
-    fn append(
-        &mut self,
-        machine: &mut Machine,
-        entry: &Entry,
-        awaited: bool,
-    ) -> Result<Effects, LogError>;
+    async fn append(&mut self, entry: &Entry, awaited: bool) -> Result<Effects, LogError>;
 
     /// Why new messages must be refused now, if they must (the disk alarm: the store
     /// must never run out of space mid-write). Settles and acks still go through.
@@ -109,6 +105,8 @@ const UNAWAITED_SYNC: Duration = Duration::from_millis(10);
 /// is physical, not of commands, so that recovery needs no machine state from before
 /// the checkpoint, whatever part of the unsynced writes the store kept.
 pub(crate) struct StoreLog {
+    /// The state the log's entries built, as recovered at start.
+    machine: Machine,
     store: Arc<dyn Store>,
     wal: Wal,
     /// The disk alarm.
@@ -127,7 +125,8 @@ pub(crate) struct StoreLog {
 impl StoreLog {
     /// Opens the log over `store` and `wal` (with the records found in it): recovers
     /// what the store holds with `recover`, replays the entries after it and
-    /// checkpoints. Returns the log and the recovered state.
+    /// checkpoints. Returns the log (holding the recovered machine) and the rest of the
+    /// recovered state.
     ///
     /// # Errors
     ///
@@ -170,7 +169,7 @@ impl StoreLog {
         // What the store holds may sit in the page cache only (after a kill, not a
         // power loss): it must be on disk before the log that covers it is overwritten.
         store.flush()?;
-        let recovered = recover(&*store)?;
+        let mut recovered = recover(&*store)?;
         let applied = held.max(last).max(recovered.log_index);
         wal.checkpointed(applied).map_err(StorageError::Wal)?;
         if replayed > 0 {
@@ -178,6 +177,7 @@ impl StoreLog {
         }
         let next = applied + 1;
         let log = Self {
+            machine: std::mem::take(&mut recovered.machine),
             store,
             wal,
             health,
@@ -246,16 +246,11 @@ impl StoreLog {
 }
 
 impl Log for StoreLog {
-    fn append(
-        &mut self,
-        machine: &mut Machine,
-        entry: &Entry,
-        awaited: bool,
-    ) -> Result<Effects, LogError> {
+    async fn append(&mut self, entry: &Entry, awaited: bool) -> Result<Effects, LogError> {
         if let Some(e) = &self.failed {
             return Err(LogError::SyncFailed(e.clone()));
         }
-        let mut fx = machine.apply(entry);
+        let mut fx = self.machine.apply(entry);
         if fx.commit.is_empty() {
             return Ok(fx);
         }
@@ -264,12 +259,12 @@ impl Log for StoreLog {
         let encoded = match postcard::to_stdvec(&fx.commit) {
             Ok(bytes) => bytes,
             Err(e) => {
-                machine.undo(fx);
+                self.machine.undo(fx);
                 return Err(LogError::Refused(format!("cannot encode the commit: {e}")));
             }
         };
         if let Err(e) = self.store.apply(&fx.commit) {
-            machine.undo(fx);
+            self.machine.undo(fx);
             return Err(LogError::Refused(e.to_string()));
         }
         self.next_index += 1;
@@ -282,7 +277,7 @@ impl Log for StoreLog {
             .sum();
         self.metrics.bytes_written.increment(bytes as u64);
         if let Err(e) = self.write(index, &encoded, awaited) {
-            machine.undo(fx);
+            self.machine.undo(fx);
             return Err(e);
         }
         Ok(fx)

@@ -24,7 +24,6 @@ mod log;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,8 +36,8 @@ use crate::clock::now_ms;
 use crate::dedup::DedupWindow;
 use crate::outbound::Wakes;
 use crate::queue::def::QueueDef;
-use crate::queue::machine::{Command, Effects, Entry, Machine, QueueError};
-use crate::queue::{Appended, QueueInput};
+use crate::queue::machine::{Command, Effects, Entry, QueueError};
+use crate::queue::runtime::{Applied, QueueRuntime};
 use crate::store_health::StoreHealth;
 
 /// Most operations taken into one commit, to bound its latency.
@@ -109,6 +108,9 @@ pub(crate) struct PublishOp {
 /// Called once an operation's commit is durable, or failed.
 pub(crate) type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 
+/// Called once a declare's commit is durable (the queue runs then), or was refused.
+pub(crate) type Declared = Box<dyn FnOnce(Result<(), Refused>) + Send>;
+
 /// What queue tasks and the queue registry ask of the journal.
 pub(crate) enum Op {
     /// A message is settled (acked, purged): remove it.
@@ -136,13 +138,8 @@ pub(crate) enum Op {
         envelope: Bytes,
         enqueued_ms: u64,
     },
-    /// Create a queue, whose task reads `tasks`.
-    PutQueue {
-        id: QueueId,
-        def: Arc<QueueDef>,
-        tasks: mpsc::Sender<QueueInput>,
-        done: Done,
-    },
+    /// Create a queue (its task starts once the commit is applied).
+    PutQueue { def: QueueDef, done: Declared },
     /// Delete a queue and everything in it.
     DeleteQueue { queue: QueueId, done: Done },
     /// Answer once everything sent before it is committed.
@@ -230,16 +227,11 @@ impl Journal {
 enum After {
     Nothing,
     Publish {
-        publisher: u64,
         confirm: Option<ConfirmTo>,
         dedup: Option<DedupEntry>,
     },
     Done(Option<Done>),
-    Declared {
-        id: QueueId,
-        tasks: mpsc::Sender<QueueInput>,
-        done: Done,
-    },
+    Declared(Declared),
 }
 
 /// One group commit in the making.
@@ -265,7 +257,7 @@ impl Batch {
                 After::Nothing => false,
                 After::Publish { confirm, .. } => confirm.is_some(),
                 After::Done(done) => done.is_some(),
-                After::Declared { .. } => true,
+                After::Declared(_) => true,
             })
     }
 
@@ -276,42 +268,35 @@ impl Batch {
 }
 
 /// The journal thread's state.
-pub(crate) struct Writer {
-    log: Box<dyn Log>,
-    machine: Machine,
+pub(crate) struct Writer<L> {
+    log: L,
     /// The disk alarm and write failures, shared with `/healthz`.
     health: Arc<StoreHealth>,
     confirm_latency: metrics::Histogram,
-    /// Each queue's task, for its new messages.
-    tasks: HashMap<QueueId, mpsc::Sender<QueueInput>>,
+    /// The queues, which carry out what each entry did.
+    runtime: Arc<QueueRuntime>,
     dedup: Arc<Mutex<DedupWindow>>,
     /// Set by [`Op::Shutdown`]: stop after this commit.
     stopping: bool,
 }
 
-impl Writer {
-    /// A writer over `log`, whose state so far is `machine` (as recovered).
+impl<L: Log> Writer<L> {
+    /// A writer over `log`.
     pub fn new(
-        log: Box<dyn Log>,
-        machine: Machine,
+        log: L,
         health: Arc<StoreHealth>,
         dedup: Arc<Mutex<DedupWindow>>,
         confirm_latency: metrics::Histogram,
+        runtime: Arc<QueueRuntime>,
     ) -> Self {
         Self {
             log,
-            machine,
             health,
             confirm_latency,
-            tasks: HashMap::new(),
+            runtime,
             dedup,
             stopping: false,
         }
-    }
-
-    /// The task of a queue recovered at start.
-    pub fn add_task(&mut self, id: QueueId, tasks: mpsc::Sender<QueueInput>) {
-        self.tasks.insert(id, tasks);
     }
 
     /// Starts the journal thread. Returns its senders and a handle that completes when
@@ -398,13 +383,13 @@ impl Writer {
             batch.push(
                 Command::Publish {
                     queues: p.queues,
+                    publisher: p.publisher,
                     envelope: p.envelope,
                     enqueued_ms: p.enqueued_ms,
                     deadline_ms: p.deadline_ms,
                     dedup: p.dedup.clone(),
                 },
                 After::Publish {
-                    publisher: p.publisher,
                     confirm: p.confirm,
                     dedup: p.dedup,
                 },
@@ -415,9 +400,7 @@ impl Writer {
                 batch.push(Command::ForgetDedup { before_ms }, After::Nothing);
             }
         }
-        let result = self
-            .log
-            .append(&mut self.machine, &batch.entry, batch.awaited());
+        let result = self.log.append(&batch.entry, batch.awaited()).await;
         self.report(&result);
         let shutdown = batch.shutdown.take();
         match result {
@@ -476,21 +459,10 @@ impl Writer {
                 },
                 After::Nothing,
             ),
-            Op::PutQueue {
-                id,
-                def,
-                tasks,
-                done,
-            } => batch.push(
-                Command::Declare {
-                    id,
-                    def: (*def).clone(),
-                },
-                After::Declared { id, tasks, done },
-            ),
+            Op::PutQueue { def, done } => {
+                batch.push(Command::Declare { def }, After::Declared(done));
+            }
             Op::DeleteQueue { queue, done } => {
-                // Its task stops now: no new messages for it, even if the entry fails.
-                self.tasks.remove(&queue);
                 batch.push(Command::Delete { queue }, After::Done(Some(done)));
             }
             Op::Barrier { done } => batch.barriers.push(done),
@@ -527,39 +499,17 @@ impl Writer {
     }
 
     async fn succeeded(&mut self, fx: Effects, batch: Batch) {
-        // Queues declared by this entry get their messages from now on.
-        let mut after = batch.after;
-        for a in &mut after {
-            if let After::Declared { id, tasks, .. } = a {
-                self.tasks.insert(*id, tasks.clone());
-            }
-        }
-        // Queue tasks first: a client that has its confirm and then asks the queue (info,
-        // consume) is served after the queue task took the message in, as its inputs are
-        // handled in order.
-        for (queue, msgs) in fx.appended {
-            let Some(tasks) = self.tasks.get(&queue) else {
-                continue;
-            };
-            let msgs = msgs
-                .into_iter()
-                .map(|m| Appended {
-                    publisher: match after.get(m.command) {
-                        Some(After::Publish { publisher, .. }) => Some(*publisher),
-                        _ => None,
-                    },
-                    message: m.message,
-                })
-                .collect();
-            // Waits while the queue task is behind: back-pressure, never a deadlock,
-            // because queue tasks never wait on the journal.
-            if tasks.send(QueueInput::Appended(msgs)).await.is_err() {
-                tracing::debug!(
-                    queue,
-                    "queue task stopped; appended messages stay in the store"
-                );
-            }
-        }
+        // The queues first: a client that has its confirm (or its declare answered) and
+        // then asks the queue (info, consume) is served after the queue task took the
+        // message in, as its inputs are handled in order.
+        self.runtime
+            .apply(Applied {
+                deleted: fx.deleted,
+                declared: fx.declared,
+                appended: fx.appended.into_iter().collect(),
+            })
+            .await;
+        let after = batch.after;
         // Pairs of messages no queue stored leave the window before any answer goes out:
         // the publisher may retry the moment it reads its error.
         let refused: Vec<DedupEntry> = after
@@ -586,7 +536,7 @@ impl Writer {
                         done(Ok(()));
                     }
                 }
-                After::Declared { done, .. } => done(Ok(())),
+                After::Declared(done) => done(answer.map(|_| ()).map_err(Refused::from)),
             }
         }
         wakes.wake_all();
@@ -621,7 +571,7 @@ impl Writer {
                         done(Err(error.to_string()));
                     }
                 }
-                After::Declared { done, .. } => done(Err(error.to_string())),
+                After::Declared(done) => done(Err(Refused::Store(message.clone()))),
             }
         }
         wakes.wake_all();

@@ -11,8 +11,9 @@ use tern_storage::{
 
 use super::*;
 use crate::config::{QueueDefaults, SyncPolicy};
+use crate::filter::FilterLimits;
 use crate::queue::machine::tests::envelope;
-use crate::queue::recovery;
+use crate::queue::{recovery, QueueHandle, QueueInput};
 
 /// A sled store that fails on demand and remembers which of its commits a flush
 /// covered, so that a test can cut the power: [`TestStore::after_power_loss`] builds
@@ -219,31 +220,45 @@ impl Rig {
         ));
         let dedup = Arc::new(Mutex::new(DedupWindow::new(1000, 60_000)));
         let wal = SimFile::default();
-        let (log, recovered) = open_log(
+        let (log, _) = open_log(
             Arc::clone(&store) as Arc<dyn Store>,
             &wal,
             dir.path(),
             &health,
         );
+        let runtime = Arc::new(QueueRuntime::new(
+            Arc::default(),
+            Arc::clone(&store) as Arc<dyn Store>,
+            1 << 20,
+            FilterLimits::default(),
+            metrics::Histogram::noop(),
+        ));
         let writer = Writer::new(
-            Box::new(log),
-            recovered.machine,
+            log,
             Arc::clone(&health),
             Arc::clone(&dedup),
             metrics::Histogram::noop(),
+            Arc::clone(&runtime),
         );
         let (journal, _thread) = writer.spawn().unwrap();
-        let (tasks, appended) = mpsc::channel(4096);
         let (done, declared) = oneshot::channel();
         journal.send(Op::PutQueue {
-            id: 1,
-            def: Arc::new(queue_def()),
-            tasks,
+            def: queue_def(),
             done: Box::new(move |r| {
                 let _ = done.send(r);
             }),
         });
         declared.await.unwrap().unwrap();
+        // The test plays the queue's task: what the runtime hands it arrives here.
+        let (tasks, appended) = mpsc::channel(4096);
+        let queue = runtime.queues.get("q").unwrap();
+        assert_eq!(queue.id, 1);
+        runtime.queues.insert(Arc::new(QueueHandle {
+            id: queue.id,
+            def: Arc::clone(&queue.def),
+            filters: Vec::new(),
+            tx: tasks,
+        }));
         let (tx, answers) = mpsc::unbounded_channel();
         Rig {
             store,
@@ -378,6 +393,7 @@ impl Recover for Live {
     fn meta(&mut self, _: QueueId, _: u64, _: MessageMeta) {}
     fn dedup(&mut self, _: DedupEntry) {}
     fn log_index(&mut self, _: u64) {}
+    fn next_queue_id(&mut self, _: QueueId) {}
 }
 
 /// Publishes and acks while the power fails at a random moment, many times over: the
@@ -495,8 +511,8 @@ async fn a_power_loss_at_any_moment_loses_no_confirmed_message() {
 /// store then keeps commits the log never synced (sled writes its buffers out on its
 /// own) and the power fails, a restart must not replay those old records over them: it
 /// would set keys back, and bring a settled message back.
-#[test]
-fn a_restart_never_replays_records_from_before_the_last_checkpoint() {
+#[tokio::test]
+async fn a_restart_never_replays_records_from_before_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(TestStore::open(&dir.path().join("before")));
     let wal = SimFile::default();
@@ -505,16 +521,16 @@ fn a_restart_never_replays_records_from_before_the_last_checkpoint() {
         metrics::Gauge::noop(),
         metrics::Counter::noop(),
     ));
-    let (mut log, recovered) = open_log(
+    let (mut log, _) = open_log(
         Arc::clone(&store) as Arc<dyn Store>,
         &wal,
         dir.path(),
         &health,
     );
-    let mut machine = recovered.machine;
     let publish = |body: &str| Entry {
         commands: vec![Command::Publish {
             queues: vec![1],
+            publisher: 1,
             envelope: envelope(body),
             enqueued_ms: 1,
             deadline_ms: None,
@@ -522,13 +538,10 @@ fn a_restart_never_replays_records_from_before_the_last_checkpoint() {
         }],
     };
     let declare = Entry {
-        commands: vec![Command::Declare {
-            id: 1,
-            def: queue_def(),
-        }],
+        commands: vec![Command::Declare { def: queue_def() }],
     };
-    log.append(&mut machine, &declare, true).unwrap();
-    log.append(&mut machine, &publish("a"), true).unwrap();
+    log.append(&declare, true).await.unwrap();
+    log.append(&publish("a"), true).await.unwrap();
     log.compact().unwrap();
     // Nobody waits for these two: in the store, in the log, neither synced.
     let settle = Entry {
@@ -538,8 +551,8 @@ fn a_restart_never_replays_records_from_before_the_last_checkpoint() {
             forget_meta: false,
         }],
     };
-    log.append(&mut machine, &settle, false).unwrap();
-    log.append(&mut machine, &publish("b"), false).unwrap();
+    log.append(&settle, false).await.unwrap();
+    log.append(&publish("b"), false).await.unwrap();
 
     let after = dir.path().join("after");
     let disk = Arc::new(store.after_power_loss(&after, usize::MAX));

@@ -33,6 +33,9 @@ pub(crate) enum Command {
     /// A published message, for every queue in `queues` that takes it.
     Publish {
         queues: Vec<QueueId>,
+        /// The publishing connection: a consumer gets no reply permit for its own
+        /// connection's request (`auth::replies`).
+        publisher: u64,
         /// Subject, reply-to, headers and payload in wire form.
         envelope: Bytes,
         /// When the broker received it, in ms since the Unix epoch.
@@ -66,8 +69,9 @@ pub(crate) enum Command {
         envelope: Bytes,
         enqueued_ms: u64,
     },
-    /// Create a queue.
-    Declare { id: QueueId, def: QueueDef },
+    /// Create a queue, numbered by the machine. Declaring again a queue that exists
+    /// with the same definition does nothing; with another, it is refused.
+    Declare { def: QueueDef },
     /// Delete a queue with everything in it.
     Delete { queue: QueueId },
     /// Forget the exactly-once pairs recorded before this time (ms since the epoch).
@@ -85,6 +89,8 @@ pub(crate) struct Entry {
 pub(crate) enum QueueError {
     #[error("queue '{0}' is at its max_length and refuses new messages")]
     Full(String),
+    #[error("queue '{0}' exists with other bindings or options; delete it first to change them")]
+    Exists(String),
 }
 
 /// What applying an entry did, and what the journal must carry out once it is durable.
@@ -97,6 +103,10 @@ pub(crate) struct Effects {
     pub answers: Vec<Result<u16, QueueError>>,
     /// Each queue's new messages, in sequence order.
     pub appended: HashMap<QueueId, Vec<NewMessage>>,
+    /// Queues created, with their numbers.
+    pub declared: Vec<(QueueId, QueueDef)>,
+    /// Queues deleted.
+    pub deleted: Vec<QueueId>,
     /// What [`Machine::undo`] takes back if the entry cannot be made durable.
     undo: Vec<Undo>,
 }
@@ -107,6 +117,8 @@ pub(crate) struct NewMessage {
     /// The index in the entry of the command that brought it.
     pub command: usize,
     pub message: StoredMessage,
+    /// The connection that published it; `None` for a message moved or dead-lettered.
+    pub publisher: Option<u64>,
 }
 
 /// One change [`Machine::apply`] made, with what it replaced: undone in reverse order,
@@ -134,7 +146,6 @@ enum Undo {
     },
     Declared {
         queue: QueueId,
-        replaced: Option<Ledger>,
     },
     Deleted {
         queue: QueueId,
@@ -144,9 +155,22 @@ enum Undo {
 
 /// The durable queues' bookkeeping: per queue, its next sequence number and which
 /// records of which chunks are settled.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Machine {
     queues: HashMap<QueueId, Ledger>,
+    /// The number the next declared queue gets: numbers are never reused while the
+    /// machine runs, so a queue deleted and declared again is a new queue.
+    next_queue_id: QueueId,
+}
+
+impl Default for Machine {
+    fn default() -> Self {
+        Self {
+            queues: HashMap::new(),
+            // Queue numbers start at 1, as the broker's always have.
+            next_queue_id: 1,
+        }
+    }
 }
 
 /// One queue, as the machine keeps it.
@@ -272,12 +296,19 @@ impl Machine {
         next_seq: u64,
         chunks: impl IntoIterator<Item = (u64, Chunk)>,
     ) {
+        self.next_queue_id = self.next_queue_id.max(id.saturating_add(1));
         let mut ledger = Ledger::new(def, next_seq);
         for (first, chunk) in chunks {
             ledger.live += u64::from(chunk.live);
             ledger.chunks.insert(first, chunk);
         }
         self.queues.insert(id, ledger);
+    }
+
+    /// The number of the next declared queue, as the store recorded it (older stores
+    /// did not: the queues found then decide, [`Machine::recover_queue`]).
+    pub fn recover_next_queue_id(&mut self, id: QueueId) {
+        self.next_queue_id = self.next_queue_id.max(id);
     }
 
     /// Applies every command of `entry`, in order. A settle of a message that the same
@@ -376,14 +407,10 @@ impl Machine {
                         q.chunks.insert(first, chunk);
                     }
                 }
-                Undo::Declared { queue, replaced } => match replaced {
-                    Some(ledger) => {
-                        self.queues.insert(queue, ledger);
-                    }
-                    None => {
-                        self.queues.remove(&queue);
-                    }
-                },
+                Undo::Declared { queue } => {
+                    self.queues.remove(&queue);
+                    self.next_queue_id = queue;
+                }
                 Undo::Deleted { queue, ledger } => {
                     self.queues.insert(queue, ledger);
                 }
@@ -401,6 +428,7 @@ impl Machine {
         match command {
             Command::Publish {
                 queues,
+                publisher,
                 envelope,
                 enqueued_ms,
                 deadline_ms,
@@ -432,6 +460,7 @@ impl Machine {
                     staged.appended.entry(*queue).or_default().push(NewMessage {
                         command: index,
                         message,
+                        publisher: Some(*publisher),
                     });
                 }
                 if full.is_none() {
@@ -478,22 +507,31 @@ impl Machine {
                     staged.appended.entry(*to).or_default().push(NewMessage {
                         command: index,
                         message,
+                        publisher: None,
                     });
                 }
                 Ok(0)
             }
-            Command::Declare { id, def } => {
+            Command::Declare { def } => {
+                if let Some(existing) = self.queues.values().find(|q| q.def.name == def.name) {
+                    return if existing.def == *def {
+                        Ok(0)
+                    } else {
+                        Err(QueueError::Exists(def.name.clone()))
+                    };
+                }
+                let id = self.next_queue_id;
+                self.next_queue_id = id.saturating_add(1);
+                fx.commit.next_queue_id = Some(self.next_queue_id);
                 fx.commit.put_queues.push(QueueRecord {
-                    id: *id,
+                    id,
                     name: def.name.clone(),
                     definition: def.to_bytes(),
                 });
-                fx.commit.next_seqs.push((*id, 0));
-                let replaced = self.queues.insert(*id, Ledger::new(def.clone(), 0));
-                fx.undo.push(Undo::Declared {
-                    queue: *id,
-                    replaced,
-                });
+                fx.commit.next_seqs.push((id, 0));
+                self.queues.insert(id, Ledger::new(def.clone(), 0));
+                fx.undo.push(Undo::Declared { queue: id });
+                fx.declared.push((id, def.clone()));
                 Ok(0)
             }
             Command::Delete { queue } => {
@@ -506,7 +544,9 @@ impl Machine {
                         queue: *queue,
                         ledger,
                     });
+                    fx.deleted.push(*queue);
                 }
+                fx.declared.retain(|(q, _)| q != queue);
                 staged.touched.remove(queue);
                 staged.appended.remove(queue);
                 fx.commit.delete_queues.push(*queue);
@@ -593,6 +633,7 @@ pub(crate) mod tests {
     fn publish(queues: &[QueueId], payload: &str, dedup: Option<u64>) -> Command {
         Command::Publish {
             queues: queues.to_vec(),
+            publisher: 7,
             envelope: envelope(payload),
             enqueued_ms: 1_000,
             deadline_ms: None,
@@ -611,10 +652,7 @@ pub(crate) mod tests {
     #[test]
     fn a_full_queue_refuses_and_remembers_no_pair_for_the_refused_message() {
         let mut m = Machine::default();
-        m.apply(&entry(vec![Command::Declare {
-            id: 1,
-            def: def("q", 2),
-        }]));
+        m.apply(&entry(vec![Command::Declare { def: def("q", 2) }]));
         // Three in one entry: the third finds the queue full with the two before it.
         let fx = m.apply(&entry(vec![
             publish(&[1], "a", Some(1)),
@@ -645,10 +683,7 @@ pub(crate) mod tests {
     #[test]
     fn a_chunk_is_deleted_when_its_last_message_is_settled() {
         let mut m = Machine::default();
-        m.apply(&entry(vec![Command::Declare {
-            id: 1,
-            def: def("q", 0),
-        }]));
+        m.apply(&entry(vec![Command::Declare { def: def("q", 0) }]));
         m.apply(&entry(vec![
             publish(&[1], "a", None),
             publish(&[1], "b", None),
@@ -666,13 +701,47 @@ pub(crate) mod tests {
         let before = m.clone();
         let fx = m.apply(&entry(vec![
             publish(&[1], "c", None),
-            Command::Declare {
-                id: 2,
-                def: def("r", 0),
-            },
+            Command::Declare { def: def("r", 0) },
         ]));
         m.undo(fx);
         assert_eq!(m, before);
+    }
+
+    #[test]
+    fn the_machine_numbers_queues_and_never_reuses_a_number() {
+        let mut m = Machine::default();
+        let fx = m.apply(&entry(vec![
+            Command::Declare { def: def("a", 0) },
+            Command::Declare { def: def("b", 0) },
+        ]));
+        let ids: Vec<QueueId> = fx.declared.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [1, 2]);
+        assert_eq!(fx.commit.next_queue_id, Some(3));
+
+        // The same definition again changes nothing; another one is refused.
+        let fx = m.apply(&entry(vec![
+            Command::Declare { def: def("a", 0) },
+            Command::Declare { def: def("a", 9) },
+        ]));
+        assert_eq!(fx.answers, [Ok(0), Err(QueueError::Exists("a".into()))]);
+        assert!(fx.declared.is_empty() && fx.commit.is_empty());
+
+        // Deleted and declared again: a new number.
+        let fx = m.apply(&entry(vec![
+            Command::Delete { queue: 2 },
+            Command::Declare { def: def("b", 0) },
+        ]));
+        assert_eq!(fx.deleted, [2]);
+        assert_eq!(fx.declared[0].0, 3);
+
+        // Undone, the number is given out again.
+        let before = m.clone();
+        let fx = m.apply(&entry(vec![Command::Declare { def: def("c", 0) }]));
+        assert_eq!(fx.declared[0].0, 4);
+        m.undo(fx);
+        assert_eq!(m, before);
+        let fx = m.apply(&entry(vec![Command::Declare { def: def("c", 0) }]));
+        assert_eq!(fx.declared[0].0, 4);
     }
 
     /// A random command over queues 1 and 2 (and an unknown 9).
@@ -688,7 +757,7 @@ pub(crate) mod tests {
             1 => (queue.clone(), 0u64..24, queue.clone(), "[a-z]{0,8}").prop_map(|(from, seq, to, p)| Command::Transfer {
                 from, seq, forget_meta: false, to, envelope: envelope(&p), enqueued_ms: 2_000,
             }),
-            1 => (3u32..6).prop_map(|id| Command::Declare { id, def: def(&format!("q{id}"), 4) }),
+            1 => (3u32..6).prop_map(|id| Command::Declare { def: def(&format!("q{id}"), 4) }),
             1 => (3u32..6).prop_map(|queue| Command::Delete { queue }),
         ]
     }
@@ -703,14 +772,8 @@ pub(crate) mod tests {
     fn declared() -> Machine {
         let mut m = Machine::default();
         m.apply(&entry(vec![
-            Command::Declare {
-                id: 1,
-                def: def("one", 0),
-            },
-            Command::Declare {
-                id: 2,
-                def: def("two", 5),
-            },
+            Command::Declare { def: def("one", 0) },
+            Command::Declare { def: def("two", 5) },
         ]));
         m
     }
@@ -765,8 +828,10 @@ pub(crate) mod tests {
             let store = SledStore::open(dir.path()).unwrap();
             let mut m = Machine::default();
             let declare = entry(vec![
-                Command::Declare { id: 1, def: def("one", 0) },
-                Command::Declare { id: 2, def: def("two", 5) },
+                Command::Declare {
+                def: def("one", 0) },
+                Command::Declare {
+                def: def("two", 5) },
             ]);
             for e in std::iter::once(&declare).chain(&entries) {
                 let fx = m.apply(e);

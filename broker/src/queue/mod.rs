@@ -4,6 +4,7 @@
 //! * [`machine`]: the rules of what the store holds, as a deterministic state machine
 //!   over serializable commands (the journal's side).
 //! * [`recovery`]: the store read back at start.
+//! * [`runtime`]: the queues as they run, following what the machine applied.
 //! * [`state`]: one queue's messages and consumers, with no I/O.
 //! * `task`: the task that owns a [`state::QueueState`] and carries out its actions.
 //!
@@ -15,11 +16,11 @@
 pub(crate) mod def;
 pub(crate) mod machine;
 pub(crate) mod recovery;
+pub(crate) mod runtime;
 pub(crate) mod state;
 pub(crate) mod task;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tern_codec::QueueStats;
@@ -156,56 +157,66 @@ impl QueueHandle {
     }
 }
 
-/// Every queue on the server, by name.
+/// Every queue on the server, by name and by number.
 #[derive(Debug, Default)]
 pub(crate) struct Queues {
-    /// A std `RwLock`: read on every CONSUME and admin request, written when a queue
-    /// is created or deleted, never held across an `.await`.
-    by_name: RwLock<HashMap<String, Arc<QueueHandle>>>,
-    /// Serializes declares and deletes, so that two racing declares of one name cannot
-    /// both create it. Held across the journal round trip, hence tokio's.
-    pub admin: tokio::sync::Mutex<()>,
-    next_id: AtomicU32,
+    /// A std `RwLock`: read on every CONSUME, admin request and commit that appends,
+    /// written when a queue is created or deleted, never held across an `.await`.
+    registry: RwLock<Registry>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    by_name: HashMap<String, Arc<QueueHandle>>,
+    by_id: HashMap<QueueId, Arc<QueueHandle>>,
 }
 
 impl Queues {
     pub fn get(&self, name: &str) -> Option<Arc<QueueHandle>> {
-        self.read().get(name).cloned()
+        self.read().by_name.get(name).cloned()
+    }
+
+    pub fn by_id(&self, id: QueueId) -> Option<Arc<QueueHandle>> {
+        self.read().by_id.get(&id).cloned()
     }
 
     /// Every queue, ordered by name.
     pub fn all(&self) -> Vec<Arc<QueueHandle>> {
-        let mut all: Vec<_> = self.read().values().cloned().collect();
+        let mut all: Vec<_> = self.read().by_name.values().cloned().collect();
         all.sort_by(|a, b| a.def.name.cmp(&b.def.name));
         all
     }
 
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.read().by_name.len()
     }
 
     pub fn insert(&self, handle: Arc<QueueHandle>) {
-        self.next_id.fetch_max(handle.id + 1, Ordering::Relaxed);
-        self.write().insert(handle.def.name.clone(), handle);
+        let mut r = self.write();
+        if let Some(old) = r
+            .by_name
+            .insert(handle.def.name.clone(), Arc::clone(&handle))
+        {
+            r.by_id.remove(&old.id);
+        }
+        r.by_id.insert(handle.id, handle);
     }
 
     pub fn remove(&self, name: &str) -> Option<Arc<QueueHandle>> {
-        self.write().remove(name)
+        let mut r = self.write();
+        let handle = r.by_name.remove(name)?;
+        r.by_id.remove(&handle.id);
+        Some(handle)
     }
 
-    /// A number for a new queue.
-    pub fn next_id(&self) -> QueueId {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+    // The maps are changed together under the write lock by single inserts and
+    // removes: a poisoned lock still guards whole maps.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    // The map is changed by single inserts and removes: a poisoned lock still guards
-    // a whole map.
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<QueueHandle>>> {
-        self.by_name.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<QueueHandle>>> {
-        self.by_name.write().unwrap_or_else(|p| p.into_inner())
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
+        self.registry.write().unwrap_or_else(|p| p.into_inner())
     }
 }
 

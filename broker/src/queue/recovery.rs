@@ -57,6 +57,7 @@ pub(crate) fn recover(
         metas: HashMap::new(),
         dedup: Vec::new(),
         log_index: 0,
+        next_queue_id: None,
         errors: Vec::new(),
     };
     store.recover(&mut r)?;
@@ -67,6 +68,9 @@ pub(crate) fn recover(
         });
     }
     let mut machine = Machine::default();
+    if let Some(id) = r.next_queue_id {
+        machine.recover_next_queue_id(id);
+    }
     let mut queues = Vec::with_capacity(r.queues.len());
     for (id, (def, filters, state)) in r.queues {
         let next_seq = r.next_seqs.get(&id).copied().unwrap_or(0);
@@ -99,6 +103,7 @@ struct Reader {
     metas: HashMap<(QueueId, u64), MessageMeta>,
     dedup: Vec<DedupEntry>,
     log_index: u64,
+    next_queue_id: Option<QueueId>,
     errors: Vec<String>,
 }
 
@@ -164,5 +169,9 @@ impl Recover for Reader {
 
     fn log_index(&mut self, index: u64) {
         self.log_index = index;
+    }
+
+    fn next_queue_id(&mut self, id: QueueId) {
+        self.next_queue_id = Some(id);
     }
 }

@@ -54,12 +54,13 @@ impl ReadBack {
     }
 }
 
-/// Starts the queue's task.
+/// Starts the queue's task on `runtime`.
 pub(crate) fn spawn(
+    runtime: &tokio::runtime::Handle,
     task: QueueTask,
     rx: mpsc::Receiver<QueueInput>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(task.run(rx))
+    runtime.spawn(task.run(rx))
 }
 
 impl QueueTask {
