@@ -25,6 +25,7 @@
 pub mod auth;
 pub mod bridge;
 mod clock;
+pub mod cluster;
 pub mod config;
 mod connection;
 mod dedup;

@@ -7,6 +7,7 @@
 //! environment, then file, then the default in [`Config::default`].
 
 pub mod bridge;
+pub mod cluster;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use crate::tls::{TlsError, TlsFiles};
 use tern_codec::{SubjectLimits, MAX_FRAME_SIZE_LIMIT};
 
 use self::bridge::{BridgeSettings, MqttBridge};
+use self::cluster::{ClusterConfig, ClusterSettings};
 
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +211,10 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(default)]
     pub tls: TlsSettings,
+
+    #[command(flatten)]
+    #[serde(default)]
+    pub cluster: ClusterSettings,
 
     /// Whether clients without credentials may connect [default: true without users, false with]
     #[arg(long, env = "TERN_ALLOW_ANONYMOUS", value_name = "BOOL")]
@@ -466,10 +472,12 @@ impl Settings {
             queues,
             bridge,
             tls,
+            cluster,
             allow_anonymous,
             users,
             anonymous,
         } = lower;
+        hi.cluster = hi.cluster.over(cluster);
         hi.listen = hi.listen.or(listen);
         hi.data_dir = hi.data_dir.or(data_dir);
         hi.metrics_listen = hi.metrics_listen.or(metrics_listen);
@@ -567,6 +575,8 @@ pub struct Config {
     pub tls: Option<TlsListen>,
     /// Users, tokens and the anonymous policy.
     pub auth: Arc<Auth>,
+    /// This node's place in a cluster; `None`: a single node.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Where the TLS listener listens and what it presents.
@@ -653,6 +663,7 @@ impl Default for Config {
             bridges: Vec::new(),
             tls: None,
             auth: Arc::default(),
+            cluster: None,
         }
     }
 }
@@ -743,6 +754,16 @@ impl Config {
         let max_pending_bytes = at_least("limits.max_pending_bytes", l.max_pending_bytes, 1024)?
             .unwrap_or(d.limits.max_pending_bytes);
         let listen = s.listen.unwrap_or(d.listen);
+        // Peer links present the same certificate as the TLS listener, if any.
+        let tls_files = match (&s.tls.cert, &s.tls.key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: s.tls.client_ca.clone(),
+            }),
+            _ => None,
+        };
+        let cluster = cluster::validate(s.cluster, tls_files.as_ref())?;
         let tls = tls_listen(s.tls)?;
         if listen == Listen::Off && tls.is_none() {
             return Err(ConfigError::Invalid {
@@ -831,6 +852,7 @@ impl Config {
                 )
                 .map_err(|(key, reason)| ConfigError::Setting { key, reason })?,
             ),
+            cluster,
         })
     }
 }
