@@ -28,6 +28,10 @@
 //! "d" at_ms:u64 n:u64                   dedup entries written together (n: log index)
 //! "w"                                   index of the last log entry applied: u64
 //! "i"                                   number of the next queue declared: u32
+//! "r"                                   a replicated log's applied state (opaque)
+//! "R" group:u64 index:u64               a Raft log entry (opaque), see `raft_log`
+//! "V" group:u64 / "K" group:u64 /       a Raft group's vote / committed entry id /
+//! "P" group:u64                         last purged entry id (opaque)
 //! ```
 //!
 //! Chunk bytes (count:u32, then records) live in `segments/<n>`, appended; see
@@ -49,13 +53,16 @@
 
 mod error;
 mod file_sync;
+mod raft_log;
 mod record;
 mod segments;
+mod snapshot;
 mod sled_store;
 mod wal;
 
 pub use error::StorageError;
 pub use record::{DedupEntry, MessageMeta, QueueRecord, StoredMessage};
+pub use raft_log::{RaftLog, RaftLogState};
 pub use sled_store::{SledStore, DEFAULT_CACHE_BYTES};
 pub use wal::{LogFile, Wal, WalRecord};
 
@@ -94,6 +101,9 @@ pub struct Commit {
     /// The index of the log entry this commit makes durable: recovery replays the
     /// write-ahead log from the entry after the last one the store holds.
     pub log_index: Option<u64>,
+    /// What a replicated log records with the state it applied (the last applied
+    /// entry's id and the membership, opaque here), written atomically with it.
+    pub applied: Option<Vec<u8>>,
 }
 
 impl Commit {
@@ -107,6 +117,7 @@ impl Commit {
             && self.dedup.is_empty()
             && self.dedup_forget_before.is_none()
             && self.next_queue_id.is_none()
+            && self.applied.is_none()
     }
 }
 
@@ -181,6 +192,13 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     ///
     /// The store cannot be read.
     fn log_index(&self) -> Result<u64, StorageError>;
+
+    /// The [`Commit::applied`] of the last commit that had one.
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be read.
+    fn applied(&self) -> Result<Option<Vec<u8>>, StorageError>;
 
     /// Bytes free for the store on its filesystem (for an unprivileged process), so
     /// that the broker can stop taking messages before the disk is full: the engine

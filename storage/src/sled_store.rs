@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// Key of the format marker in sled's default tree.
-const FORMAT_KEY: &[u8] = b"tern.format";
+pub(crate) const FORMAT_KEY: &[u8] = b"tern.format";
 
 /// A file of our own, written once the format marker is durable. sled discards a log
 /// it cannot read and opens empty; this file is how a damaged store is told apart from
@@ -23,7 +23,7 @@ const STORE_FILE: &str = "tern-store";
 
 const QUEUE: u8 = b'q';
 const NEXT_SEQ: u8 = b'n';
-const CHUNK: u8 = b'c';
+pub(crate) const CHUNK: u8 = b'c';
 const SETTLED: u8 = b'a';
 const META: u8 = b'm';
 const DEDUP: u8 = b'd';
@@ -31,6 +31,8 @@ const DEDUP: u8 = b'd';
 const LOG_INDEX: &[u8] = b"w";
 /// The number the next declared queue gets.
 const NEXT_QUEUE_ID: &[u8] = b"i";
+/// A replicated log's applied state ([`Commit::applied`]).
+const APPLIED: &[u8] = b"r";
 /// The segment files of chunk bodies, in the data directory.
 const SEGMENTS_DIR: &str = "segments";
 
@@ -77,6 +79,8 @@ pub struct SledStore {
     path: PathBuf,
     /// Distinguishes dedup keys written in the same millisecond.
     dedup_counter: AtomicU64,
+    /// Sync new chunk bodies before their pointers are written ([`SledStore::sync_bodies`]).
+    sync_bodies: bool,
 }
 
 impl SledStore {
@@ -136,6 +140,7 @@ impl SledStore {
             segments,
             path,
             dedup_counter: AtomicU64::new(0),
+            sync_bodies: false,
         };
         store.check_format(fresh)?;
         // Chunks are released as commits settle them, from the first commit on (a
@@ -202,6 +207,29 @@ impl SledStore {
         std::fs::File::open(&self.path)
             .and_then(|d| d.sync_all())
             .map_err(io)
+    }
+
+    /// Makes [`Store::apply`] sync the bodies of new chunks before it writes their
+    /// pointers, so that no pointer can outlive a crash without its bytes. A replicated
+    /// log needs this: it applies entries that are durable in the Raft log without
+    /// syncing the store, and re-applies after a crash only the entries after the last
+    /// one the store holds — a chunk pointer that survived without its bytes would be a
+    /// committed message lost on this replica. The embedded write-ahead log does not: it
+    /// replays every commit since its checkpoint, rewriting the chunks.
+    #[must_use]
+    pub fn sync_bodies(mut self) -> Self {
+        self.sync_bodies = true;
+        self
+    }
+
+    /// The sled database, for the Raft log that shares it (`raft_log`) and snapshots.
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// The segment files, for snapshots.
+    pub(crate) fn segments(&self) -> &Segments {
+        &self.segments
     }
 
     /// The data directory.
@@ -319,6 +347,13 @@ impl SledStore {
         }
         if let Some(id) = commit.next_queue_id {
             batch.insert(NEXT_QUEUE_ID, &id.to_be_bytes());
+        }
+        if let Some(applied) = &commit.applied {
+            batch.insert(APPLIED, applied.as_slice());
+        }
+        if self.sync_bodies && !appended.is_empty() {
+            // The pointers must never reach the disk before the bytes they point at.
+            self.segments.sync().map_err(StorageError::Sync)?;
         }
         self.db.apply_batch(batch)?;
         Ok(released)
@@ -521,6 +556,10 @@ impl Store for SledStore {
                 .map_err(|_| self.corrupt(LOG_INDEX, format!("{} bytes, expected 8", v.len()))),
             None => Ok(0),
         }
+    }
+
+    fn applied(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get(APPLIED)?.map(|v| v.to_vec()))
     }
 
     fn size_on_disk(&self) -> Result<u64, StorageError> {

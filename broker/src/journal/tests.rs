@@ -87,6 +87,9 @@ impl Store for TestStore {
     fn log_index(&self) -> Result<u64, StorageError> {
         self.store.log_index()
     }
+    fn applied(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        self.store.applied()
+    }
     fn size_on_disk(&self) -> Result<u64, StorageError> {
         self.store.size_on_disk()
     }
