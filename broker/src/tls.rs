@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 /// Where the TLS material comes from.
@@ -99,6 +99,37 @@ impl TlsFiles {
         };
         builder
             .with_single_cert(chain, key)
+            .map_err(|e| config_err(e.to_string()))
+    }
+
+    /// Reads the files and builds a client configuration for the cluster's peer links:
+    /// it trusts only `client_ca` (the CA every node's certificate chains to, so each
+    /// node checks the other's certificate against the same CA both ways) and presents
+    /// this node's own certificate and key as its client certificate (mutual TLS).
+    ///
+    /// # Errors
+    ///
+    /// A file cannot be read or holds nothing usable, or `client_ca` is not set.
+    pub(crate) fn load_client(&self) -> Result<ClientConfig, TlsError> {
+        let config_err = |reason: String| TlsError::Config {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            reason,
+        };
+        let ca = self.client_ca.as_ref().ok_or_else(|| {
+            config_err("no client CA: peer links verify each other against it".to_string())
+        })?;
+        let mut roots = RootCertStore::empty();
+        for cert in certificates(ca)? {
+            roots.add(cert).map_err(|e| read_err(ca, e))?;
+        }
+        let chain = certificates(&self.cert)?;
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| read_err(&self.key, e))?;
+        ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| config_err(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
             .map_err(|e| config_err(e.to_string()))
     }
 }
