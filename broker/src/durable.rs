@@ -5,11 +5,19 @@
 //!
 //! Sessions reach the durable queues only through this: a handler asks `journal`,
 //! `queues` and `dedup`; metrics and server info read `store` and `health`.
+//!
+//! Alone, the journal writes through the local write-ahead log ([`StoreLog`]); in a
+//! cluster, through the replicated log ([`ReplicatedLog`]), and the replica's state
+//! machine applies the entries (`cluster::raft`).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tern_storage::{SledStore, StorageError, Store, Wal};
+use tokio_util::sync::CancellationToken;
 
+use crate::cluster::raft::{Recovery, Replica};
+use crate::cluster::replicated::ReplicatedLog;
+use crate::config::cluster::ClusterConfig;
 use crate::config::{Config, SyncPolicy};
 use crate::dedup::DedupWindow;
 use crate::journal::{Journal, LogMetrics, Op, StoreLog, Writer, WAL_BYTES};
@@ -38,6 +46,8 @@ pub(crate) struct Durable {
     pub dedup: Arc<Mutex<DedupWindow>>,
     /// The journal thread, joined at shutdown.
     journal_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// This node's member of the cluster's group, in a cluster.
+    pub replica: Option<Arc<Replica>>,
 }
 
 /// The metrics the durable queues record (the server's `Metrics` hands them out).
@@ -50,19 +60,25 @@ pub(crate) struct DurableMetrics {
 }
 
 impl Durable {
-    /// Opens the store in `config.data_dir`, replays its write-ahead log, recovers every
-    /// queue, starts the journal and the queues' tasks (bound in `router`).
+    /// Opens the store in `config.data_dir` and starts the journal and the queues
+    /// (bound in `router`): alone, after replaying the write-ahead log and recovering
+    /// every queue; in a cluster, as a replica of the group (`shutdown` stops it).
     ///
     /// Blocks the calling thread on file I/O while the store is read.
     ///
     /// # Errors
     ///
-    /// The store cannot be opened or read, or the journal thread cannot start.
-    pub fn open(
+    /// The store cannot be opened or read, the journal thread or the cluster cannot
+    /// start.
+    pub async fn open(
         config: &Config,
         metrics: DurableMetrics,
         router: Arc<Router>,
+        shutdown: CancellationToken,
     ) -> Result<Self, Error> {
+        if let Some(cluster) = &config.cluster {
+            return Self::open_replica(config, cluster, metrics, router, shutdown).await;
+        }
         let store_config = &config.store;
         let store: Arc<dyn Store> = Arc::new(SledStore::open_with_cache(
             &config.data_dir,
@@ -111,6 +127,7 @@ impl Durable {
             config.queues.memory,
             config.limits.filter,
             metrics.delivery_latency,
+            false,
         ));
         let writer = Writer::new(
             log,
@@ -122,7 +139,7 @@ impl Durable {
         let (journal, journal_thread) = writer.spawn()?;
         runtime.set_journal(journal.clone());
         let found = recovered.queues.len();
-        runtime.start_recovered(recovered.queues);
+        runtime.reset(recovered.queues).await;
         if found > 0 {
             tracing::info!(queues = found, "recovered queues from the store");
         }
@@ -144,7 +161,95 @@ impl Durable {
             runtime,
             dedup,
             journal_thread: Mutex::new(Some(journal_thread)),
+            replica: None,
         })
+    }
+
+    /// [`Durable::open`] for a node of a cluster.
+    async fn open_replica(
+        config: &Config,
+        cluster: &ClusterConfig,
+        metrics: DurableMetrics,
+        router: Arc<Router>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, Error> {
+        let store_config = &config.store;
+        let sled = Arc::new(
+            SledStore::open_with_cache(&config.data_dir, store_config.cache_bytes)?.sync_bodies(),
+        );
+        let store: Arc<dyn Store> = Arc::clone(&sled) as Arc<dyn Store>;
+        let health = Arc::new(StoreHealth::new(
+            store_config.min_free_bytes,
+            metrics.disk_alarm,
+            metrics.disk_alarms,
+        ));
+        // Each node checks the pairs its own sessions see; the machine records them all.
+        let dedup = Arc::new(Mutex::new(DedupWindow::new(
+            store_config.dedup_window,
+            u64::try_from(store_config.dedup_age.as_millis()).unwrap_or(u64::MAX),
+        )));
+        let runtime = Arc::new(QueueRuntime::new(
+            Arc::clone(&router),
+            Arc::clone(&store),
+            config.queues.memory,
+            config.limits.filter,
+            metrics.delivery_latency,
+            true,
+        ));
+        let replica = Replica::start(
+            cluster,
+            sled,
+            Arc::clone(&runtime),
+            Recovery {
+                data_dir: config.data_dir.clone(),
+                memory: config.queues.memory,
+                filter_limits: config.limits.filter,
+            },
+            Arc::clone(&router),
+            shutdown,
+        )
+        .await
+        .map_err(|e| Error::Cluster(e.to_string()))?;
+        let log = ReplicatedLog {
+            replica: Arc::clone(&replica),
+            router,
+            store: Arc::clone(&store),
+            health: Arc::clone(&health),
+        };
+        let writer = Writer::new(
+            log,
+            Arc::clone(&health),
+            Arc::clone(&dedup),
+            metrics.confirm_latency,
+            Arc::clone(&runtime),
+        );
+        let (journal, journal_thread) = writer.spawn()?;
+        runtime.set_journal(journal.clone());
+        Ok(Self {
+            store,
+            health,
+            journal,
+            queues: Arc::clone(&runtime.queues),
+            runtime,
+            dedup,
+            journal_thread: Mutex::new(Some(journal_thread)),
+            replica: Some(replica),
+        })
+    }
+
+    /// In a cluster: the address this node's clients connect to, which the other nodes
+    /// give clients they redirect here.
+    pub fn advertise(&self, addr: std::net::SocketAddr) {
+        if let Some(replica) = &self.replica {
+            replica.client_addr.set(addr.to_string());
+        }
+    }
+
+    /// In a cluster, when this node does not run the queues: what to tell a client that
+    /// asked it for what only the leader does (consume, queue info, purge, move).
+    pub fn not_leader(&self) -> Option<String> {
+        let replica = self.replica.as_ref()?;
+        (!self.runtime.runs_tasks()).then(|| replica.redirect())
     }
 
     /// Stops every queue task, then the journal (which commits what it was sent and
@@ -159,6 +264,9 @@ impl Durable {
         let thread = lock(&self.journal_thread).take();
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        if let Some(replica) = &self.replica {
+            replica.stop().await;
         }
         flushed.map_err(|e| Error::Shutdown(format!("final store flush failed: {e}")))
     }

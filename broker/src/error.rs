@@ -25,6 +25,9 @@ pub enum Error {
     Shutdown(String),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// This node could not join its cluster.
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// Why reading a frame from a connection failed.

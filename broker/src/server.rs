@@ -65,7 +65,14 @@ impl Server {
         };
         let metrics = Metrics::new();
         let router = Arc::new(Router::default());
-        let durable = Durable::open(&config, metrics.durable(), Arc::clone(&router))?;
+        let shutdown = CancellationToken::new();
+        let durable = Durable::open(
+            &config,
+            metrics.durable(),
+            Arc::clone(&router),
+            shutdown.clone(),
+        )
+        .await?;
         let bridges = config
             .bridges
             .iter()
@@ -89,7 +96,7 @@ impl Server {
             tasks: TaskTracker::new(),
             started: std::time::Instant::now(),
             listeners: Mutex::new(Vec::new()),
-            shutdown: CancellationToken::new(),
+            shutdown,
             next_connection_id: AtomicU64::new(1),
             connections: Mutex::new(HashMap::new()),
         });
@@ -217,6 +224,7 @@ impl Server {
             let addr = listener.local_addr()?;
             tracing::info!("listening on {addr}");
             shared.add_listener(format!("tcp://{addr}"));
+            shared.durable.advertise(addr);
             if !addr.ip().is_loopback() && shared.config.auth.has_passwords() {
                 tracing::warn!(
                     "users log in with passwords on the plaintext listener {addr}, which \
@@ -231,6 +239,9 @@ impl Server {
                 let addr = l.local_addr()?;
                 tracing::info!(mutual = tls.mutual(), "listening for TLS on {addr}");
                 shared.add_listener(format!("tls://{addr}"));
+                if listener.is_none() {
+                    shared.durable.advertise(addr);
+                }
                 Some(tls)
             }
             (Some(_), None) => {

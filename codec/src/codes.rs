@@ -166,6 +166,9 @@ pub enum ErrorCode {
     InvalidQueue = 406,
     /// A CONSUME reused a consumer id that is still active on this connection.
     ConsumerIdInUse = 407,
+    /// In a cluster: this node does not run the queues; the message ends with the
+    /// leader's client address when it is known ("... connect to HOST:PORT").
+    NotLeader = 408,
     /// The server is shutting down.
     ShuttingDown = 500,
     /// An unexpected server-side failure; the message says what.
@@ -205,6 +208,7 @@ pub const ERROR_CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::UnknownConsumer, "unknown_consumer"),
     (ErrorCode::InvalidQueue, "invalid_queue"),
     (ErrorCode::ConsumerIdInUse, "consumer_id_in_use"),
+    (ErrorCode::NotLeader, "not_leader"),
     (ErrorCode::ShuttingDown, "shutting_down"),
     (ErrorCode::Internal, "internal"),
     (ErrorCode::StorageFailed, "storage_failed"),

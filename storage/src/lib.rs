@@ -56,13 +56,13 @@ mod file_sync;
 mod raft_log;
 mod record;
 mod segments;
-mod snapshot;
 mod sled_store;
+mod snapshot;
 mod wal;
 
 pub use error::StorageError;
-pub use record::{DedupEntry, MessageMeta, QueueRecord, StoredMessage};
 pub use raft_log::{RaftLog, RaftLogState};
+pub use record::{DedupEntry, MessageMeta, QueueRecord, StoredMessage};
 pub use sled_store::{SledStore, DEFAULT_CACHE_BYTES};
 pub use wal::{LogFile, Wal, WalRecord};
 

@@ -53,11 +53,24 @@ enum Op {
         entries: Vec<(u64, Vec<u8>)>,
     },
     /// Deletes the entries from `from` on.
-    Truncate { group: u64, from: u64 },
+    Truncate {
+        group: u64,
+        from: u64,
+    },
     /// Deletes the entries up to `upto`, and records `id` as the last purged.
-    Purge { group: u64, upto: u64, id: Vec<u8> },
-    Vote { group: u64, vote: Vec<u8> },
-    Committed { group: u64, id: Vec<u8> },
+    Purge {
+        group: u64,
+        upto: u64,
+        id: Vec<u8>,
+    },
+    Vote {
+        group: u64,
+        vote: Vec<u8>,
+    },
+    Committed {
+        group: u64,
+        id: Vec<u8>,
+    },
 }
 
 /// What a group's log holds, at start.
@@ -122,7 +135,10 @@ impl RaftLog {
         store.flush()?;
         wal.checkpointed(expected).map_err(StorageError::Wal)?;
         if replayed > 0 {
-            tracing::info!(records = replayed, "replayed the raft log's write-ahead log");
+            tracing::info!(
+                records = replayed,
+                "replayed the raft log's write-ahead log"
+            );
         }
         Ok(Self {
             store,

@@ -250,7 +250,8 @@ mod tests {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let from = Arc::new(SledStore::open(a.path()).unwrap());
         from.apply(&commit()).unwrap();
-        let from_log = RaftLog::open(Arc::clone(&from), &a.path().join("raft-wal"), 1 << 20).unwrap();
+        let from_log =
+            RaftLog::open(Arc::clone(&from), &a.path().join("raft-wal"), 1 << 20).unwrap();
         from_log.append(1, vec![(1, b"entry".to_vec())]).unwrap();
         let mut snap = Vec::new();
         from.export(&mut snap).unwrap();
@@ -270,7 +271,10 @@ mod tests {
         to_log.append(1, vec![(5, b"mine".to_vec())]).unwrap();
         to.import(&mut snap.as_slice()).unwrap();
 
-        assert_eq!(to.read_chunk(1, 2).unwrap(), vec![message(1, "one"), message(2, "two")]);
+        assert_eq!(
+            to.read_chunk(1, 2).unwrap(),
+            vec![message(1, "one"), message(2, "two")]
+        );
         assert!(to.read_chunk(9, 1).unwrap().is_empty());
         assert_eq!(to.log_index().unwrap(), 7);
         assert_eq!(to.applied().unwrap().as_deref(), Some(&b"applied"[..]));

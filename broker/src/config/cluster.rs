@@ -308,7 +308,9 @@ mod tests {
 
     #[test]
     fn no_cluster_settings_means_a_single_node() {
-        assert!(validate(ClusterSettings::default(), None).unwrap().is_none());
+        assert!(validate(ClusterSettings::default(), None)
+            .unwrap()
+            .is_none());
     }
 
     #[test]

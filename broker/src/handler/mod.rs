@@ -28,6 +28,15 @@ impl Reject {
         }
     }
 
+    /// In a cluster, what only the node running the queues does is refused elsewhere,
+    /// with where to go (`not_leader`).
+    pub fn unless_leader(session: &crate::session::state::Session) -> Result<(), Self> {
+        match session.shared.durable.not_leader() {
+            Some(redirect) => Err(Self::new(ErrorCode::NotLeader, redirect)),
+            None => Ok(()),
+        }
+    }
+
     /// The user may not do `operation` on `target`.
     pub fn denied(operation: &str, target: &str) -> Self {
         Self::new(

@@ -124,6 +124,10 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
     }
     let view = MessageView::new(&env.subject, &env.headers, &env.payload);
     let queues = interest.queues(&view);
+    // In a cluster, a node that does not run the queues may not have applied the
+    // latest declares yet: the leader picks the queues of a confirmed publish, so that
+    // a stale view can never confirm a message into no queue.
+    let route_on_leader = confirmed && session.shared.durable.not_leader().is_some();
     if publish.mandatory && queues.is_empty() && !interest.has_taker(&view) {
         if let Some(d) = &dedup {
             journal::lock(&session.shared.durable.dedup).remove(&d.producer, d.sequence);
@@ -147,7 +151,7 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
     session.counts.messages_out += delivered;
     session.counts.drops += dropped;
 
-    if queues.is_empty() && dedup.is_none() {
+    if queues.is_empty() && dedup.is_none() && !route_on_leader {
         if confirmed {
             session.reply(&Confirm {
                 id: publish.id,
@@ -170,6 +174,7 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
     }
     session.publishes.push(PublishOp {
         queues,
+        route_on_leader,
         publisher: session.id,
         envelope: envelope.freeze(),
         enqueued_ms: now,
@@ -205,7 +210,10 @@ impl Confirms for Outbound {
                 let code = match refused {
                     Refused::Queue(QueueError::Full(_)) => ErrorCode::QueueFull,
                     Refused::Queue(QueueError::Exists(_)) => ErrorCode::QueueExists,
-                    Refused::Store(_) => ErrorCode::StorageFailed,
+                    // Publishes are forwarded to the leader, never refused for it.
+                    Refused::Store(_) | Refused::Queue(QueueError::NotLeader) => {
+                        ErrorCode::StorageFailed
+                    }
                     Refused::ShuttingDown => ErrorCode::ShuttingDown,
                 };
                 self.push_control(&ErrorFrame::new(id, code, refused.to_string()), wakes);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tern_codec::{
     Done, ErrorCode, ErrorFrame, Ok as OkFrame, QueueDeclare, QueueDelete, QueueInfo, QueueMove,
-    QueuePurge, QueueQuery,
+    QueuePurge, QueueQuery, QueueStats,
 };
 use tokio::sync::oneshot;
 
@@ -143,6 +143,15 @@ pub(crate) fn declare(session: &mut Session, d: QueueDeclare) -> Result<(), Reje
     def.compile_filters(&config.limits.filter)
         .map_err(|e| Reject::new(ErrorCode::InvalidFilter, e.to_string()))?;
     run(session, d.id, move |shared| async move {
+        // A follower may apply the declare after the leader answers it: it answers
+        // from the definition, with no counters (they are the leader's to tell).
+        let declared = QueueInfo {
+            id: d.id,
+            name: def.name.as_str().into(),
+            bindings: def.wire_bindings(),
+            options: def.wire_options(),
+            stats: QueueStats::default(),
+        };
         let name = def.name.clone();
         // The machine decides: a new queue, the same one again (no change), or a name
         // taken by another definition.
@@ -165,6 +174,9 @@ pub(crate) fn declare(session: &mut Session, d: QueueDeclare) -> Result<(), Reje
                 ))
             }
             Ok(Err(e)) => return Err(Reject::new(ErrorCode::StorageFailed, e.to_string())),
+        }
+        if shared.durable.not_leader().is_some() {
+            return Ok(Answer::Info(declared));
         }
         let queue = shared
             .durable
@@ -203,6 +215,7 @@ pub(crate) fn delete(session: &mut Session, d: QueueDelete) -> Result<(), Reject
 ///
 /// Never at once; an unknown name is answered later.
 pub(crate) fn query(session: &mut Session, q: QueueQuery) -> Result<(), Reject> {
+    Reject::unless_leader(session)?;
     let permissions = Arc::clone(&session.principal.permissions);
     let visible = move |name: &str| permissions.admin || permissions.consume.allows(name);
     run(session, q.id, move |shared| async move {
@@ -219,13 +232,28 @@ pub(crate) fn query(session: &mut Session, q: QueueQuery) -> Result<(), Reject> 
             }
             return Ok(Answer::List(infos));
         }
-        let queue = shared
-            .durable
-            .queues
-            .get(&q.name)
-            .filter(|queue| visible(&queue.def.name))
-            .ok_or_else(|| not_found(&q.name))?;
-        info(q.id, &queue).await.map(Answer::Info)
+        let find = || {
+            shared
+                .durable
+                .queues
+                .get(&q.name)
+                .filter(|queue| visible(&queue.def.name))
+                .ok_or_else(|| not_found(&q.name))
+        };
+        let queue = find()?;
+        match info(q.id, &queue).await {
+            Ok(i) => Ok(Answer::Info(i)),
+            // In a cluster the queues' tasks move when the leader changes: this node
+            // stopped leading, or started (and replaced the queue's task) meanwhile.
+            Err(_) if shared.durable.replica.is_some() => match shared.durable.not_leader() {
+                Some(redirect) => Err(Reject::new(ErrorCode::NotLeader, redirect)),
+                None => {
+                    let queue = find()?;
+                    info(q.id, &queue).await.map(Answer::Info)
+                }
+            },
+            Err(e) => Err(e),
+        }
     });
     Ok(())
 }
@@ -235,6 +263,7 @@ pub(crate) fn query(session: &mut Session, q: QueueQuery) -> Result<(), Reject> 
 /// Never at once; an unknown name is answered later.
 pub(crate) fn purge(session: &mut Session, p: QueuePurge) -> Result<(), Reject> {
     require_admin(session, "purge queue", &p.name)?;
+    Reject::unless_leader(session)?;
     run(session, p.id, move |shared| async move {
         let queue = shared
             .durable
@@ -251,6 +280,7 @@ pub(crate) fn purge(session: &mut Session, p: QueuePurge) -> Result<(), Reject> 
 /// Invalid names, or moving a queue into itself.
 pub(crate) fn move_messages(session: &mut Session, m: QueueMove) -> Result<(), Reject> {
     require_admin(session, "move messages from queue", &m.from)?;
+    Reject::unless_leader(session)?;
     for name in [&m.from, &m.to] {
         validate_name(name).map_err(|e| Reject::new(ErrorCode::InvalidQueue, e))?;
     }

@@ -91,6 +91,8 @@ impl ConfirmTo {
 #[derive(Debug)]
 pub(crate) struct PublishOp {
     pub queues: Vec<QueueId>,
+    /// The queues are the leader's to pick (`Command::Publish::route_on_leader`).
+    pub route_on_leader: bool,
     /// The publishing connection, so that its own request earns it no reply permit.
     pub publisher: u64,
     /// The envelope in wire form, in its own allocation.
@@ -383,6 +385,7 @@ impl<L: Log> Writer<L> {
             batch.push(
                 Command::Publish {
                     queues: p.queues,
+                    route_on_leader: p.route_on_leader,
                     publisher: p.publisher,
                     envelope: p.envelope,
                     enqueued_ms: p.enqueued_ms,
@@ -532,8 +535,9 @@ impl<L: Log> Writer<L> {
                     }
                 }
                 After::Done(done) => {
+                    // Refused only in a cluster, by a node that lost the lead meanwhile.
                     if let Some(done) = done {
-                        done(Ok(()));
+                        done(answer.map(|_| ()).map_err(|e| e.to_string()));
                     }
                 }
                 After::Declared(done) => done(answer.map(|_| ()).map_err(Refused::from)),

@@ -235,6 +235,7 @@ impl Rig {
             1 << 20,
             FilterLimits::default(),
             metrics::Histogram::noop(),
+            false,
         ));
         let writer = Writer::new(
             log,
@@ -279,6 +280,7 @@ impl Rig {
     fn op(&self, id: u32, payload: &[u8], dedup: Option<u64>) -> PublishOp {
         PublishOp {
             queues: vec![1],
+            route_on_leader: false,
             publisher: 1,
             envelope: Bytes::copy_from_slice(payload),
             enqueued_ms: now_ms(),
@@ -533,6 +535,7 @@ async fn a_restart_never_replays_records_from_before_the_last_checkpoint() {
     let publish = |body: &str| Entry {
         commands: vec![Command::Publish {
             queues: vec![1],
+            route_on_leader: false,
             publisher: 1,
             envelope: envelope(body),
             enqueued_ms: 1,

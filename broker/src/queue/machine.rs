@@ -33,6 +33,11 @@ pub(crate) enum Command {
     /// A published message, for every queue in `queues` that takes it.
     Publish {
         queues: Vec<QueueId>,
+        /// In a cluster: published on a node that does not run the queues, whose view
+        /// of the queues may lag behind the log; the leader picks `queues` before it
+        /// appends the command (`cluster::replicated::route`). Applied unrouted, it is
+        /// refused: a message must never be confirmed into no queue by a stale view.
+        route_on_leader: bool,
         /// The publishing connection: a consumer gets no reply permit for its own
         /// connection's request (`auth::replies`).
         publisher: u64,
@@ -85,12 +90,15 @@ pub(crate) struct Entry {
 }
 
 /// Why the queue layer refused a command.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub(crate) enum QueueError {
     #[error("queue '{0}' is at its max_length and refuses new messages")]
     Full(String),
     #[error("queue '{0}' exists with other bindings or options; delete it first to change them")]
     Exists(String),
+    /// In a cluster: the queues' tasks moved to another node while this was asked.
+    #[error("this node no longer leads the queues; the client should retry on the leader")]
+    NotLeader,
 }
 
 /// What applying an entry did, and what the journal must carry out once it is durable.
@@ -109,6 +117,17 @@ pub(crate) struct Effects {
     pub deleted: Vec<QueueId>,
     /// What [`Machine::undo`] takes back if the entry cannot be made durable.
     undo: Vec<Undo>,
+}
+
+impl Effects {
+    /// Effects that are answers only: what a replicated log returns, whose state
+    /// machine applied the rest on every node.
+    pub fn answered(answers: Vec<Result<u16, QueueError>>) -> Self {
+        Self {
+            answers,
+            ..Self::default()
+        }
+    }
 }
 
 /// A message an entry added to a queue.
@@ -427,7 +446,13 @@ impl Machine {
     ) -> Result<u16, QueueError> {
         match command {
             Command::Publish {
+                queues: _,
+                route_on_leader: true,
+                ..
+            } => Err(QueueError::NotLeader),
+            Command::Publish {
                 queues,
+                route_on_leader: false,
                 publisher,
                 envelope,
                 enqueued_ms,
@@ -633,6 +658,7 @@ pub(crate) mod tests {
     fn publish(queues: &[QueueId], payload: &str, dedup: Option<u64>) -> Command {
         Command::Publish {
             queues: queues.to_vec(),
+            route_on_leader: false,
             publisher: 7,
             envelope: envelope(payload),
             enqueued_ms: 1_000,

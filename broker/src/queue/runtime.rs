@@ -7,6 +7,13 @@
 //! journal over the local log, or a replica of the cluster's log — hands the effects
 //! here, so that a queue declared or a message published through any path reaches the
 //! queue's task the same way.
+//!
+//! In a cluster every node applies every entry, but only the leader runs the queues'
+//! tasks (their consumers, acks and redeliveries): a replica keeps the registry and the
+//! router's bindings — so that its sessions route publishes to the right queues — with
+//! *passive* handles whose task does not exist. [`QueueRuntime::lead`] starts the tasks
+//! from what the store holds, at a point in the log the replica chose (the blank entry
+//! of its own term); [`QueueRuntime::follow`] stops them again.
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -45,13 +52,17 @@ pub(crate) struct QueueRuntime {
     delivery_latency: metrics::Histogram,
     /// Queue tasks, to wait for at shutdown.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Whether queues run their tasks here: always for a single node; in a cluster,
+    /// the term this node leads since, while it does.
+    leading: Mutex<Leading>,
     /// The server's runtime, where queue tasks run: entries are applied on the
     /// journal's thread (or a replica's), whose runtime must not carry them.
     spawner: tokio::runtime::Handle,
 }
 
 impl QueueRuntime {
-    /// A runtime whose queue tasks run on the calling tokio runtime.
+    /// A runtime whose queue tasks run on the calling tokio runtime; in a cluster
+    /// (`replica`), none runs until [`QueueRuntime::lead`].
     ///
     /// # Panics
     ///
@@ -62,6 +73,7 @@ impl QueueRuntime {
         memory: usize,
         filter_limits: FilterLimits,
         delivery_latency: metrics::Histogram,
+        replica: bool,
     ) -> Self {
         Self {
             queues: Arc::default(),
@@ -72,6 +84,11 @@ impl QueueRuntime {
             filter_limits,
             delivery_latency,
             tasks: Mutex::new(Vec::new()),
+            leading: Mutex::new(if replica {
+                Leading::No
+            } else {
+                Leading::Always
+            }),
             spawner: tokio::runtime::Handle::current(),
         }
     }
@@ -81,11 +98,55 @@ impl QueueRuntime {
         let _ = self.journal.set(journal);
     }
 
-    /// Starts the queues recovered from the store.
-    pub fn start_recovered(&self, found: Vec<RecoveredQueue>) {
+    /// Replaces every queue with `found`, as recovered from the store: at start, and
+    /// when a replica's state was replaced by a snapshot.
+    pub async fn reset(&self, found: Vec<RecoveredQueue>) {
+        for queue in self.queues.all() {
+            self.stop(queue.id).await;
+        }
         for q in found {
             self.start(q.id, q.def, q.filters, q.state);
         }
+    }
+
+    /// This node leads `term` from here on: the queues, as the store holds them now,
+    /// run their tasks here.
+    pub async fn lead(&self, term: u64, found: Vec<RecoveredQueue>) {
+        *lock(&self.leading) = Leading::Since(term);
+        self.reset(found).await;
+    }
+
+    /// This node does not lead (as of `term`): the queues' tasks stop, their consumers
+    /// are cancelled (a cluster-aware client consumes from the new leader), and the
+    /// handles stay, passive. Leading since a later term (a stale report) changes
+    /// nothing.
+    pub async fn follow(&self, term: u64) {
+        {
+            let mut leading = lock(&self.leading);
+            match *leading {
+                Leading::Since(since) if since <= term => *leading = Leading::No,
+                _ => return,
+            }
+        }
+        for queue in self.queues.all() {
+            let _ = queue.tx.send(QueueInput::Stop).await;
+            let (tx, _) = super::channel();
+            let passive = Arc::new(QueueHandle {
+                id: queue.id,
+                def: Arc::clone(&queue.def),
+                filters: queue.filters.clone(),
+                tx,
+            });
+            self.queues.insert(Arc::clone(&passive));
+            self.router.unbind_queue(&queue);
+            self.router.bind_queue(&passive);
+        }
+        tracing::info!("following: the queues run on the leader");
+    }
+
+    /// Whether the queues' tasks run on this node.
+    pub fn runs_tasks(&self) -> bool {
+        !matches!(*lock(&self.leading), Leading::No)
     }
 
     /// Carries out what an applied entry did to the queues: deleted ones stop (before
@@ -146,7 +207,9 @@ impl QueueRuntime {
             filters,
             tx,
         });
-        if let Some(journal) = self.journal.get() {
+        if !self.runs_tasks() {
+            // Passive: the channel's receiver is dropped, so what is sent finds no task.
+        } else if let Some(journal) = self.journal.get() {
             let task = QueueTask {
                 id,
                 state,
@@ -189,6 +252,16 @@ impl QueueRuntime {
             let _ = task.await;
         }
     }
+}
+
+/// Whether this node runs the queues' tasks.
+#[derive(Debug, Clone, Copy)]
+enum Leading {
+    /// A single node.
+    Always,
+    /// A replica that leads since this term.
+    Since(u64),
+    No,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

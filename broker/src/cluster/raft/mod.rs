@@ -1,0 +1,388 @@
+//! Replication of the durable queues with Raft, through openraft 0.9.25 (pinned with
+//! `=`): the only module of tern that names openraft, so an upgrade touches this
+//! directory and nothing else.
+//!
+//! * `log_store`: the Raft log, over the store's `RaftLog` (one `fdatasync` per
+//!   append, for every group of the node).
+//! * `state_machine`: the queues' `Machine` over the store, and snapshots.
+//! * `network`: Raft's messages over the cluster's links, and proposals forwarded from
+//!   followers to the leader.
+//!
+//! [`Replica`] is this node's member of the group: the journal hands it each group
+//! commit's entry ([`Replica::propose`]), which the leader appends and every node
+//! applies once a majority holds it durably. One group holds every durable queue for
+//! now (`GROUP`); the Raft log's keys already carry a group number.
+
+// openraft's traits fix the error types its storage and network return; they are large
+// (hundreds of bytes), and only ever travel on failure.
+#![allow(clippy::result_large_err)]
+
+mod log_store;
+mod network;
+mod state_machine;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tern_storage::{RaftLog, SledStore};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use self::log_store::LogStore;
+use self::network::{Answerer, Network, Request, Response, PROPOSE_TIMEOUT};
+pub(crate) use self::state_machine::Recovery;
+use self::state_machine::StateMachine;
+use crate::cluster::link::{self, LinkConfig, Peer};
+use crate::config::cluster::ClusterConfig;
+use crate::queue::machine::{Entry, QueueError};
+use crate::queue::runtime::QueueRuntime;
+
+pub(crate) type NodeId = u64;
+
+/// A member as Raft knows it: the address of its peer listener.
+pub(crate) type Member = BasicNode;
+
+openraft::declare_raft_types!(
+    /// tern's Raft types.
+    pub(crate) TypeConfig:
+        D = Entry,
+        R = Answers,
+        NodeId = NodeId,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub(crate) type Raft = openraft::Raft<TypeConfig>;
+
+/// The group of every durable queue.
+const GROUP: u64 = 1;
+
+/// The Raft log's write-ahead file in the data directory, and its size.
+const RAFT_WAL: &str = "raft-wal";
+const RAFT_WAL_BYTES: u64 = 64 << 20;
+
+/// What applying an entry answered: one answer per command (none for Raft's own
+/// entries).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Answers(pub Vec<Result<u16, QueueError>>);
+
+/// Why a proposal was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub(crate) enum ProposeError {
+    /// This node does not lead, and the leader (if known) did not take it either.
+    #[error("no leader can take it now (leader: {leader:?}); the cluster may be electing one")]
+    NoLeader { leader: Option<NodeId> },
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Appends `entry` on this node, if it leads.
+pub(crate) async fn propose_here(raft: &Raft, entry: Entry) -> Result<Answers, ProposeError> {
+    match raft.client_write(entry).await {
+        Ok(response) => Ok(response.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(ProposeError::NoLeader {
+                leader: f.leader_id,
+            })
+        }
+        Err(e) => Err(ProposeError::Failed(e.to_string())),
+    }
+}
+
+/// Raft's timing. Each AppendEntries must come back within the heartbeat interval
+/// (openraft uses it as the call's timeout), fsync on the follower included.
+fn raft_config() -> Result<Config, openraft::ConfigError> {
+    Config {
+        cluster_name: "tern".into(),
+        heartbeat_interval: 250,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        install_snapshot_timeout: 10_000,
+        max_payload_entries: 64,
+        // A snapshot here is a checkpoint of the store; the log after it is what a
+        // restart applies again.
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(1024),
+        max_in_snapshot_log_to_keep: 256,
+        purge_batch_size: 256,
+        ..Config::default()
+    }
+    .validate()
+}
+
+/// The address this node's clients connect to, once its listener is bound.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ClientAddr(Arc<Mutex<Option<String>>>);
+
+impl ClientAddr {
+    pub fn set(&self, addr: String) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
+    }
+
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Where clients find the leader: its id and client address, as last learned.
+type LeaderHint = Arc<Mutex<Option<(NodeId, Option<String>)>>>;
+
+/// This node's member of the cluster's group.
+pub(crate) struct Replica {
+    node: NodeId,
+    raft: Raft,
+    link: Arc<LinkConfig>,
+    /// Links to the other nodes, for proposals forwarded to the leader.
+    peers: Mutex<HashMap<NodeId, Peer>>,
+    addrs: BTreeMap<NodeId, String>,
+    /// The server's runtime, where links run: proposals come from the journal's thread,
+    /// whose runtime does no I/O.
+    spawner: tokio::runtime::Handle,
+    pub client_addr: ClientAddr,
+    leader: LeaderHint,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Storage(#[from] tern_storage::StorageError),
+    #[error("cannot listen for peers on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the cluster's TLS files: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+impl Replica {
+    /// Opens this node's Raft log and state machine in `store`, listens for the other
+    /// nodes, and joins (or, on a first start, forms) the group with the configured
+    /// peers.
+    ///
+    /// # Errors
+    ///
+    /// The store, the listener, the TLS files or Raft could not start.
+    pub async fn start(
+        config: &ClusterConfig,
+        store: Arc<SledStore>,
+        runtime: Arc<QueueRuntime>,
+        recovery: Recovery,
+        router: Arc<crate::router::Router>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, StartError> {
+        let wal = recovery.data_dir.join(RAFT_WAL);
+        let log = {
+            let store = Arc::clone(&store);
+            tokio::task::spawn_blocking(move || RaftLog::open(store, &wal, RAFT_WAL_BYTES))
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))??
+        };
+        let metrics = Arc::new(OnceLock::new());
+        let sm = StateMachine::open(
+            config.node_id,
+            Arc::clone(&store),
+            Arc::clone(&runtime),
+            recovery,
+            Arc::clone(&metrics),
+        )
+        .await?;
+        let link = Arc::new(LinkConfig::from_cluster(config)?);
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let raft_config = raft_config().map_err(|e| StartError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            Network {
+                link: Arc::clone(&link),
+            },
+            LogStore::new(log, GROUP),
+            sm,
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        let _ = metrics.set(raft.metrics());
+        let client_addr = ClientAddr::default();
+        tokio::spawn(link::serve(
+            listener,
+            Arc::clone(&link),
+            Arc::new(Answerer {
+                raft: raft.clone(),
+                router,
+                client_addr: client_addr.clone(),
+            }),
+            shutdown.clone(),
+        ));
+        let members: BTreeMap<NodeId, Member> = config
+            .peers
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+            .collect();
+        // Every node forms the group with the same members: safe (openraft), and no
+        // node has to be started first. A node that already belongs is told so.
+        match raft.initialize(members).await {
+            Ok(()) | Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+            Err(e) => return Err(StartError::Raft(e.to_string())),
+        }
+        let replica = Arc::new(Self {
+            node: config.node_id,
+            raft: raft.clone(),
+            link,
+            peers: Mutex::new(HashMap::new()),
+            addrs: config.peers.clone(),
+            spawner: tokio::runtime::Handle::current(),
+            client_addr,
+            leader: LeaderHint::default(),
+        });
+        tokio::spawn(follow_leadership(Arc::clone(&replica), runtime, shutdown));
+        Ok(replica)
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// Whether this node leads, by its Raft's account.
+    pub fn leads(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Appends `entry` if this node leads, and returns the answers once a majority
+    /// holds it and it is applied.
+    ///
+    /// # Errors
+    ///
+    /// This node does not lead ([`ProposeError::NoLeader`], naming the leader when
+    /// known), or Raft failed.
+    pub async fn propose_here(&self, entry: Entry) -> Result<Answers, ProposeError> {
+        propose_here(&self.raft, entry).await
+    }
+
+    fn peer(&self, node: NodeId) -> Option<Peer> {
+        let addr = self.addrs.get(&node)?;
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        Some(
+            peers
+                .entry(node)
+                .or_insert_with(|| Peer::new(Arc::clone(&self.link), node, addr.clone()))
+                .clone(),
+        )
+    }
+
+    /// What to tell a client that asked this node for what only the leader does.
+    pub fn redirect(&self) -> String {
+        match &*self.leader.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((node, Some(addr))) => {
+                format!("node {node} runs the queues now; connect to {addr}")
+            }
+            Some((node, None)) => format!("node {node} runs the queues now"),
+            None => "no node runs the queues now (a leader is being elected); retry shortly".into(),
+        }
+    }
+
+    /// Learns the client address of `leader`, for [`Replica::redirect`].
+    async fn learn_leader(&self, leader: Option<NodeId>) {
+        let hint = match leader {
+            None => None,
+            Some(node) if node == self.node => Some((node, self.client_addr.get())),
+            Some(node) => {
+                let addr = match self.peer(node) {
+                    Some(peer) => {
+                        match network::call(&peer, &Request::Whois, PROPOSE_TIMEOUT).await {
+                            Ok(Response::Whois(addr)) => addr,
+                            _ => None,
+                        }
+                    }
+                    None => None,
+                };
+                Some((node, addr))
+            }
+        };
+        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = hint;
+    }
+
+    /// Has node `leader` append `entry`, as [`Replica::propose_here`] there.
+    ///
+    /// # Errors
+    ///
+    /// The leader could not be reached, or did not take it.
+    pub async fn forward(&self, leader: NodeId, entry: Entry) -> Result<Answers, ProposeError> {
+        let Some(peer) = self.peer(leader) else {
+            return Err(ProposeError::NoLeader {
+                leader: Some(leader),
+            });
+        };
+        let call =
+            self.spawner
+                .spawn(async move {
+                    network::call(&peer, &Request::Propose(entry), PROPOSE_TIMEOUT).await
+                })
+                .await
+                .map_err(|e| ProposeError::Failed(format!("forwarding failed: {e}")))?;
+        match call {
+            Ok(Response::Propose(answer)) => answer,
+            Ok(_) => Err(ProposeError::Failed(format!(
+                "node {leader} answered a proposal with another kind"
+            ))),
+            Err(e) => Err(ProposeError::Failed(format!(
+                "the leader (node {leader}) could not be reached: {e}"
+            ))),
+        }
+    }
+
+    /// Stops Raft on this node.
+    pub async fn stop(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+/// Stops the queues' tasks as soon as this node no longer leads (they start in the
+/// state machine, at the blank entry of the node's own term), and learns where the
+/// leader is, for redirects.
+async fn follow_leadership(
+    replica: Arc<Replica>,
+    runtime: Arc<QueueRuntime>,
+    shutdown: CancellationToken,
+) {
+    let mut metrics = replica.raft.metrics();
+    let mut known = None;
+    loop {
+        let (state, term, leader) = {
+            let m = metrics.borrow_and_update();
+            (m.state, m.current_term, m.current_leader)
+        };
+        if state != ServerState::Leader {
+            runtime.follow(term).await;
+        }
+        if leader != known {
+            known = leader;
+            replica.learn_leader(leader).await;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Raft's messages between nodes, over the cluster's links ([`link`](crate::cluster::link)):
+//! the calling side (openraft's network factory) and the answering side (a link
+//! handler that hands each request to the local Raft).
+//!
+//! Requests and responses are postcard-encoded [`Request`] / [`Response`] values. Besides
+//! openraft's three RPCs, a follower sends the leader its journal's entries to propose
+//! ([`Request::Propose`]): every node accepts publishes and declares, only the leader
+//! appends to the log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{Answers, Member, NodeId, ProposeError, Raft, TypeConfig};
+use crate::cluster::link::{self, LinkConfig, LinkError, Peer};
+use crate::queue::machine::Entry;
+
+/// A message for another node's Raft.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Request {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// An entry for the leader to append, from a follower's journal.
+    Propose(Entry),
+    /// The address this node's clients connect to, to redirect clients to it.
+    Whois,
+}
+
+/// The answer to a [`Request`], of the same kind.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Response {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    Propose(Result<Answers, ProposeError>),
+    Whois(Option<String>),
+}
+
+/// How long a proposal forwarded to the leader may take (it waits for a majority's
+/// fsync, and for the queue tasks to take the messages).
+pub(crate) const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends `request` to `peer` and decodes the answer.
+pub(crate) async fn call(
+    peer: &Peer,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Response, LinkError> {
+    let bytes = postcard::to_stdvec(request)
+        .map_err(|e| LinkError::Remote(format!("cannot encode a raft request: {e}")))?;
+    let answer = peer.call(Bytes::from(bytes), timeout).await?;
+    postcard::from_bytes(&answer)
+        .map_err(|e| LinkError::Remote(format!("undecodable raft response: {e}")))
+}
+
+/// openraft's way to the other nodes.
+#[derive(Debug, Clone)]
+pub(crate) struct Network {
+    pub link: Arc<LinkConfig>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> Connection {
+        Connection {
+            peer: Peer::new(Arc::clone(&self.link), target, node.addr.clone()),
+            target,
+        }
+    }
+}
+
+/// openraft's way to one node.
+pub(crate) struct Connection {
+    peer: Peer,
+    target: NodeId,
+}
+
+impl Connection {
+    async fn call<E: std::error::Error>(
+        &self,
+        request: &Request,
+        option: &RPCOption,
+    ) -> Result<Response, RPCError<NodeId, Member, E>> {
+        call(&self.peer, request, option.hard_ttl())
+            .await
+            .map_err(|e| match e {
+                // Down, or refusing us: openraft backs off before trying again.
+                LinkError::Unreachable(_) | LinkError::Refused(_) => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
+                LinkError::Timeout | LinkError::Remote(_) | LinkError::TooLarge { .. } => {
+                    RPCError::Network(NetworkError::new(&e))
+                }
+            })
+    }
+
+    fn unexpected<E: std::error::Error>(&self, what: &str) -> RPCError<NodeId, Member, E> {
+        let e = LinkError::Remote(format!(
+            "node {} answered {what} with another kind",
+            self.target
+        ));
+        RPCError::Network(NetworkError::new(&e))
+    }
+
+    fn remote<E: std::error::Error>(&self, e: E) -> RPCError<NodeId, Member, E> {
+        RPCError::RemoteError(RemoteError::new(self.target, e))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        match self.call(&Request::AppendEntries(rpc), &option).await? {
+            Response::AppendEntries(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(self.unexpected("append-entries")),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        match self.call(&Request::InstallSnapshot(rpc), &option).await? {
+            Response::InstallSnapshot(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(self.unexpected("install-snapshot")),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        match self.call(&Request::Vote(rpc), &option).await? {
+            Response::Vote(r) => r.map_err(|e| self.remote(e)),
+            _ => Err(self.unexpected("vote")),
+        }
+    }
+}
+
+/// Answers other nodes' requests with the local Raft.
+pub(crate) struct Answerer {
+    pub raft: Raft,
+    /// Picks the queues of forwarded publishes (`replicated::route`).
+    pub router: Arc<crate::router::Router>,
+    pub client_addr: super::ClientAddr,
+}
+
+impl link::Handler for Answerer {
+    fn handle(&self, _from: NodeId, request: Bytes) -> link::HandlerFuture {
+        let raft = self.raft.clone();
+        let router = Arc::clone(&self.router);
+        let client_addr = self.client_addr.get();
+        Box::pin(async move {
+            let request: Request = postcard::from_bytes(&request)
+                .map_err(|e| format!("undecodable raft request: {e}"))?;
+            let response = match request {
+                Request::AppendEntries(rpc) => {
+                    Response::AppendEntries(raft.append_entries(rpc).await)
+                }
+                Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await),
+                Request::InstallSnapshot(rpc) => {
+                    Response::InstallSnapshot(raft.install_snapshot(rpc).await)
+                }
+                Request::Propose(mut entry) => {
+                    crate::cluster::replicated::route(&router, &mut entry);
+                    Response::Propose(super::propose_here(&raft, entry).await)
+                }
+                Request::Whois => Response::Whois(client_addr),
+            };
+            postcard::to_stdvec(&response)
+                .map(Bytes::from)
+                .map_err(|e| format!("cannot encode a raft response: {e}"))
+        })
+    }
+}

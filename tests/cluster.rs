@@ -1,0 +1,279 @@
+//! Three real `ternd` processes forming a cluster on loopback: durable queues
+//! replicated with Raft, declared and fed through any node, and no confirmed message
+//! lost when the node that runs the queues is killed with SIGKILL.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{eventually, ternd_on, within, Ternd};
+use tern::{Client, ErrorCode, Qos, QueueConfig};
+
+/// The cluster's shared secret, in a file of the test's directory.
+const SECRET: &str = "a-secret-of-the-test-cluster-0123456789";
+
+/// How soon publishing must resume after the leader is killed (the goal).
+const FAILOVER: Duration = Duration::from_secs(5);
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    ports: Vec<u16>,
+    nodes: Vec<Option<Ternd>>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    async fn start(size: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+        let mut c = Cluster {
+            ports: (0..size).map(|_| free_port()).collect(),
+            nodes: (0..size).map(|_| None).collect(),
+            dir,
+        };
+        for i in 0..size {
+            c.start_node(i).await;
+        }
+        c
+    }
+
+    fn data(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{}", i + 1))
+    }
+
+    async fn start_node(&mut self, i: usize) {
+        let secret = self.dir.path().join("secret");
+        let mut args: Vec<String> = vec![
+            "--node-id".into(),
+            (i + 1).to_string(),
+            "--cluster-listen".into(),
+            format!("127.0.0.1:{}", self.ports[i]),
+            "--cluster-secret-file".into(),
+            secret.to_str().unwrap().into(),
+        ];
+        for (j, port) in self.ports.iter().enumerate() {
+            args.push("--peer".into());
+            args.push(format!("{}@127.0.0.1:{port}", j + 1));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let node = Ternd::spawn(ternd_on(&self.data(i), &args)).await;
+        self.nodes[i] = Some(node);
+    }
+
+    async fn client(&self, i: usize) -> Client {
+        let node = self.nodes[i].as_ref().expect("node is running");
+        within("connect", Client::connect(node.url()))
+            .await
+            .unwrap()
+    }
+
+    fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_some())
+            .collect()
+    }
+
+    /// The node that runs the queues: the one that answers a queue's info; the others
+    /// answer `not_leader`.
+    async fn leader(&self, queue: &str) -> usize {
+        eventually("a node to run the queues", || async {
+            for i in self.running() {
+                let c = self.client(i).await;
+                match c.queue_info(queue).await {
+                    Ok(_) => return Some(i),
+                    Err(e) if e.code() == Some(ErrorCode::NotLeader) => {}
+                    Err(e) => panic!("node {}: {e}", i + 1),
+                }
+            }
+            None
+        })
+        .await
+    }
+
+    async fn kill(&mut self, i: usize) {
+        let mut node = self.nodes[i].take().expect("node is running");
+        node.kill9().await;
+    }
+}
+
+/// Publishes `payload` at QoS 1 through `c` until it is confirmed: while the cluster
+/// elects a leader, publishes are refused (`storage_failed`) and a client retries.
+async fn publish_confirmed(c: &Client, subject: &str, payload: String, deadline: Instant) {
+    loop {
+        let sent = c
+            .publish(subject, payload.clone())
+            .qos(Qos::AtLeastOnce)
+            .send()
+            .await
+            .unwrap();
+        match within("a confirm", sent).await {
+            Ok(_) => return,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "'{payload}' still refused after the failover deadline: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Takes what is in `queue` from node `i`, acking each, until `expected` came or none
+/// comes for 10 s; returns the payloads (the caller compares them with what it sent).
+async fn drain(cluster: &Cluster, i: usize, queue: &str, expected: usize) -> Vec<String> {
+    let c = cluster.client(i).await;
+    let mut consumer = c.consume(queue).prefetch(64).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < expected {
+        let Ok(d) = tokio::time::timeout(Duration::from_secs(10), consumer.next()).await else {
+            break;
+        };
+        let d = d.expect("the consumer is open");
+        got.push(String::from_utf8(d.message.payload.to_vec()).unwrap());
+        within("ack", d.ack()).await.expect("ack");
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_confirmed_message_is_lost_when_the_leader_is_killed() {
+    let mut cluster = Cluster::start(3).await;
+
+    // Declared through whichever node: a follower forwards it to the leader.
+    let admin = cluster.client(0).await;
+    within(
+        "declare",
+        admin.declare_queue(&QueueConfig::new("orders").bind("orders.>")),
+    )
+    .await
+    .unwrap();
+    let leader = cluster.leader("orders").await;
+
+    // Confirmed publishes through every node.
+    let mut sent = Vec::new();
+    let clients: Vec<Client> =
+        futures_util::future::join_all(cluster.running().into_iter().map(|i| cluster.client(i)))
+            .await;
+    let forever = Instant::now() + Duration::from_secs(60);
+    for n in 0..60 {
+        let payload = format!("before-{n}");
+        publish_confirmed(
+            &clients[n % clients.len()],
+            "orders.new",
+            payload.clone(),
+            forever,
+        )
+        .await;
+        sent.push(payload);
+    }
+    drop(clients);
+
+    // The node that runs the queues dies mid-flight; the other two elect one and go on.
+    cluster.kill(leader).await;
+    let killed_at = Instant::now();
+    let survivors = cluster.running();
+    let clients: Vec<Client> =
+        futures_util::future::join_all(survivors.iter().map(|i| cluster.client(*i))).await;
+    for n in 0..40 {
+        let payload = format!("after-{n}");
+        publish_confirmed(
+            &clients[n % clients.len()],
+            "orders.new",
+            payload.clone(),
+            killed_at + FAILOVER,
+        )
+        .await;
+        sent.push(payload);
+    }
+
+    // Everything confirmed is there, once, on the new leader.
+    let new_leader = cluster.leader("orders").await;
+    assert_ne!(new_leader, leader);
+    let got = drain(&cluster, new_leader, "orders", sent.len()).await;
+    let got_set: BTreeSet<_> = got.iter().cloned().collect();
+    let sent_set: BTreeSet<_> = sent.iter().cloned().collect();
+    assert_eq!(got.len(), got_set.len(), "no message delivered twice");
+    assert_eq!(got_set, sent_set, "lost = 0, unexpected = 0");
+
+    // The killed node comes back and catches up: with the acks replicated, the queue
+    // it would serve is empty.
+    cluster.start_node(leader).await;
+    let again = cluster.leader("orders").await;
+    cluster.kill(again).await;
+    let last = cluster.leader("orders").await;
+    let c = cluster.client(last).await;
+    let info = within("queue info", c.queue_info("orders")).await.unwrap();
+    assert_eq!(
+        info.stats.ready + info.stats.unacked,
+        0,
+        "acked messages stay acked on every replica"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_missed_the_purged_log_catches_up_from_a_snapshot() {
+    let mut cluster = Cluster::start(3).await;
+    let admin = cluster.client(0).await;
+    within(
+        "declare",
+        admin.declare_queue(&QueueConfig::new("backlog").bind("backlog")),
+    )
+    .await
+    .unwrap();
+    drop(admin);
+    let leader = cluster.leader("backlog").await;
+    let (behind, other) = match leader {
+        0 => (1, 2),
+        1 => (2, 0),
+        _ => (0, 1),
+    };
+
+    // One node is down while more entries are committed than the log keeps after a
+    // snapshot (1,024 since the last, 256 kept): it can only catch up from a snapshot.
+    cluster.kill(behind).await;
+    let c = cluster.client(leader).await;
+    let forever = Instant::now() + Duration::from_secs(120);
+    let mut sent = Vec::new();
+    for n in 0..1400 {
+        let payload = format!("m{n}");
+        publish_confirmed(&c, "backlog", payload.clone(), forever).await;
+        sent.push(payload);
+    }
+    cluster.start_node(behind).await;
+
+    // With the third node down, nothing commits unless the restarted one caught up.
+    cluster.kill(other).await;
+    publish_confirmed(&c, "backlog", "last".into(), forever).await;
+    sent.push("last".into());
+    drop(c);
+    let restarted = cluster.nodes[behind].as_mut().expect("running");
+    let mut installed = false;
+    while let Ok(line) = restarted.lines.try_recv() {
+        installed |= line.contains("installed a snapshot");
+    }
+    assert!(installed, "the restarted node caught up through a snapshot");
+
+    // The caught-up node is now the only one whose log is complete: it must lead, and
+    // serve everything from what the snapshot and the log after it gave it.
+    cluster.kill(leader).await;
+    cluster.start_node(other).await;
+    let new_leader = cluster.leader("backlog").await;
+    assert_eq!(
+        new_leader, behind,
+        "only the caught-up node has the whole log"
+    );
+    let got = drain(&cluster, new_leader, "backlog", sent.len()).await;
+    let got_set: BTreeSet<_> = got.iter().cloned().collect();
+    assert_eq!(got.len(), got_set.len(), "no message delivered twice");
+    assert_eq!(got_set, sent.iter().cloned().collect::<BTreeSet<_>>());
+}
