@@ -62,6 +62,15 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+/// The CA certificates in `path`, as the roots to verify the other side against.
+fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(path)? {
+        roots.add(cert).map_err(|e| read_err(path, e))?;
+    }
+    Ok(roots)
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -86,12 +95,8 @@ impl TlsFiles {
         let builder = match &self.client_ca {
             None => builder.with_no_client_auth(),
             Some(ca) => {
-                let mut roots = RootCertStore::empty();
-                for cert in certificates(ca)? {
-                    roots.add(cert).map_err(|e| read_err(ca, e))?;
-                }
                 let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
                         .build()
                         .map_err(|e| read_err(ca, e))?;
                 builder.with_client_cert_verifier(verifier)
@@ -119,10 +124,7 @@ impl TlsFiles {
         let ca = self.client_ca.as_ref().ok_or_else(|| {
             config_err("no client CA: peer links verify each other against it".to_string())
         })?;
-        let mut roots = RootCertStore::empty();
-        for cert in certificates(ca)? {
-            roots.add(cert).map_err(|e| read_err(ca, e))?;
-        }
+        let roots = roots(ca)?;
         let chain = certificates(&self.cert)?;
         let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| read_err(&self.key, e))?;
         ClientConfig::builder_with_provider(provider())
