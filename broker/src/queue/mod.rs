@@ -202,6 +202,16 @@ impl Queues {
         r.by_id.insert(handle.id, handle);
     }
 
+    /// Removes queue `id`, if it is still registered under its name.
+    pub fn remove_id(&self, id: QueueId) {
+        let mut r = self.write();
+        if let Some(handle) = r.by_id.remove(&id) {
+            if r.by_name.get(&handle.def.name).is_some_and(|h| h.id == id) {
+                r.by_name.remove(&handle.def.name);
+            }
+        }
+    }
+
     pub fn remove(&self, name: &str) -> Option<Arc<QueueHandle>> {
         let mut r = self.write();
         let handle = r.by_name.remove(name)?;

@@ -100,12 +100,21 @@ impl QueueRuntime {
 
     /// Replaces every queue with `found`, as recovered from the store: at start, and
     /// when a replica's state was replaced by a snapshot.
+    ///
+    /// Each queue's new handle replaces the old one in place, so that a session looking
+    /// a queue up meanwhile finds the one or the other, never none.
     pub async fn reset(&self, found: Vec<RecoveredQueue>) {
-        for queue in self.queues.all() {
-            self.stop(queue.id).await;
-        }
+        let old = self.queues.all();
+        let kept: std::collections::HashSet<QueueId> = found.iter().map(|q| q.id).collect();
         for q in found {
             self.start(q.id, q.def, q.filters, q.state);
+        }
+        for queue in old {
+            self.router.unbind_queue(&queue);
+            let _ = queue.tx.send(QueueInput::Stop).await;
+            if !kept.contains(&queue.id) {
+                self.queues.remove_id(queue.id);
+            }
         }
     }
 
