@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{eventually, ternd_on, within, Ternd};
+use common::{eventually, run_cmd, tern_cmd, ternd_on, within, Ternd};
 use tern::{Client, ErrorCode, Qos, QueueConfig};
 
 /// The cluster's shared secret, in a file of the test's directory.
@@ -99,6 +99,16 @@ impl Cluster {
             None
         })
         .await
+    }
+
+    /// Every running node's client address, as a seed list (`a,b,c`).
+    fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .flatten()
+            .map(Ternd::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     async fn kill(&mut self, i: usize) {
@@ -284,4 +294,40 @@ async fn a_replica_that_missed_the_purged_log_catches_up_from_a_snapshot() {
     let got_set: BTreeSet<_> = got.iter().cloned().collect();
     assert_eq!(got.len(), got_set.len(), "no message delivered twice");
     assert_eq!(got_set, sent.iter().cloned().collect::<BTreeSet<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_takes_a_seed_list_and_follows_the_leader() {
+    let cluster = Cluster::start(3).await;
+    // A dead address first: the CLI goes on to the next.
+    let seeds = format!("127.0.0.1:{},{}", free_port(), cluster.seeds());
+    let tern = |args: &[&str]| tern_cmd(Some(&seeds), args);
+    let (status, _, err) = run_cmd(
+        &mut tern(&["queue", "create", "jobs", "--bind", "jobs"]),
+        None,
+    )
+    .await;
+    assert!(status.success(), "{err}");
+    for n in 0..3 {
+        let (status, _, err) = run_cmd(
+            &mut tern(&["pub", "jobs", &format!("job-{n}"), "--qos", "1"]),
+            None,
+        )
+        .await;
+        assert!(status.success(), "{err}");
+    }
+    // Consuming works from every node: a follower names the leader, and the CLI goes
+    // there.
+    let leader = cluster.leader("jobs").await;
+    let follower = (leader + 1) % 3;
+    let only_follower = cluster.nodes[follower].as_ref().unwrap().url();
+    let (status, out, err) = run_cmd(
+        &mut tern_cmd(Some(&only_follower), &["consume", "jobs", "--count", "3"]),
+        None,
+    )
+    .await;
+    assert!(status.success(), "{err}");
+    for n in 0..3 {
+        assert!(out.contains(&format!("job-{n}")), "{out}");
+    }
 }

@@ -9,7 +9,7 @@ use tern_client::Client;
 
 use crate::output::Printer;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Queue to consume from
     queue: String,

@@ -8,7 +8,7 @@ use clap::ArgMatches;
 use serde_json::{json, Value};
 use tern_client::{Client, Overflow, QueueConfig, QueueInfo};
 
-#[derive(Debug, clap::Subcommand)]
+#[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
     /// Create a durable queue (or check that it exists with these options)
     Create(CreateArgs),
@@ -39,7 +39,7 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct CreateArgs {
     name: String,
     /// Subject pattern to route into the queue (repeatable)
