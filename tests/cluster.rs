@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{eventually, run_cmd, tern_cmd, ternd_on, within, Ternd};
+use common::{eventually, http_get, run_cmd, tern_cmd, ternd_cmd, within, Ternd};
 use tern::{Client, ErrorCode, Qos, QueueConfig};
 
 /// The cluster's shared secret, in a file of the test's directory.
@@ -22,6 +22,8 @@ const FAILOVER: Duration = Duration::from_secs(30);
 struct Cluster {
     dir: tempfile::TempDir,
     ports: Vec<u16>,
+    /// Each node's metrics endpoint.
+    metrics: Vec<u16>,
     nodes: Vec<Option<Ternd>>,
 }
 
@@ -39,6 +41,7 @@ impl Cluster {
         std::fs::write(dir.path().join("secret"), SECRET).unwrap();
         let mut c = Cluster {
             ports: (0..size).map(|_| free_port()).collect(),
+            metrics: (0..size).map(|_| free_port()).collect(),
             nodes: (0..size).map(|_| None).collect(),
             dir,
         };
@@ -55,6 +58,12 @@ impl Cluster {
     async fn start_node(&mut self, i: usize) {
         let secret = self.dir.path().join("secret");
         let mut args: Vec<String> = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            self.data(i).to_str().unwrap().into(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{}", self.metrics[i]),
             "--node-id".into(),
             (i + 1).to_string(),
             "--cluster-listen".into(),
@@ -67,7 +76,7 @@ impl Cluster {
             args.push(format!("{}@127.0.0.1:{port}", j + 1));
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let node = Ternd::spawn(ternd_on(&self.data(i), &args)).await;
+        let node = Ternd::spawn(ternd_cmd(&args)).await;
         self.nodes[i] = Some(node);
     }
 
@@ -109,6 +118,14 @@ impl Cluster {
             .map(Ternd::url)
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Node `i`'s metrics, as Prometheus scrapes them.
+    async fn metrics(&self, i: usize) -> String {
+        let addr = format!("127.0.0.1:{}", self.metrics[i]).parse().unwrap();
+        let (status, body) = http_get(addr, "/metrics").await;
+        assert!(status.contains("200"), "{status}");
+        body
     }
 
     async fn kill(&mut self, i: usize) {
@@ -189,6 +206,34 @@ async fn no_confirmed_message_is_lost_when_the_leader_is_killed() {
         sent.push(payload);
     }
     drop(clients);
+
+    // Raft's state, for Prometheus: every family described, the leader's view.
+    let text = cluster.metrics(leader).await;
+    for family in [
+        "tern_raft_node_id",
+        "tern_raft_term",
+        "tern_raft_leader_id",
+        "tern_raft_is_leader",
+        "tern_raft_last_log_index",
+        "tern_raft_last_applied_index",
+        "tern_raft_leader_changes_total",
+        "tern_raft_replication_lag_entries",
+        "tern_raft_commit_seconds",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "no HELP for {family}"
+        );
+    }
+    assert!(text.contains("\ntern_raft_is_leader 1\n"), "{text}");
+    assert!(
+        text.contains(&format!("\ntern_raft_leader_id {}\n", leader + 1)),
+        "{text}"
+    );
+    assert!(
+        text.contains("tern_raft_replication_lag_entries{peer="),
+        "the leader reports each peer's lag"
+    );
 
     // The node that runs the queues dies mid-flight; the other two elect one and go on.
     cluster.kill(leader).await;

@@ -57,6 +57,7 @@ pub(crate) struct DurableMetrics {
     pub disk_alarms: metrics::Counter,
     pub confirm_latency: metrics::Histogram,
     pub delivery_latency: metrics::Histogram,
+    pub raft_commit: metrics::Histogram,
 }
 
 impl Durable {
@@ -211,6 +212,7 @@ impl Durable {
         .await
         .map_err(|e| Error::Cluster(e.to_string()))?;
         let log = ReplicatedLog {
+            commit_latency: metrics.raft_commit,
             replica: Arc::clone(&replica),
             router,
             store: Arc::clone(&store),

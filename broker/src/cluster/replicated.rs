@@ -53,6 +53,8 @@ pub(crate) fn route(router: &Router, entry: &mut Entry) {
 /// The journal's log over the cluster's group.
 pub(crate) struct ReplicatedLog {
     pub replica: Arc<Replica>,
+    /// From proposing an entry to its being applied, here or through the leader.
+    pub commit_latency: metrics::Histogram,
     pub router: Arc<Router>,
     pub store: Arc<dyn Store>,
     pub health: Arc<StoreHealth>,
@@ -71,6 +73,38 @@ impl Log for ReplicatedLog {
         if entry.commands.is_empty() {
             return Ok(Effects::answered(Vec::new()));
         }
+        let started = Instant::now();
+        let applied = self.propose(entry).await;
+        if applied.is_ok() {
+            self.commit_latency.record(started.elapsed());
+        }
+        applied
+    }
+
+    fn refuses_new_messages(&self) -> Option<String> {
+        self.health.check_disk(&*self.store)
+    }
+
+    /// Raft syncs each append before it counts it.
+    fn sync_due(&self) -> Option<Instant> {
+        None
+    }
+
+    fn sync(&mut self) -> Result<(), LogError> {
+        Ok(())
+    }
+
+    /// A checkpoint of the store: at shutdown, so that a restart applies little again.
+    fn compact(&mut self) -> Result<(), LogError> {
+        self.store
+            .flush()
+            .map_err(|e| LogError::SyncFailed(e.to_string()))
+    }
+}
+
+impl ReplicatedLog {
+    /// Proposes `entry` here if this node leads, else forwards what it may.
+    async fn propose(&mut self, entry: &Entry) -> Result<Effects, LogError> {
         let refused = |e: ProposeError| LogError::Refused(e.to_string());
         let mut here = entry.clone();
         if self.replica.leads() {
@@ -116,25 +150,5 @@ impl Log for ReplicatedLog {
             }
             Err(e) => Err(refused(e)),
         }
-    }
-
-    fn refuses_new_messages(&self) -> Option<String> {
-        self.health.check_disk(&*self.store)
-    }
-
-    /// Raft syncs each append before it counts it.
-    fn sync_due(&self) -> Option<Instant> {
-        None
-    }
-
-    fn sync(&mut self) -> Result<(), LogError> {
-        Ok(())
-    }
-
-    /// A checkpoint of the store: at shutdown, so that a restart applies little again.
-    fn compact(&mut self) -> Result<(), LogError> {
-        self.store
-            .flush()
-            .map_err(|e| LogError::SyncFailed(e.to_string()))
     }
 }

@@ -95,6 +95,20 @@ pub(crate) async fn render(metrics: &Metrics, shared: &Shared) -> String {
         counter(r, "tern_bridge_reconnects_total", &l)
             .absolute(b.reconnects.load(std::sync::atomic::Ordering::Relaxed));
     }
+    if let Some(replica) = &shared.durable.replica {
+        let st = replica.status();
+        gauge(r, "tern_raft_node_id", &[]).set(st.node as f64);
+        gauge(r, "tern_raft_term", &[]).set(st.term as f64);
+        gauge(r, "tern_raft_leader_id", &[]).set(st.leader.unwrap_or(0) as f64);
+        gauge(r, "tern_raft_is_leader", &[]).set(if st.leads { 1.0 } else { 0.0 });
+        gauge(r, "tern_raft_last_log_index", &[]).set(st.last_log_index as f64);
+        gauge(r, "tern_raft_last_applied_index", &[]).set(st.last_applied_index as f64);
+        counter(r, "tern_raft_leader_changes_total", &[]).absolute(st.leader_changes);
+        for (node, lag) in st.lag {
+            let node = node.to_string();
+            gauge(r, "tern_raft_replication_lag_entries", &[("peer", &node)]).set(lag as f64);
+        }
+    }
     if let Ok(size) = shared.durable.store.size_on_disk() {
         gauge(r, "tern_store_size_bytes", &[]).set(size as f64);
     }

@@ -42,6 +42,8 @@ pub(crate) struct Metrics {
     pub flush_duration: Histogram,
     /// From a message entering a queue to its first delivery to a consumer.
     pub delivery_latency: Histogram,
+    /// In a cluster: from proposing an entry to its being applied.
+    pub raft_commit: Histogram,
     pub commits: Counter,
     pub flushes: Counter,
     pub bytes_written: Counter,
@@ -69,6 +71,7 @@ impl Metrics {
             disk_alarms: self.disk_alarms.clone(),
             confirm_latency: self.confirm_latency.clone(),
             delivery_latency: self.delivery_latency.clone(),
+            raft_commit: self.raft_commit.clone(),
         }
     }
 
@@ -84,6 +87,7 @@ impl Metrics {
             confirm_latency: histogram(&recorder, "tern_publish_confirm_duration_seconds"),
             flush_duration: histogram(&recorder, "tern_store_flush_duration_seconds"),
             delivery_latency: histogram(&recorder, "tern_delivery_latency_seconds"),
+            raft_commit: histogram(&recorder, "tern_raft_commit_seconds"),
             commits: counter(&recorder, "tern_store_commits_total", &[]),
             flushes: counter(&recorder, "tern_store_flushes_total", &[]),
             bytes_written: counter(&recorder, "tern_store_bytes_written_total", &[]),
@@ -143,6 +147,33 @@ pub(super) fn histogram(r: &PrometheusRecorder, name: &'static str) -> Histogram
 
 /// Every metric and what it means (the `# HELP` lines; also in docs/METRICS.md).
 const DESCRIPTIONS: &[(&str, &str)] = &[
+    ("tern_raft_node_id", "In a cluster: this node's id."),
+    ("tern_raft_term", "In a cluster: the Raft term this node is in."),
+    (
+        "tern_raft_leader_id",
+        "In a cluster: the node that leads (runs the queues), 0 while none does.",
+    ),
+    ("tern_raft_is_leader", "In a cluster: 1 on the node that leads, else 0."),
+    (
+        "tern_raft_last_log_index",
+        "In a cluster: the index of the last entry in this node's Raft log.",
+    ),
+    (
+        "tern_raft_last_applied_index",
+        "In a cluster: the index of the last entry this node applied to its queues.",
+    ),
+    (
+        "tern_raft_leader_changes_total",
+        "In a cluster: times this node saw the leader change or go since it started.",
+    ),
+    (
+        "tern_raft_replication_lag_entries",
+        "In a cluster, on the leader: entries a peer lacks, by peer node id.",
+    ),
+    (
+        "tern_raft_commit_seconds",
+        "In a cluster: from proposing a group commit to its being applied (a majority fsync'd).",
+    ),
     (
         "tern_build_info",
         "Always 1; the version label says which ternd this is.",

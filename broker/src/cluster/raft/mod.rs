@@ -128,6 +128,21 @@ impl ClientAddr {
     }
 }
 
+/// This node's view of the group, for metrics and server info.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RaftStatus {
+    pub node: NodeId,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub leads: bool,
+    pub last_log_index: u64,
+    pub last_applied_index: u64,
+    /// On the leader: entries each other member lacks.
+    pub lag: Vec<(NodeId, u64)>,
+    /// Times this node saw the leader change (or go) since it started.
+    pub leader_changes: u64,
+}
+
 /// Where clients find the leader: its id and client address, as last learned.
 type LeaderHint = Arc<Mutex<Option<(NodeId, Option<String>)>>>;
 
@@ -144,6 +159,7 @@ pub(crate) struct Replica {
     spawner: tokio::runtime::Handle,
     pub client_addr: ClientAddr,
     leader: LeaderHint,
+    leader_changes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Replica {
@@ -254,6 +270,7 @@ impl Replica {
             spawner: tokio::runtime::Handle::current(),
             client_addr,
             leader: LeaderHint::default(),
+            leader_changes: std::sync::atomic::AtomicU64::new(0),
         });
         tokio::spawn(follow_leadership(Arc::clone(&replica), runtime, shutdown));
         Ok(replica)
@@ -262,6 +279,34 @@ impl Replica {
     /// This node's id.
     pub fn node(&self) -> NodeId {
         self.node
+    }
+
+    /// What this node's Raft says now.
+    pub fn status(&self) -> RaftStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let last_log_index = m.last_log_index.unwrap_or(0);
+        let lag = m
+            .replication
+            .iter()
+            .flatten()
+            .filter(|(node, _)| **node != self.node)
+            .map(|(node, matched)| {
+                let matched = matched.map_or(0, |l| l.index);
+                (*node, last_log_index.saturating_sub(matched))
+            })
+            .collect();
+        RaftStatus {
+            node: self.node,
+            term: m.current_term,
+            leader: m.current_leader,
+            leads: m.state == ServerState::Leader,
+            last_log_index,
+            last_applied_index: m.last_applied.map_or(0, |l| l.index),
+            lag,
+            leader_changes: self
+                .leader_changes
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     /// Whether this node leads, by its Raft's account.
@@ -378,6 +423,9 @@ async fn follow_leadership(
         }
         if leader != known {
             known = leader;
+            replica
+                .leader_changes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             replica.learn_leader(leader).await;
         }
         tokio::select! {
