@@ -20,7 +20,7 @@ use crate::cluster::replicated::ReplicatedLog;
 use crate::config::cluster::ClusterConfig;
 use crate::config::{Config, SyncPolicy};
 use crate::dedup::DedupWindow;
-use crate::journal::{Journal, LogMetrics, Op, StoreLog, Writer, WAL_BYTES};
+use crate::journal::{Journal, Log, LogMetrics, Op, StoreLog, Writer, WAL_BYTES};
 use crate::queue::recovery;
 use crate::queue::runtime::QueueRuntime;
 use crate::queue::Queues;
@@ -91,11 +91,7 @@ impl Durable {
                 "sync = {other}: confirmed messages can be lost if the broker is killed or the machine loses power"
             ),
         }
-        let health = Arc::new(StoreHealth::new(
-            store_config.min_free_bytes,
-            metrics.disk_alarm,
-            metrics.disk_alarms,
-        ));
+        let health = store_health(config, &metrics);
         let wal =
             Wal::open(&config.data_dir.join(WAL_FILE), WAL_BYTES).map_err(StorageError::Wal)?;
         let (log, recovered) = StoreLog::open(
@@ -114,10 +110,7 @@ impl Durable {
             store_config.sync,
             metrics.log,
         )?;
-        let mut window = DedupWindow::new(
-            store_config.dedup_window,
-            u64::try_from(store_config.dedup_age.as_millis()).unwrap_or(u64::MAX),
-        );
+        let mut window = dedup_window(config);
         for e in &recovered.dedup {
             window.restore(e);
         }
@@ -130,40 +123,31 @@ impl Durable {
             metrics.delivery_latency,
             false,
         ));
-        let writer = Writer::new(
+        let durable = Self::assemble(
             log,
-            Arc::clone(&health),
-            Arc::clone(&dedup),
+            store,
+            health,
+            dedup,
+            runtime,
             metrics.confirm_latency,
-            Arc::clone(&runtime),
-        );
-        let (journal, journal_thread) = writer.spawn()?;
-        runtime.set_journal(journal.clone());
+            None,
+        )?;
         let found = recovered.queues.len();
-        runtime.reset(recovered.queues).await;
+        durable.runtime.reset(recovered.queues).await;
         if found > 0 {
             tracing::info!(queues = found, "recovered queues from the store");
         }
         // Metas left over belong to messages settled before a crash cut their clean-up
         // short; forget them now.
         for (queue, seq) in recovered.stale_metas {
-            journal.send(Op::Meta {
+            durable.journal.send(Op::Meta {
                 queue,
                 seq,
                 meta: None,
                 done: None,
             });
         }
-        Ok(Self {
-            store,
-            health,
-            journal,
-            queues: Arc::clone(&runtime.queues),
-            runtime,
-            dedup,
-            journal_thread: Mutex::new(Some(journal_thread)),
-            replica: None,
-        })
+        Ok(durable)
     }
 
     /// [`Durable::open`] for a node of a cluster.
@@ -179,16 +163,9 @@ impl Durable {
             SledStore::open_with_cache(&config.data_dir, store_config.cache_bytes)?.sync_bodies(),
         );
         let store: Arc<dyn Store> = Arc::clone(&sled) as Arc<dyn Store>;
-        let health = Arc::new(StoreHealth::new(
-            store_config.min_free_bytes,
-            metrics.disk_alarm,
-            metrics.disk_alarms,
-        ));
+        let health = store_health(config, &metrics);
         // Each node checks the pairs its own sessions see; the machine records them all.
-        let dedup = Arc::new(Mutex::new(DedupWindow::new(
-            store_config.dedup_window,
-            u64::try_from(store_config.dedup_age.as_millis()).unwrap_or(u64::MAX),
-        )));
+        let dedup = Arc::new(Mutex::new(dedup_window(config)));
         let runtime = Arc::new(QueueRuntime::new(
             Arc::clone(&router),
             Arc::clone(&store),
@@ -218,11 +195,33 @@ impl Durable {
             store: Arc::clone(&store),
             health: Arc::clone(&health),
         };
+        Self::assemble(
+            log,
+            store,
+            health,
+            dedup,
+            runtime,
+            metrics.confirm_latency,
+            Some(replica),
+        )
+    }
+
+    /// Starts the journal over `log` and hands it to the queues: what both ways of
+    /// opening end with.
+    fn assemble<L: Log>(
+        log: L,
+        store: Arc<dyn Store>,
+        health: Arc<StoreHealth>,
+        dedup: Arc<Mutex<DedupWindow>>,
+        runtime: Arc<QueueRuntime>,
+        confirm_latency: metrics::Histogram,
+        replica: Option<Arc<Replica>>,
+    ) -> Result<Self, Error> {
         let writer = Writer::new(
             log,
             Arc::clone(&health),
             Arc::clone(&dedup),
-            metrics.confirm_latency,
+            confirm_latency,
             Arc::clone(&runtime),
         );
         let (journal, journal_thread) = writer.spawn()?;
@@ -235,7 +234,7 @@ impl Durable {
             runtime,
             dedup,
             journal_thread: Mutex::new(Some(journal_thread)),
-            replica: Some(replica),
+            replica,
         })
     }
 
@@ -272,6 +271,23 @@ impl Durable {
         }
         flushed.map_err(|e| Error::Shutdown(format!("final store flush failed: {e}")))
     }
+}
+
+/// The disk alarm and write failures, as `/healthz` and the metrics report them.
+fn store_health(config: &Config, metrics: &DurableMetrics) -> Arc<StoreHealth> {
+    Arc::new(StoreHealth::new(
+        config.store.min_free_bytes,
+        metrics.disk_alarm.clone(),
+        metrics.disk_alarms.clone(),
+    ))
+}
+
+/// An empty exactly-once window of the configured size and age.
+fn dedup_window(config: &Config) -> DedupWindow {
+    DedupWindow::new(
+        config.store.dedup_window,
+        u64::try_from(config.store.dedup_age.as_millis()).unwrap_or(u64::MAX),
+    )
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
