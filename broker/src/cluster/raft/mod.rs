@@ -81,6 +81,16 @@ pub(crate) enum ProposeError {
     Failed(String),
 }
 
+/// Decodes `bytes` as a request from another node; when they decode, encodes the
+/// request again and decodes that: `Some(true)` when both decodings agree. For the
+/// `peer_request` fuzz target.
+pub(crate) fn request_round_trip(bytes: &[u8]) -> Option<bool> {
+    let request = network::decode(bytes).ok()?;
+    let again = postcard::to_stdvec(&request).ok()?;
+    let twice = network::decode(&again).ok()?;
+    Some(format!("{request:?}") == format!("{twice:?}"))
+}
+
 /// Appends `entry` on this node, if it leads.
 pub(crate) async fn propose_here(raft: &Raft, entry: Entry) -> Result<Answers, ProposeError> {
     match raft.client_write(entry).await {

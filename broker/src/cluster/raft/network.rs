@@ -53,6 +53,16 @@ pub(crate) enum Response {
 /// fsync, and for the queue tasks to take the messages).
 pub(crate) const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A request as another node sent it: outside input, postcard-decoded (the
+/// `peer_request` fuzz target drives this).
+///
+/// # Errors
+///
+/// The bytes are not a request of this version.
+pub(crate) fn decode(bytes: &[u8]) -> Result<Request, String> {
+    postcard::from_bytes(bytes).map_err(|e| format!("undecodable raft request: {e}"))
+}
+
 /// Sends `request` to `peer` and decodes the answer.
 pub(crate) async fn call(
     peer: &Peer,
@@ -173,8 +183,7 @@ impl link::Handler for Answerer {
         let router = Arc::clone(&self.router);
         let client_addr = self.client_addr.get();
         Box::pin(async move {
-            let request: Request = postcard::from_bytes(&request)
-                .map_err(|e| format!("undecodable raft request: {e}"))?;
+            let request = decode(&request)?;
             let response = match request {
                 Request::AppendEntries(rpc) => {
                     Response::AppendEntries(raft.append_entries(rpc).await)
@@ -193,5 +202,32 @@ impl link::Handler for Answerer {
                 .map(Bytes::from)
                 .map_err(|e| format!("cannot encode a raft response: {e}"))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::Vote;
+
+    use super::*;
+
+    #[test]
+    fn requests_survive_encoding_and_garbage_is_refused() {
+        let requests = [
+            Request::Whois,
+            Request::Vote(VoteRequest::new(Vote::new(3, 2), None)),
+            Request::Propose(Entry::default()),
+        ];
+        for r in &requests {
+            let bytes = postcard::to_stdvec(r).unwrap();
+            assert_eq!(
+                super::super::request_round_trip(&bytes),
+                Some(true),
+                "{r:?}"
+            );
+        }
+        for garbage in [&b""[..], b"\xff", b"\x00\xff\xff\xff\xff\x0f"] {
+            assert!(decode(garbage).is_err(), "{garbage:02x?}");
+        }
     }
 }
