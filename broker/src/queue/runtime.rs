@@ -104,10 +104,16 @@ impl QueueRuntime {
     /// Each queue's new handle replaces the old one in place, so that a session looking
     /// a queue up meanwhile finds the one or the other, never none.
     pub async fn reset(&self, found: Vec<RecoveredQueue>) {
+        let active = self.runs_tasks();
+        self.replace_all(found, active).await;
+    }
+
+    /// Replaces every queue with `found`, running their tasks when `active`.
+    async fn replace_all(&self, found: Vec<RecoveredQueue>, active: bool) {
         let old = self.queues.all();
         let kept: std::collections::HashSet<QueueId> = found.iter().map(|q| q.id).collect();
         for q in found {
-            self.start(q.id, q.def, q.filters, q.state);
+            self.start(q.id, q.def, q.filters, q.state, active);
         }
         for queue in old {
             self.router.unbind_queue(&queue);
@@ -121,8 +127,10 @@ impl QueueRuntime {
     /// This node leads `term` from here on: the queues, as the store holds them now,
     /// run their tasks here.
     pub async fn lead(&self, term: u64, found: Vec<RecoveredQueue>) {
+        // Every task runs before this node says it leads: a session that asks it meanwhile
+        // is told `not_leader`, never handed a queue whose task is not there yet.
+        self.replace_all(found, true).await;
         *lock(&self.leading) = Leading::Since(term);
-        self.reset(found).await;
     }
 
     /// This node does not lead (as of `term`): the queues' tasks stop, their consumers
@@ -173,7 +181,7 @@ impl QueueRuntime {
                 Ok(filters) => {
                     let def = Arc::new(def);
                     let state = QueueState::new(Arc::clone(&def), self.memory);
-                    let handle = self.start(id, def, filters, state);
+                    let handle = self.start(id, def, filters, state, self.runs_tasks());
                     tracing::info!(queue = %handle.def.name, "queue created");
                 }
                 Err(e) => {
@@ -201,13 +209,15 @@ impl QueueRuntime {
         }
     }
 
-    /// Starts a queue's task, routes its bindings to it and registers it.
+    /// Registers a queue and routes its bindings to it; starts its task when `active`
+    /// (else the handle is passive: what is sent to it finds no task).
     fn start(
         &self,
         id: QueueId,
         def: Arc<QueueDef>,
         filters: BindingFilters,
         state: QueueState,
+        active: bool,
     ) -> Arc<QueueHandle> {
         let (tx, rx) = super::channel();
         let handle = Arc::new(QueueHandle {
@@ -216,7 +226,7 @@ impl QueueRuntime {
             filters,
             tx,
         });
-        if !self.runs_tasks() {
+        if !active {
             // Passive: the channel's receiver is dropped, so what is sent finds no task.
         } else if let Some(journal) = self.journal.get() {
             let task = QueueTask {
