@@ -9,8 +9,15 @@
 //! Producer ids are chosen by clients, so each user has a namespace of its own
 //! ([`ProducerKey`]): one user's producer can never make another's publish look like a
 //! duplicate. Anonymous clients share one namespace.
+//!
+//! The window is this node's fast path: it keeps a retry from being routed (to
+//! subscribers too) a second time on the node that saw the first copy. The authority is
+//! [`StoredPairs`], inside the queues' state machine: every node applies the same
+//! entries to it, so a retry that reaches another node — a client that reconnected
+//! after a failover — is still stored by no queue.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use tern_storage::DedupEntry;
 
@@ -79,6 +86,16 @@ impl DedupWindow {
         self.insert(&entry.producer, entry.sequence, entry.at_ms);
     }
 
+    /// The window's bounds at `now_ms`: pairs recorded before the first are old, and at
+    /// most the second are kept. The journal hands them to the state machine, which
+    /// applies them to [`StoredPairs`] on every node alike.
+    pub fn bounds(&self, now_ms: u64) -> (u64, u64) {
+        (
+            now_ms.saturating_sub(self.age_ms),
+            u64::try_from(self.max).unwrap_or(u64::MAX),
+        )
+    }
+
     /// Forgets pairs older than the window's age, and the oldest beyond its size.
     /// Returns the time before which the store may forget pairs too, if any went.
     pub fn expire(&mut self, now_ms: u64) -> Option<u64> {
@@ -94,6 +111,112 @@ impl DedupWindow {
             }
         }
         forgot
+    }
+}
+
+/// The pairs whose messages the queues' state machine stored, kept as the store keeps
+/// them: grouped under the time of the entry that recorded them (its first pair's time,
+/// the store's key), so that forgetting "before t" forgets the same pairs in memory, in
+/// the store and after a restart, on every node. Nothing here reads a clock or depends
+/// on a hash map's order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct StoredPairs {
+    /// Sequences by producer, for lookups with a borrowed producer id.
+    seen: HashMap<Arc<str>, HashSet<u64>>,
+    /// The same pairs by the time they are filed under.
+    by_time: BTreeMap<u64, Vec<(Arc<str>, u64)>>,
+    len: u64,
+}
+
+/// Pairs [`StoredPairs::forget`] took out, filed by time: what undoing it puts back.
+pub(crate) type Forgotten = Vec<(u64, Vec<(Arc<str>, u64)>)>;
+
+impl StoredPairs {
+    pub fn contains(&self, producer: &str, sequence: u64) -> bool {
+        self.seen
+            .get(producer)
+            .is_some_and(|seqs| seqs.contains(&sequence))
+    }
+
+    /// Files the pair under `at_ms`; returns the producer id as kept, for an undo.
+    pub fn insert(&mut self, producer: &str, sequence: u64, at_ms: u64) -> Arc<str> {
+        let key = match self.seen.get_key_value(producer) {
+            Some((key, _)) => Arc::clone(key),
+            None => Arc::from(producer),
+        };
+        if self
+            .seen
+            .entry(Arc::clone(&key))
+            .or_default()
+            .insert(sequence)
+        {
+            self.by_time
+                .entry(at_ms)
+                .or_default()
+                .push((Arc::clone(&key), sequence));
+            self.len += 1;
+        }
+        key
+    }
+
+    /// Takes back the pair [`StoredPairs::insert`] filed last under `at_ms`.
+    pub fn remove(&mut self, producer: &str, sequence: u64, at_ms: u64) {
+        let Some(pairs) = self.by_time.get_mut(&at_ms) else {
+            return;
+        };
+        let found = pairs
+            .iter()
+            .rposition(|(p, s)| **p == *producer && *s == sequence);
+        if let Some(i) = found {
+            pairs.remove(i);
+        }
+        if pairs.is_empty() {
+            self.by_time.remove(&at_ms);
+        }
+        if found.is_some() {
+            self.len -= 1;
+            self.unsee(producer, sequence);
+        }
+    }
+
+    /// Forgets the pairs filed before `before_ms`, then the oldest times' until at most
+    /// `keep` are left. Returns the time before which the store forgets too (`None`:
+    /// nothing went) and what went.
+    pub fn forget(&mut self, before_ms: u64, keep: u64) -> (Option<u64>, Forgotten) {
+        let mut gone = Forgotten::new();
+        let mut until = None;
+        while let Some(entry) = self.by_time.first_entry() {
+            let at = *entry.key();
+            if at >= before_ms && self.len <= keep {
+                break;
+            }
+            let pairs = entry.remove();
+            self.len -= pairs.len() as u64;
+            for (producer, sequence) in &pairs {
+                self.unsee(producer, *sequence);
+            }
+            until = Some(at.saturating_add(1));
+            gone.push((at, pairs));
+        }
+        (until, gone)
+    }
+
+    /// Puts back what [`StoredPairs::forget`] took out.
+    pub fn restore(&mut self, forgotten: Forgotten) {
+        for (at, pairs) in forgotten {
+            for (producer, sequence) in pairs {
+                self.insert(&producer, sequence, at);
+            }
+        }
+    }
+
+    fn unsee(&mut self, producer: &str, sequence: u64) {
+        if let Some(seqs) = self.seen.get_mut(producer) {
+            seqs.remove(&sequence);
+            if seqs.is_empty() {
+                self.seen.remove(producer);
+            }
+        }
     }
 }
 
@@ -140,6 +263,32 @@ mod tests {
         assert_eq!(w.seen.len(), 2);
         assert!(!w.insert("p", 4, 11));
         assert!(w.insert("p", 0, 11));
+    }
+
+    #[test]
+    fn stored_pairs_forget_by_filed_time_then_by_count() {
+        let mut p = StoredPairs::default();
+        p.insert("a", 1, 10);
+        p.insert("a", 2, 10);
+        p.insert("b", 1, 20);
+        p.insert("a", 3, 30);
+        assert!(p.contains("a", 2) && p.contains("b", 1));
+        assert!(!p.contains("b", 2) && !p.contains("c", 1));
+        let before = p.clone();
+        assert_eq!(p.forget(10, 10).0, None, "nothing filed before 10");
+        let (until, gone) = p.forget(20, 10);
+        assert_eq!(until, Some(11), "the store forgets keys before 11");
+        assert!(!p.contains("a", 1) && p.contains("b", 1));
+        // Over the count: whole times go, oldest first.
+        let (until, gone2) = p.forget(0, 1);
+        assert_eq!(until, Some(21));
+        assert!(p.contains("a", 3) && !p.contains("b", 1));
+        p.restore(gone2);
+        p.restore(gone);
+        assert_eq!(p, before, "restore undoes forget");
+        p.remove("a", 3, 30);
+        assert!(!p.contains("a", 3));
+        assert_eq!(p.by_time.len(), 2, "an emptied time goes");
     }
 
     #[test]

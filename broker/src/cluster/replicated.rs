@@ -20,7 +20,7 @@ use tern_storage::Store;
 use super::raft::{ProposeError, Replica};
 use crate::filter::MessageView;
 use crate::journal::{Log, LogError};
-use crate::queue::machine::{Command, Effects, Entry, QueueError};
+use crate::queue::machine::{Command, Effects, Entry, Outcome, QueueError};
 use crate::router::Router;
 use crate::store_health::StoreHealth;
 
@@ -105,7 +105,10 @@ impl Log for ReplicatedLog {
 impl ReplicatedLog {
     /// Proposes `entry` here if this node leads, else forwards what it may.
     async fn propose(&mut self, entry: &Entry) -> Result<Effects, LogError> {
-        let refused = |e: ProposeError| LogError::Refused(e.to_string());
+        let refused = |e: ProposeError| match e {
+            ProposeError::NoLeader { .. } => LogError::NoLeader(self.replica.redirect()),
+            ProposeError::Failed(why) => LogError::Refused(why),
+        };
         let mut here = entry.clone();
         if self.replica.leads() {
             route(&self.router, &mut here);
@@ -142,7 +145,7 @@ impl ReplicatedLog {
                     .iter()
                     .map(|c| match c {
                         c if forwardable(c) => got.next().unwrap_or(Err(QueueError::NotLeader)),
-                        Command::ForgetDedup { .. } => Ok(0),
+                        Command::ForgetDedup { .. } => Ok(Outcome::default()),
                         _ => Err(QueueError::NotLeader),
                     })
                     .collect();

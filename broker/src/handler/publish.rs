@@ -14,7 +14,7 @@ use tern_codec::{Confirm, ErrorCode, ErrorFrame, Ok as OkFrame, Publish, Qos, DE
 use tern_storage::DedupEntry;
 
 use super::Reject;
-use crate::queue::machine::QueueError;
+use crate::queue::machine::{Outcome, QueueError};
 
 use crate::clock::now_ms;
 use crate::dedup::{ProducerKey, MAX_PRODUCER_LEN};
@@ -196,13 +196,13 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
 
 /// The journal's answer to a durable publish, as the publisher's CONFIRM or ERROR.
 impl Confirms for Outbound {
-    fn answer(self: Arc<Self>, id: u32, result: Result<u16, Refused>, wakes: &mut Wakes) {
+    fn answer(self: Arc<Self>, id: u32, result: Result<Outcome, Refused>, wakes: &mut Wakes) {
         match result {
-            Ok(queues) => self.push_control(
+            Ok(outcome) => self.push_control(
                 &Confirm {
                     id,
-                    queues,
-                    duplicate: false,
+                    queues: outcome.queues,
+                    duplicate: outcome.duplicate,
                 },
                 wakes,
             ),
@@ -210,10 +210,12 @@ impl Confirms for Outbound {
                 let code = match refused {
                     Refused::Queue(QueueError::Full(_)) => ErrorCode::QueueFull,
                     Refused::Queue(QueueError::Exists(_)) => ErrorCode::QueueExists,
-                    // Publishes are forwarded to the leader, never refused for it.
-                    Refused::Store(_) | Refused::Queue(QueueError::NotLeader) => {
-                        ErrorCode::StorageFailed
+                    // No leader took it (one is being elected, or the one this node
+                    // knew is gone): the client retries, here or on another node.
+                    Refused::NotLeader(_) | Refused::Queue(QueueError::NotLeader) => {
+                        ErrorCode::NotLeader
                     }
+                    Refused::Store(_) => ErrorCode::StorageFailed,
                     Refused::ShuttingDown => ErrorCode::ShuttingDown,
                 };
                 self.push_control(&ErrorFrame::new(id, code, refused.to_string()), wakes);

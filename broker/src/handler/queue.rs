@@ -167,6 +167,7 @@ pub(crate) fn declare(session: &mut Session, d: QueueDeclare) -> Result<(), Reje
             Ok(Err(Refused::Queue(e @ QueueError::Exists(_)))) => {
                 return Err(Reject::new(ErrorCode::QueueExists, e.to_string()))
             }
+            Ok(Err(Refused::NotLeader(why))) => return Err(Reject::new(ErrorCode::NotLeader, why)),
             Ok(Err(Refused::ShuttingDown)) | Err(_) => {
                 return Err(Reject::new(
                     ErrorCode::ShuttingDown,

@@ -64,6 +64,10 @@ pub(crate) enum LogError {
     /// entries may succeed.
     #[error("{0}")]
     Refused(String),
+    /// In a cluster: no leader took the entry (one is being elected, or cannot be
+    /// reached). Nothing of it was applied; the client may retry, here or elsewhere.
+    #[error("{0}")]
+    NoLeader(String),
     /// A sync failed. What it covered may or may not be on disk, and the kernel may
     /// have dropped the pages it could not write and reported the error once: a later
     /// sync that succeeds proves nothing about them (PostgreSQL's "fsyncgate"). So the

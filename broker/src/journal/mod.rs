@@ -36,7 +36,7 @@ use crate::clock::now_ms;
 use crate::dedup::DedupWindow;
 use crate::outbound::Wakes;
 use crate::queue::def::QueueDef;
-use crate::queue::machine::{Command, Effects, Entry, QueueError};
+use crate::queue::machine::{Command, Effects, Entry, Outcome, QueueError};
 use crate::queue::runtime::{Applied, QueueRuntime};
 use crate::store_health::StoreHealth;
 
@@ -55,9 +55,9 @@ const DEDUP_EXPIRY_EVERY: Duration = Duration::from_secs(1);
 /// Where a publish's answer goes. The session's side encodes it into a frame
 /// (`handler::publish`); the journal only says what happened.
 pub(crate) trait Confirms: Send + Sync + std::fmt::Debug {
-    /// Answers publish `id`: how many queues took the message, or why it was not
-    /// stored.
-    fn answer(self: Arc<Self>, id: u32, result: Result<u16, Refused>, wakes: &mut Wakes);
+    /// Answers publish `id`: how many queues took the message (or that it was a
+    /// duplicate), or why it was not stored.
+    fn answer(self: Arc<Self>, id: u32, result: Result<Outcome, Refused>, wakes: &mut Wakes);
 }
 
 /// Why a durable publish was not stored.
@@ -68,6 +68,9 @@ pub(crate) enum Refused {
     /// The store did not take it (the disk alarm, a failed write or sync).
     #[error("{0}")]
     Store(String),
+    /// In a cluster: no leader took it; the client may retry.
+    #[error("{0}")]
+    NotLeader(String),
     #[error("the server is shutting down")]
     ShuttingDown,
 }
@@ -82,7 +85,7 @@ pub(crate) struct ConfirmTo {
 }
 
 impl ConfirmTo {
-    pub fn answer(self, result: Result<u16, Refused>, wakes: &mut Wakes) {
+    pub fn answer(self, result: Result<Outcome, Refused>, wakes: &mut Wakes) {
         self.to.answer(self.id, result, wakes);
     }
 }
@@ -399,9 +402,15 @@ impl<L: Log> Writer<L> {
             );
         }
         if expire_dedup {
-            if let Some(before_ms) = lock(&self.dedup).expire(now_ms()) {
-                batch.push(Command::ForgetDedup { before_ms }, After::Nothing);
-            }
+            // This node's window expires by itself; the machine's, by the bounds the
+            // entry carries (on a follower, the log drops them: the leader's count).
+            let now = now_ms();
+            let (before_ms, keep) = {
+                let mut window = lock(&self.dedup);
+                window.expire(now);
+                window.bounds(now)
+            };
+            batch.push(Command::ForgetDedup { before_ms, keep }, After::Nothing);
         }
         let result = self.log.append(&batch.entry, batch.awaited()).await;
         self.report(&result);
@@ -419,6 +428,8 @@ impl<L: Log> Writer<L> {
     fn report<T>(&self, result: &Result<T, LogError>) {
         match result {
             Ok(_) => self.health.commit_result(Ok(())),
+            // Not the store's failure: the cluster is electing a leader.
+            Err(LogError::NoLeader(_)) => {}
             Err(e) => self.health.commit_result(Err(&e.to_string())),
         }
     }
@@ -560,14 +571,17 @@ impl<L: Log> Writer<L> {
             })
             .collect();
         forget_pairs(dedup, &pairs);
-        let message = format!("the message could not be stored: {error}");
+        let refused = || match error {
+            LogError::NoLeader(why) => Refused::NotLeader(why.clone()),
+            _ => Refused::Store(format!("the message could not be stored: {error}")),
+        };
         let mut wakes = Wakes::default();
         for a in batch.after {
             match a {
                 After::Nothing => {}
                 After::Publish { confirm, .. } => {
                     if let Some(to) = confirm {
-                        to.answer(Err(Refused::Store(message.clone())), &mut wakes);
+                        to.answer(Err(refused()), &mut wakes);
                     }
                 }
                 After::Done(done) => {
@@ -575,7 +589,7 @@ impl<L: Log> Writer<L> {
                         done(Err(error.to_string()));
                     }
                 }
-                After::Declared(done) => done(Err(Refused::Store(message.clone()))),
+                After::Declared(done) => done(Err(refused())),
             }
         }
         wakes.wake_all();

@@ -13,6 +13,7 @@ use super::*;
 use crate::config::{QueueDefaults, SyncPolicy};
 use crate::filter::FilterLimits;
 use crate::queue::machine::tests::envelope;
+use crate::queue::machine::Outcome;
 use crate::queue::{recovery, QueueHandle, QueueInput};
 
 /// A sled store that fails on demand and remembers which of its commits a flush
@@ -181,8 +182,9 @@ type Answer = (u32, Result<u16, String>);
 struct Answers(mpsc::UnboundedSender<Answer>);
 
 impl Confirms for Answers {
-    fn answer(self: Arc<Self>, id: u32, result: Result<u16, Refused>, _: &mut Wakes) {
-        let _ = self.0.send((id, result.map_err(|e| e.to_string())));
+    fn answer(self: Arc<Self>, id: u32, result: Result<Outcome, Refused>, _: &mut Wakes) {
+        let queues = result.map(|o| o.queues).map_err(|e| e.to_string());
+        let _ = self.0.send((id, queues));
     }
 }
 

@@ -20,12 +20,14 @@
 //! commands those rules produce (settle, delivery count, dead-letter transfer).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tern_storage::{Commit, DedupEntry, MessageMeta, QueueId, QueueRecord, StoredMessage};
 
 use super::def::{OverflowDef, QueueDef};
+use crate::dedup::{Forgotten, StoredPairs};
 
 /// One change to the durable queues.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,7 +49,8 @@ pub(crate) enum Command {
         enqueued_ms: u64,
         /// Expiry set by the publisher (a request's deadline), before any queue TTL.
         deadline_ms: Option<u64>,
-        /// The exactly-once pair to remember with it.
+        /// The exactly-once pair to remember with it: a publish whose pair the machine
+        /// remembers is a duplicate, stored by no queue.
         dedup: Option<DedupEntry>,
     },
     /// A message is settled (acked, expired, purged, dropped): it leaves the store.
@@ -79,14 +82,37 @@ pub(crate) enum Command {
     Declare { def: QueueDef },
     /// Delete a queue with everything in it.
     Delete { queue: QueueId },
-    /// Forget the exactly-once pairs recorded before this time (ms since the epoch).
-    ForgetDedup { before_ms: u64 },
+    /// Forget the exactly-once pairs recorded before this time (ms since the epoch),
+    /// then the oldest until at most `keep` are left: the dedup window's bounds, stamped
+    /// by the leader, so that every node forgets the same pairs.
+    ForgetDedup { before_ms: u64, keep: u64 },
 }
 
 /// The commands of one group commit, applied and made durable together.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Entry {
     pub commands: Vec<Command>,
+}
+
+/// What the machine answers one command.
+pub(crate) type Answer = Result<Outcome, QueueError>;
+
+/// A command the machine carried out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Outcome {
+    /// For a publish: how many queues took the message (0 for other commands).
+    pub queues: u16,
+    /// For a publish: its exactly-once pair was stored before, so nothing was again.
+    pub duplicate: bool,
+}
+
+impl Outcome {
+    pub fn stored(queues: u16) -> Self {
+        Self {
+            queues,
+            duplicate: false,
+        }
+    }
 }
 
 /// Why the queue layer refused a command.
@@ -106,9 +132,8 @@ pub(crate) enum QueueError {
 pub(crate) struct Effects {
     /// The store changes that make the entry durable.
     pub commit: Commit,
-    /// One answer per command, in order: for a publish, how many queues took the
-    /// message; 0 for the others.
-    pub answers: Vec<Result<u16, QueueError>>,
+    /// One answer per command, in order.
+    pub answers: Vec<Answer>,
     /// Each queue's new messages, in sequence order.
     pub appended: HashMap<QueueId, Vec<NewMessage>>,
     /// Queues created, with their numbers.
@@ -122,7 +147,7 @@ pub(crate) struct Effects {
 impl Effects {
     /// Effects that are answers only: what a replicated log returns, whose state
     /// machine applied the rest on every node.
-    pub fn answered(answers: Vec<Result<u16, QueueError>>) -> Self {
+    pub fn answered(answers: Vec<Answer>) -> Self {
         Self {
             answers,
             ..Self::default()
@@ -170,6 +195,12 @@ enum Undo {
         queue: QueueId,
         ledger: Ledger,
     },
+    Remembered {
+        producer: Arc<str>,
+        sequence: u64,
+        at_ms: u64,
+    },
+    Forgot(Forgotten),
 }
 
 /// The durable queues' bookkeeping: per queue, its next sequence number and which
@@ -180,6 +211,8 @@ pub(crate) struct Machine {
     /// The number the next declared queue gets: numbers are never reused while the
     /// machine runs, so a queue deleted and declared again is a new queue.
     next_queue_id: QueueId,
+    /// The exactly-once pairs of stored messages.
+    pairs: StoredPairs,
 }
 
 impl Default for Machine {
@@ -188,6 +221,7 @@ impl Default for Machine {
             queues: HashMap::new(),
             // Queue numbers start at 1, as the broker's always have.
             next_queue_id: 1,
+            pairs: StoredPairs::default(),
         }
     }
 }
@@ -304,6 +338,13 @@ struct Staged {
     appended: HashMap<QueueId, Vec<NewMessage>>,
     /// Chunks whose settled bitmap changed, by queue.
     touched: HashMap<QueueId, Vec<u64>>,
+    /// The exactly-once pairs of the messages the entry stores, remembered once its
+    /// commands are in (after any forgetting, as the store writes them), filed under
+    /// the first one's time: the store's key.
+    pairs: Vec<(String, u64)>,
+    pairs_at: Option<u64>,
+    /// The entry's `ForgetDedup` bounds, applied to the pairs remembered before it.
+    forget: Option<(u64, u64)>,
 }
 
 impl Machine {
@@ -328,6 +369,11 @@ impl Machine {
     /// did not: the queues found then decide, [`Machine::recover_queue`]).
     pub fn recover_next_queue_id(&mut self, id: QueueId) {
         self.next_queue_id = self.next_queue_id.max(id);
+    }
+
+    /// An exactly-once pair found in the store at start, with the time of its key.
+    pub fn recover_pair(&mut self, pair: &DedupEntry) {
+        self.pairs.insert(&pair.producer, pair.sequence, pair.at_ms);
     }
 
     /// Applies every command of `entry`, in order. A settle of a message that the same
@@ -384,6 +430,21 @@ impl Machine {
                 }
             }
         }
+        if let Some((before_ms, keep)) = staged.forget {
+            let (until, forgotten) = self.pairs.forget(before_ms, keep);
+            fx.commit.dedup_forget_before = until;
+            fx.undo.push(Undo::Forgot(forgotten));
+        }
+        if let Some(at_ms) = staged.pairs_at {
+            for (producer, sequence) in staged.pairs {
+                let producer = self.pairs.insert(&producer, sequence, at_ms);
+                fx.undo.push(Undo::Remembered {
+                    producer,
+                    sequence,
+                    at_ms,
+                });
+            }
+        }
         // Deterministic store writes, whatever the hash maps' order.
         fx.commit.chunks.sort_by_key(|(q, _)| *q);
         fx.commit.next_seqs.sort_unstable();
@@ -433,6 +494,12 @@ impl Machine {
                 Undo::Deleted { queue, ledger } => {
                     self.queues.insert(queue, ledger);
                 }
+                Undo::Remembered {
+                    producer,
+                    sequence,
+                    at_ms,
+                } => self.pairs.remove(&producer, sequence, at_ms),
+                Undo::Forgot(forgotten) => self.pairs.restore(forgotten),
             }
         }
     }
@@ -443,7 +510,7 @@ impl Machine {
         command: &Command,
         fx: &mut Effects,
         staged: &mut Staged,
-    ) -> Result<u16, QueueError> {
+    ) -> Answer {
         match command {
             Command::Publish {
                 queues: _,
@@ -459,6 +526,18 @@ impl Machine {
                 deadline_ms,
                 dedup,
             } => {
+                if let Some(d) = dedup {
+                    let staged_already = staged
+                        .pairs
+                        .iter()
+                        .any(|(p, s)| *p == d.producer && *s == d.sequence);
+                    if staged_already || self.pairs.contains(&d.producer, d.sequence) {
+                        return Ok(Outcome {
+                            queues: 0,
+                            duplicate: true,
+                        });
+                    }
+                }
                 let mut stored = 0u16;
                 let mut full = None;
                 for queue in queues {
@@ -488,13 +567,15 @@ impl Machine {
                         publisher: Some(*publisher),
                     });
                 }
-                if full.is_none() {
-                    fx.commit.dedup.extend(dedup.iter().cloned());
+                if let Some(name) = full {
+                    return Err(QueueError::Full(name));
                 }
-                match full {
-                    Some(name) => Err(QueueError::Full(name)),
-                    None => Ok(stored),
+                if let Some(d) = dedup {
+                    staged.pairs_at.get_or_insert(d.at_ms);
+                    staged.pairs.push((d.producer.clone(), d.sequence));
+                    fx.commit.dedup.push(d.clone());
                 }
+                Ok(Outcome::stored(stored))
             }
             Command::Settle {
                 queue,
@@ -502,11 +583,11 @@ impl Machine {
                 forget_meta,
             } => {
                 self.settle(*queue, *seq, *forget_meta, fx, staged);
-                Ok(0)
+                Ok(Outcome::default())
             }
             Command::SetMeta { queue, seq, meta } => {
                 fx.commit.metas.push((*queue, *seq, meta.clone()));
-                Ok(0)
+                Ok(Outcome::default())
             }
             Command::Transfer {
                 from,
@@ -535,12 +616,12 @@ impl Machine {
                         publisher: None,
                     });
                 }
-                Ok(0)
+                Ok(Outcome::default())
             }
             Command::Declare { def } => {
                 if let Some(existing) = self.queues.values().find(|q| q.def.name == def.name) {
                     return if existing.def == *def {
-                        Ok(0)
+                        Ok(Outcome::default())
                     } else {
                         Err(QueueError::Exists(def.name.clone()))
                     };
@@ -557,7 +638,7 @@ impl Machine {
                 self.queues.insert(id, Ledger::new(def.clone(), 0));
                 fx.undo.push(Undo::Declared { queue: id });
                 fx.declared.push((id, def.clone()));
-                Ok(0)
+                Ok(Outcome::default())
             }
             Command::Delete { queue } => {
                 // What this entry wrote for the queue goes with it.
@@ -575,11 +656,13 @@ impl Machine {
                 staged.touched.remove(queue);
                 staged.appended.remove(queue);
                 fx.commit.delete_queues.push(*queue);
-                Ok(0)
+                Ok(Outcome::default())
             }
-            Command::ForgetDedup { before_ms } => {
-                fx.commit.dedup_forget_before = Some(*before_ms);
-                Ok(0)
+            Command::ForgetDedup { before_ms, keep } => {
+                let (before, most) = staged.forget.get_or_insert((*before_ms, *keep));
+                *before = (*before).max(*before_ms);
+                *most = (*most).min(*keep);
+                Ok(Outcome::default())
             }
         }
     }
@@ -663,16 +746,46 @@ pub(crate) mod tests {
             envelope: envelope(payload),
             enqueued_ms: 1_000,
             deadline_ms: None,
+            // Pairs of later sequences come later, as a producer's do.
             dedup: dedup.map(|sequence| DedupEntry {
                 producer: "0::p".into(),
                 sequence,
-                at_ms: 1_000,
+                at_ms: 1_000 + sequence * 10,
             }),
         }
     }
 
     fn entry(commands: Vec<Command>) -> Entry {
         Entry { commands }
+    }
+
+    #[test]
+    fn a_remembered_pair_is_a_duplicate_until_forgotten() {
+        let mut m = Machine::default();
+        m.apply(&entry(vec![Command::Declare { def: def("q", 0) }]));
+        let dup = Outcome {
+            queues: 0,
+            duplicate: true,
+        };
+        // The second copy in the same entry is caught too.
+        let fx = m.apply(&entry(vec![
+            publish(&[1], "a", Some(1)),
+            publish(&[1], "a", Some(1)),
+        ]));
+        assert_eq!(fx.answers, [Ok(Outcome::stored(1)), Ok(dup)]);
+        assert_eq!(m.live(1), 1);
+        // A retry in a later entry (after a failover, on another node) stores nothing.
+        let fx = m.apply(&entry(vec![publish(&[1], "a", Some(1))]));
+        assert_eq!(fx.answers, [Ok(dup)]);
+        assert!(fx.appended.is_empty() && fx.commit.dedup.is_empty());
+        // Forgotten (by age: pair 1 was filed at 1010), it is new again.
+        let fx = m.apply(&entry(vec![Command::ForgetDedup {
+            before_ms: 1_011,
+            keep: 100,
+        }]));
+        assert_eq!(fx.commit.dedup_forget_before, Some(1_011));
+        let fx = m.apply(&entry(vec![publish(&[1], "a", Some(1))]));
+        assert_eq!(fx.answers, [Ok(Outcome::stored(1))]);
     }
 
     #[test]
@@ -685,7 +798,10 @@ pub(crate) mod tests {
             publish(&[1], "b", Some(2)),
             publish(&[1], "c", Some(3)),
         ]));
-        assert_eq!(fx.answers[..2], [Ok(1), Ok(1)]);
+        assert_eq!(
+            fx.answers[..2],
+            [Ok(Outcome::stored(1)), Ok(Outcome::stored(1))]
+        );
         assert_eq!(fx.answers[2], Err(QueueError::Full("q".into())));
         let pairs: Vec<u64> = fx.commit.dedup.iter().map(|d| d.sequence).collect();
         assert_eq!(pairs, [1, 2]);
@@ -702,7 +818,7 @@ pub(crate) mod tests {
             },
             publish(&[1], "d", None),
         ]));
-        assert_eq!(fx.answers[1], Ok(1));
+        assert_eq!(fx.answers[1], Ok(Outcome::stored(1)));
         assert_eq!(fx.commit.settled, vec![(1, 0, Some(vec![0b01]))]);
     }
 
@@ -749,7 +865,10 @@ pub(crate) mod tests {
             Command::Declare { def: def("a", 0) },
             Command::Declare { def: def("a", 9) },
         ]));
-        assert_eq!(fx.answers, [Ok(0), Err(QueueError::Exists("a".into()))]);
+        assert_eq!(
+            fx.answers,
+            [Ok(Outcome::default()), Err(QueueError::Exists("a".into()))]
+        );
         assert!(fx.declared.is_empty() && fx.commit.is_empty());
 
         // Deleted and declared again: a new number.
@@ -785,6 +904,7 @@ pub(crate) mod tests {
             }),
             1 => (3u32..6).prop_map(|id| Command::Declare { def: def(&format!("q{id}"), 4) }),
             1 => (3u32..6).prop_map(|queue| Command::Delete { queue }),
+            1 => (900u64..1_300, 0u64..6).prop_map(|(before_ms, keep)| Command::ForgetDedup { before_ms, keep }),
         ]
     }
 

@@ -71,6 +71,9 @@ pub(crate) fn recover(
     if let Some(id) = r.next_queue_id {
         machine.recover_next_queue_id(id);
     }
+    for pair in &r.dedup {
+        machine.recover_pair(pair);
+    }
     let mut queues = Vec::with_capacity(r.queues.len());
     for (id, (def, filters, state)) in r.queues {
         let next_seq = r.next_seqs.get(&id).copied().unwrap_or(0);

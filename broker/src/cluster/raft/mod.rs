@@ -37,7 +37,7 @@ pub(crate) use self::state_machine::Recovery;
 use self::state_machine::StateMachine;
 use crate::cluster::link::{self, LinkConfig, Peer};
 use crate::config::cluster::ClusterConfig;
-use crate::queue::machine::{Entry, QueueError};
+use crate::queue::machine::{Answer, Entry};
 use crate::queue::runtime::QueueRuntime;
 
 pub(crate) type NodeId = u64;
@@ -69,7 +69,7 @@ const RAFT_WAL_BYTES: u64 = 64 << 20;
 /// What applying an entry answered: one answer per command (none for Raft's own
 /// entries).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Answers(pub Vec<Result<u16, QueueError>>);
+pub(crate) struct Answers(pub Vec<Answer>);
 
 /// Why a proposal was not applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -401,9 +401,11 @@ impl Replica {
             Ok(_) => Err(ProposeError::Failed(format!(
                 "node {leader} answered a proposal with another kind"
             ))),
-            Err(e) => Err(ProposeError::Failed(format!(
-                "the leader (node {leader}) could not be reached: {e}"
-            ))),
+            // It may be gone: a client retries once a leader is known again.
+            Err(e) => {
+                tracing::debug!(leader, error = %e, "the leader could not be reached");
+                Err(ProposeError::NoLeader { leader: None })
+            }
         }
     }
 
