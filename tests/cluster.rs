@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{eventually, http_get, run_cmd, tern_cmd, ternd_cmd, within, Ternd};
-use tern::{Client, ErrorCode, Qos, QueueConfig};
+use tern::{Client, Qos, QueueConfig};
 
 /// The cluster's shared secret, in a file of the test's directory.
 const SECRET: &str = "a-secret-of-the-test-cluster-0123456789";
@@ -93,21 +93,32 @@ impl Cluster {
             .collect()
     }
 
-    /// The node that runs the queues: the one that answers a queue's info; the others
-    /// answer `not_leader`.
-    async fn leader(&self, queue: &str) -> usize {
-        eventually("a node to run the queues", || async {
+    /// The node that leads, and so runs the queues, by its metrics. (A client cannot
+    /// tell: it follows the leader wherever it connects.)
+    async fn leader(&self) -> usize {
+        eventually("a node to lead", || async {
             for i in self.running() {
-                let c = self.client(i).await;
-                match c.queue_info(queue).await {
-                    Ok(_) => return Some(i),
-                    Err(e) if e.code() == Some(ErrorCode::NotLeader) => {}
-                    Err(e) => panic!("node {}: {e}", i + 1),
+                if self.metrics(i).await.contains("\ntern_raft_is_leader 1\n") {
+                    return Some(i);
                 }
             }
             None
         })
         .await
+    }
+
+    /// A client with every running node as its seed list, `first` at its head.
+    async fn seeded(&self, first: usize) -> Client {
+        let mut seeds = vec![self.nodes[first].as_ref().expect("running").url()];
+        seeds.extend(
+            self.running()
+                .into_iter()
+                .filter(|i| *i != first)
+                .map(|i| self.nodes[i].as_ref().expect("running").url()),
+        );
+        within("connect", Client::connect(seeds.join(",")))
+            .await
+            .unwrap()
     }
 
     /// Every running node's client address, as a seed list (`a,b,c`).
@@ -134,8 +145,9 @@ impl Cluster {
     }
 }
 
-/// Publishes `payload` at QoS 1 through `c` until it is confirmed: while the cluster
-/// elects a leader, publishes are refused (`storage_failed`) and a client retries.
+/// Publishes `payload` at QoS 1 through `c` until it is confirmed: a client connected
+/// to one node only, when that node cannot reach a leader, is refused (`not_leader`)
+/// and retries.
 async fn publish_confirmed(c: &Client, subject: &str, payload: String, deadline: Instant) {
     loop {
         let sent = c
@@ -186,7 +198,7 @@ async fn no_confirmed_message_is_lost_when_the_leader_is_killed() {
     )
     .await
     .unwrap();
-    let leader = cluster.leader("orders").await;
+    let leader = cluster.leader().await;
 
     // Confirmed publishes through every node.
     let mut sent = Vec::new();
@@ -260,7 +272,7 @@ async fn no_confirmed_message_is_lost_when_the_leader_is_killed() {
     }
 
     // Everything confirmed is there, once, on the new leader.
-    let new_leader = cluster.leader("orders").await;
+    let new_leader = cluster.leader().await;
     assert_ne!(new_leader, leader);
     let got = drain(&cluster, new_leader, "orders", sent.len()).await;
     let got_set: BTreeSet<_> = got.iter().cloned().collect();
@@ -271,9 +283,9 @@ async fn no_confirmed_message_is_lost_when_the_leader_is_killed() {
     // The killed node comes back and catches up: with the acks replicated, the queue
     // it would serve is empty.
     cluster.start_node(leader).await;
-    let again = cluster.leader("orders").await;
+    let again = cluster.leader().await;
     cluster.kill(again).await;
-    let last = cluster.leader("orders").await;
+    let last = cluster.leader().await;
     let c = cluster.client(last).await;
     let info = within("queue info", c.queue_info("orders")).await.unwrap();
     assert_eq!(
@@ -294,7 +306,7 @@ async fn a_replica_that_missed_the_purged_log_catches_up_from_a_snapshot() {
     .await
     .unwrap();
     drop(admin);
-    let leader = cluster.leader("backlog").await;
+    let leader = cluster.leader().await;
     let (behind, other) = match leader {
         0 => (1, 2),
         1 => (2, 0),
@@ -330,7 +342,7 @@ async fn a_replica_that_missed_the_purged_log_catches_up_from_a_snapshot() {
     // serve everything from what the snapshot and the log after it gave it.
     cluster.kill(leader).await;
     cluster.start_node(other).await;
-    let new_leader = cluster.leader("backlog").await;
+    let new_leader = cluster.leader().await;
     assert_eq!(
         new_leader, behind,
         "only the caught-up node has the whole log"
@@ -363,7 +375,7 @@ async fn the_cli_takes_a_seed_list_and_follows_the_leader() {
     }
     // Consuming works from every node: a follower names the leader, and the CLI goes
     // there.
-    let leader = cluster.leader("jobs").await;
+    let leader = cluster.leader().await;
     let follower = (leader + 1) % 3;
     let only_follower = cluster.nodes[follower].as_ref().unwrap().url();
     let (status, out, err) = run_cmd(
@@ -375,4 +387,102 @@ async fn the_cli_takes_a_seed_list_and_follows_the_leader() {
     for n in 0..3 {
         assert!(out.contains(&format!("job-{n}")), "{out}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_list_client_publishes_exactly_once_and_consumes_across_leader_kills() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let admin = cluster.seeded(follower).await;
+    within(
+        "declare",
+        admin.declare_queue(&QueueConfig::new("pay").bind("pay.>")),
+    )
+    .await
+    .unwrap();
+
+    // The same (producer, sequence) through two nodes: the second node's own window
+    // never saw it, and the replicated state machine still stores it once.
+    for (i, duplicate) in [(leader, false), (follower, true)] {
+        let c = cluster.client(i).await;
+        let sent = c
+            .publish("pay.once", "once")
+            .idempotent("twice-sent", 1)
+            .send()
+            .await
+            .unwrap();
+        let confirm = within("confirm", sent).await.unwrap();
+        assert_eq!(confirm.duplicate, duplicate, "through node {}", i + 1);
+    }
+
+    // A producer on the leader keeps hundreds of QoS 2 publishes in flight while the
+    // leader is killed: the client moves to another node and sends the unconfirmed ones
+    // again, with their sequence numbers; every one is confirmed, none stored twice.
+    let producer = cluster.seeded(leader).await;
+    let mut sent = vec!["once".to_string()];
+    let mut pending = Vec::new();
+    for n in 0..600u64 {
+        if n == 300 {
+            cluster.kill(leader).await;
+        }
+        let payload = format!("p-{n}");
+        let confirm = producer
+            .publish("pay.new", payload.clone())
+            .idempotent("producer", n)
+            .send()
+            .await
+            .unwrap();
+        pending.push(confirm);
+        sent.push(payload);
+    }
+    let killed_at = Instant::now();
+    let mut duplicates = 0;
+    for (n, confirm) in pending.into_iter().enumerate() {
+        let got = within("a confirm after the failover", confirm).await;
+        duplicates += usize::from(got.as_ref().is_ok_and(|c| c.duplicate));
+        assert!(got.is_ok(), "publish {n}: {got:?}");
+    }
+    eprintln!(
+        "every publish confirmed {:?} after the kill ({duplicates} sent again were duplicates)",
+        killed_at.elapsed()
+    );
+    drop(producer);
+    cluster.start_node(leader).await;
+
+    // A consumer that connects to a follower is taken to the leader; when that leader
+    // is killed too, the consumer goes on from the next one.
+    let second = cluster.leader().await;
+    let consumer_client = cluster.seeded((second + 1) % 3).await;
+    let mut consumer = within("consume", async {
+        consumer_client.consume("pay").prefetch(16).await
+    })
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut killed = false;
+    let expected: BTreeSet<String> = sent.iter().cloned().collect();
+    let mut seen = BTreeSet::new();
+    while seen.len() < expected.len() {
+        if !killed && seen.len() >= expected.len() / 2 {
+            cluster.kill(second).await;
+            killed = true;
+        }
+        let d = within("a delivery", consumer.next()).await.expect("open");
+        let payload = String::from_utf8(d.message.payload.to_vec()).unwrap();
+        // An ack the dead leader never applied fails; its message comes again.
+        let _ = tokio::time::timeout(Duration::from_secs(5), d.ack()).await;
+        seen.insert(payload.clone());
+        got.push(payload);
+    }
+    assert_eq!(seen, expected, "lost = 0, unexpected = 0");
+    let redelivered = got.len() - seen.len();
+    eprintln!(
+        "{} delivered, {redelivered} again after the kill",
+        got.len()
+    );
+    assert!(
+        redelivered <= 64,
+        "only unacked messages come again ({redelivered})"
+    );
 }

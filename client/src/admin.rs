@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use tern_codec::names::validate_name;
 use tern_codec::{
-    Binding, Overflow, QueueDeclare, QueueDelete, QueueInfo, QueueMove, QueueOptions, QueuePurge,
-    QueueQuery, ServerInfo, ServerQuery,
+    Binding, ErrorCode, Overflow, QueueDeclare, QueueDelete, QueueInfo, QueueMove, QueueOptions,
+    QueuePurge, QueueQuery, ServerInfo, ServerQuery,
 };
 use tokio::sync::oneshot;
 
@@ -119,33 +119,46 @@ impl QueueConfig {
 }
 
 impl Client {
+    /// Sends a queue request and waits for its answer. In a cluster a node that does
+    /// not run the queues answers `not_leader`: the client moves to the node that does
+    /// and the request is asked again there, within the request timeout.
     async fn admin(
         &self,
         kind: AdminKind,
-        frame: impl FnOnce(u32) -> Result<tern_codec::Frame, Error>,
+        frame: impl Fn(u32) -> Result<tern_codec::Frame, Error>,
     ) -> Result<AdminReply, Error> {
         let inner = &self.inner;
-        let id = inner.next_id();
-        let frame = frame(id)?;
-        let (reply, rx) = oneshot::channel();
-        inner.state().add_request(
-            id,
-            Request::Admin {
-                kind,
-                infos: Vec::new(),
-                reply,
-            },
-        );
-        if let Err(e) = inner.out.push_control(&frame) {
-            inner.state().cancel_request(id);
-            return Err(e);
-        }
-        match tokio::time::timeout(inner.options.request_timeout, rx).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(Error::Closed),
-            Err(_) => {
+        let deadline = tokio::time::Instant::now() + inner.options.request_timeout;
+        loop {
+            let mut moved = inner.generation.subscribe();
+            let id = inner.next_id();
+            let frame = frame(id)?;
+            let (reply, rx) = oneshot::channel();
+            inner.state().add_request(
+                id,
+                Request::Admin {
+                    kind,
+                    infos: Vec::new(),
+                    reply,
+                },
+            );
+            if let Err(e) = inner.out.push_control(&frame) {
                 inner.state().cancel_request(id);
-                Err(Error::Timeout)
+                return Err(e);
+            }
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(Err(e))) if e.code() == Some(ErrorCode::NotLeader) => {
+                    match tokio::time::timeout_at(deadline, moved.changed()).await {
+                        Ok(Ok(())) => continue,
+                        _ => return Err(e),
+                    }
+                }
+                Ok(Ok(answer)) => return answer,
+                Ok(Err(_)) => return Err(Error::Closed),
+                Err(_) => {
+                    inner.state().cancel_request(id);
+                    return Err(Error::Timeout);
+                }
             }
         }
     }
@@ -284,7 +297,7 @@ impl Client {
         }
     }
 
-    async fn count(&self, frame: impl FnOnce(u32) -> tern_codec::Frame) -> Result<u64, Error> {
+    async fn count(&self, frame: impl Fn(u32) -> tern_codec::Frame) -> Result<u64, Error> {
         match self.admin(AdminKind::Count, |id| Ok(frame(id))).await? {
             AdminReply::Count(n) => Ok(n),
             other => Err(unexpected(&other)),

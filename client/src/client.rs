@@ -8,10 +8,11 @@ use tern_codec::{Ping, Welcome, DEFAULT_MAX_FRAME_SIZE};
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::{self, establish};
+use crate::connection;
 use crate::consumer::ConsumeBuilder;
 use crate::outbound::{Link, WriteBuffer};
 use crate::publish::Publish;
+use crate::servers::Servers;
 use crate::state::{Request, State};
 use crate::subscription::SubscribeBuilder;
 use crate::transport::{AsyncStream, Connector, TlsOptions};
@@ -146,30 +147,23 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects to `addr` — `host:port`, or `tls://host:port` for TLS — and completes
+    /// Connects to `addrs` — `host:port`, or `tls://host:port` for TLS — and completes
     /// the handshake.
+    ///
+    /// `addrs` may be a comma-separated seed list (`a:7400,b:7400,c:7400`): the client
+    /// connects to the first server that answers, and after a lost connection goes on
+    /// with the next. In a cluster it also moves to the node that runs the queues when
+    /// another node says so (`not_leader`), learning its address: consumers and queue
+    /// requests go where they can be served, and unconfirmed publishes are sent again
+    /// there (with their producer sequence, so that none is stored twice).
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] when the server cannot be reached, [`Error::Refused`] when it
+    /// [`Error::Connect`] when no server can be reached, [`Error::Refused`] when one
     /// refuses the handshake (wrong credentials, say).
-    pub async fn connect(self, addr: impl Into<String>) -> Result<Client, Error> {
-        let url = addr.into();
-        let (addr, tls) = match url.strip_prefix("tls://") {
-            Some(rest) => (rest.to_string(), Some(self.tls.clone().unwrap_or_default())),
-            None => (
-                url.strip_prefix("tcp://").unwrap_or(&url).to_string(),
-                self.tls.clone(),
-            ),
-        };
-        let connector = match tls {
-            Some(options) => options.connector(&addr).map_err(|reason| Error::Connect {
-                addr: url.clone(),
-                reason,
-            })?,
-            None => Connector::Tcp(addr),
-        };
-        self.connect_via(url, connector).await
+    pub async fn connect(self, addrs: impl Into<String>) -> Result<Client, Error> {
+        let servers = Servers::parse(&addrs.into(), self.tls.as_ref())?;
+        self.connect_via(servers).await
     }
 
     /// Connects over streams that `connect` opens (for the first connection and every
@@ -189,14 +183,14 @@ impl ClientBuilder {
         Fut: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
         S: AsyncStream,
     {
-        self.connect_via(name.into(), Connector::custom(connect))
+        self.connect_via(Servers::custom(name.into(), Connector::custom(connect)))
             .await
     }
 
-    async fn connect_via(self, addr: String, connector: Connector) -> Result<Client, Error> {
+    async fn connect_via(self, servers: Servers) -> Result<Client, Error> {
         let inner = Arc::new(Inner {
-            addr,
-            connector,
+            servers: Mutex::new(servers),
+            generation: tokio::sync::watch::Sender::new(0),
             out: WriteBuffer::new(self.write_buffer),
             state: Mutex::new(State::default()),
             next_id: AtomicU32::new(1),
@@ -210,7 +204,7 @@ impl ClientBuilder {
             driver: Mutex::new(None),
             options: self,
         });
-        let conn = establish(&inner).await?;
+        let conn = connection::establish_any(&inner).await?;
         inner.connected(&conn.welcome);
         inner.out.set_link(Link::Up);
         let driver = tokio::spawn(connection::drive(Arc::clone(&inner), conn));
@@ -225,9 +219,11 @@ impl ClientBuilder {
 /// Shared by the [`Client`] handles and the connection driver.
 #[derive(Debug)]
 pub(crate) struct Inner {
-    /// The server as errors and logs name it.
-    pub addr: String,
-    pub connector: Connector,
+    /// The seed list and what was learned, and which one is connected (or tried).
+    servers: Mutex<Servers>,
+    /// Counts reconnections: a request that must go to another server waits for it to
+    /// change.
+    pub generation: tokio::sync::watch::Sender<u64>,
     pub options: ClientBuilder,
     pub out: WriteBuffer,
     /// Requests in flight and subscriptions. A std `Mutex`: held for map updates only,
@@ -258,6 +254,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Inner {
     pub fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
+    }
+
+    pub fn servers(&self) -> MutexGuard<'_, Servers> {
+        lock(&self.servers)
+    }
+
+    /// The server connected to (or tried), as errors and logs name it.
+    pub fn addr(&self) -> String {
+        self.servers().current().name
     }
 
     /// A fresh correlation id; never 0, which means "no answer wanted".

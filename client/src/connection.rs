@@ -2,8 +2,13 @@
 //!
 //! It connects and greets, re-subscribes after a reconnect, then runs the reader and
 //! the writer until the connection ends; then it backs off and reconnects (unless told
-//! not to) until the client is closed. All decisions about requests and subscriptions
-//! are delegated to [`State`]; this module only moves bytes.
+//! not to) until the client is closed, going through the seed list ([`Servers`]). A
+//! cluster node that does not run the queues ends the connection too: the driver moves
+//! to the node it names (at once) or, while none is named, to the next server after
+//! [`ELECTION_RETRY`]. All decisions about requests and subscriptions are delegated to
+//! [`State`]; this module only moves bytes.
+//!
+//! [`Servers`]: crate::servers::Servers
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +29,18 @@ use crate::Error;
 /// Bytes reserved for each socket read.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// How long to wait before asking the next server while no node runs the queues (a
+/// cluster elects a leader within a second or two).
+pub(crate) const ELECTION_RETRY: Duration = Duration::from_millis(250);
+
+/// Why a connection ended.
+enum Ended {
+    /// It failed, or the client closed it.
+    Lost(Error),
+    /// A cluster node said another runs the queues (named when it knows which).
+    Moved(Option<String>),
+}
+
 /// A greeted connection, ready to run.
 pub(crate) struct Established {
     stream: Stream,
@@ -32,7 +49,37 @@ pub(crate) struct Established {
     pub welcome: Welcome,
 }
 
-/// Connects to the server and performs the handshake.
+/// Connects to the first server of the seed list that answers. The servers after it
+/// are not tried once one refuses the handshake: the others would refuse it too.
+///
+/// # Errors
+///
+/// As [`establish`]: the last server's error, naming every server tried when there
+/// were several.
+pub(crate) async fn establish_any(inner: &Inner) -> Result<Established, Error> {
+    let count = inner.servers().len();
+    let mut last = None;
+    for _ in 0..count {
+        match establish(inner).await {
+            Ok(conn) => return Ok(conn),
+            Err(e @ Error::Connect { .. }) => {
+                last = Some(e);
+                inner.servers().advance();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(match last {
+        Some(Error::Connect { reason, .. }) if count > 1 => Error::Connect {
+            addr: inner.servers().names(),
+            reason: format!("no server answered; the last said: {reason}"),
+        },
+        Some(e) => e,
+        None => Error::Closed,
+    })
+}
+
+/// Connects to the current server and performs the handshake.
 ///
 /// # Errors
 ///
@@ -40,13 +87,14 @@ pub(crate) struct Established {
 /// if it answers the HELLO with an error, [`Error::Protocol`] if it answers nonsense.
 pub(crate) async fn establish(inner: &Inner) -> Result<Established, Error> {
     let opts = &inner.options;
-    let addr = &inner.addr;
+    let server = inner.servers().current();
+    let addr = &server.name;
     let connect_err = |reason: String| Error::Connect {
         addr: addr.clone(),
         reason,
     };
     let attempt = async {
-        let mut stream = inner
+        let mut stream = server
             .connector
             .connect()
             .await
@@ -116,7 +164,7 @@ pub(crate) async fn drive(inner: Arc<Inner>, mut conn: Established) {
     let mut resubscribe = BytesMut::new();
     loop {
         inner.connected(&conn.welcome);
-        let err = run(&inner, conn, std::mem::take(&mut resubscribe)).await;
+        let ended = run(&inner, conn, std::mem::take(&mut resubscribe)).await;
         inner.out.set_link(Link::Down);
         {
             let mut state = inner.state();
@@ -126,9 +174,31 @@ pub(crate) async fn drive(inner: Arc<Inner>, mut conn: Established) {
         if inner.closing.is_cancelled() || !inner.options.reconnect {
             break;
         }
-        tracing::warn!(addr = %inner.addr, error = %err, "connection lost; reconnecting");
+        // The first attempt: straight to a leader that was named, after a short wait
+        // while one is being elected, after the back-off when the connection failed.
+        let mut first_delay = match ended {
+            Ended::Moved(Some(leader)) => {
+                tracing::info!(from = %inner.addr(), to = %leader, "moving to the node that runs the queues");
+                if inner.servers().prefer(&leader) {
+                    Some(Duration::ZERO)
+                } else {
+                    inner.servers().advance();
+                    Some(ELECTION_RETRY)
+                }
+            }
+            Ended::Moved(None) => {
+                tracing::debug!(addr = %inner.addr(), "no node runs the queues now; trying another");
+                inner.servers().advance();
+                Some(ELECTION_RETRY)
+            }
+            Ended::Lost(err) => {
+                tracing::warn!(addr = %inner.addr(), error = %err, "connection lost; reconnecting");
+                inner.servers().advance();
+                None
+            }
+        };
         conn = loop {
-            let delay = backoff.next_delay();
+            let delay = first_delay.take().unwrap_or_else(|| backoff.next_delay());
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = inner.closing.cancelled() => {
@@ -139,24 +209,25 @@ pub(crate) async fn drive(inner: Arc<Inner>, mut conn: Established) {
             match establish(&inner).await {
                 Ok(c) => break c,
                 Err(e) => {
+                    inner.servers().advance();
                     let attempts = backoff.attempts();
                     if inner
                         .options
                         .max_reconnects
                         .is_some_and(|max| attempts >= max)
                     {
-                        tracing::error!(addr = %inner.addr, attempts, error = %e, "giving up reconnecting");
+                        tracing::error!(addr = %inner.addr(), attempts, error = %e, "giving up reconnecting");
                         inner.shut();
                         return;
                     }
                     // Once per doubling, not once per attempt.
                     if attempts.is_power_of_two() {
-                        tracing::debug!(addr = %inner.addr, attempts, error = %e, "reconnect failed");
+                        tracing::debug!(addr = %inner.addr(), attempts, error = %e, "reconnect failed");
                     }
                 }
             }
         };
-        tracing::info!(addr = %inner.addr, attempts = backoff.attempts(), "reconnected");
+        tracing::info!(addr = %inner.addr(), attempts = backoff.attempts(), "reconnected");
         backoff.reset();
         // The link is up before the unconfirmed publishes are collected: one sent
         // after this is buffered for the writer, one sent before was not (see
@@ -167,6 +238,7 @@ pub(crate) async fn drive(inner: Arc<Inner>, mut conn: Established) {
             inner.out.set_link(Link::Up);
             state.reestablish(|| inner.next_id())
         };
+        inner.generation.send_modify(|g| *g += 1);
         for frame in frames {
             // A frame that does not encode was refused when first sent.
             let _ = frame.encode(&mut resubscribe);
@@ -178,32 +250,33 @@ pub(crate) async fn drive(inner: Arc<Inner>, mut conn: Established) {
     inner.shut();
 }
 
-/// Runs one connection until it fails or the client closes. Returns why it ended.
-async fn run(inner: &Inner, conn: Established, resubscribe: BytesMut) -> Error {
+/// Runs one connection until it fails, the client closes, or a cluster node sends the
+/// client elsewhere. Returns why it ended.
+async fn run(inner: &Inner, conn: Established, resubscribe: BytesMut) -> Ended {
     let (rd, mut wr) = transport::split(conn.stream);
     // Re-subscriptions, consumers and unconfirmed publishes go out before anything
     // buffered (the writer starts below), so that replies to requests published in
     // the meantime find their subscription. The link is already up: see `drive`.
     if !resubscribe.is_empty() {
         if let Err(e) = wr.write_all(&resubscribe).await {
-            return Error::Connect {
-                addr: inner.addr.clone(),
+            return Ended::Lost(Error::Connect {
+                addr: inner.addr(),
                 reason: e.to_string(),
-            };
+            });
         }
     }
     let last_read = std::sync::Mutex::new(Instant::now());
     tokio::select! {
-        e = read_loop(inner, rd, conn.leftover, &last_read) => e,
-        e = write_loop(inner, &mut wr) => e,
-        e = keepalive(inner, &last_read) => e,
+        ended = read_loop(inner, rd, conn.leftover, &last_read) => ended,
+        e = write_loop(inner, &mut wr) => Ended::Lost(e),
+        e = keepalive(inner, &last_read) => Ended::Lost(e),
         () = inner.closing.cancelled() => {
             // Send what is already buffered before closing: close() promises it.
             let mut rest = BytesMut::new();
             inner.out.take_now(&mut rest);
             let _ = wr.write_all(&rest).await;
             let _ = wr.shutdown().await;
-            Error::Closed
+            Ended::Lost(Error::Closed)
         }
     }
 }
@@ -213,20 +286,22 @@ async fn read_loop(
     mut rd: ReadHalf,
     mut buf: BytesMut,
     last_read: &std::sync::Mutex<Instant>,
-) -> Error {
+) -> Ended {
     loop {
-        if let Err(e) = dispatch_buffered(inner, &mut buf) {
-            return e;
+        match dispatch_buffered(inner, &mut buf) {
+            Ok(None) => {}
+            Ok(Some(leader)) => return Ended::Moved(leader),
+            Err(e) => return Ended::Lost(e),
         }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
         match rd.read_buf(&mut buf).await {
             Ok(0) => {
-                return Error::Connect {
-                    addr: inner.addr.clone(),
+                return Ended::Lost(Error::Connect {
+                    addr: inner.addr(),
                     reason: "the server closed the connection".into(),
-                }
+                })
             }
             Ok(_) => {
                 if let Ok(mut t) = last_read.lock() {
@@ -234,10 +309,10 @@ async fn read_loop(
                 }
             }
             Err(e) => {
-                return Error::Connect {
-                    addr: inner.addr.clone(),
+                return Ended::Lost(Error::Connect {
+                    addr: inner.addr(),
                     reason: e.to_string(),
-                }
+                })
             }
         }
     }
@@ -245,7 +320,8 @@ async fn read_loop(
 
 /// Handles every whole frame in `buf`, holding the state lock once for the batch, then
 /// wakes each subscription or consumer that received its first message of the batch.
-fn dispatch_buffered(inner: &Inner, buf: &mut BytesMut) -> Result<(), Error> {
+/// Returns where to move when a cluster node sent the client to the leader.
+fn dispatch_buffered(inner: &Inner, buf: &mut BytesMut) -> Result<Option<Option<String>>, Error> {
     let mut wake = Vec::new();
     let result = dispatch_frames(inner, buf, &mut wake);
     for queue in wake {
@@ -258,12 +334,12 @@ fn dispatch_frames(
     inner: &Inner,
     buf: &mut BytesMut,
     wake: &mut Vec<Arc<dyn Wake>>,
-) -> Result<(), Error> {
+) -> Result<Option<Option<String>>, Error> {
     let mut state = inner.state();
     loop {
         let frame = match Frame::decode(buf, MAX_FRAME_SIZE_LIMIT) {
             Ok(Some(frame)) => frame,
-            Ok(None) => return Ok(()),
+            Ok(None) => return Ok(state.take_move()),
             Err(e) if !e.is_fatal() => {
                 tracing::debug!(error = %e, "ignoring a frame this client does not know");
                 continue;
@@ -281,6 +357,13 @@ fn dispatch_frames(
                 if let Some(e) = handled.unanswered {
                     tracing::warn!(code = ?e.code(), message = %e.message, "server error");
                 }
+                if let Some(cid) = handled.ended_consumer {
+                    // The server ended a consumer: its queue is gone, or (in a cluster)
+                    // the node no longer runs the queues. Asking again tells which.
+                    if let Some(consume) = state.consume_again(cid, inner.next_id()) {
+                        let _ = inner.out.push_control(&consume);
+                    }
+                }
             }
             Err(kind) => {
                 return Err(Error::Protocol(format!(
@@ -297,7 +380,7 @@ async fn write_loop(inner: &Inner, wr: &mut WriteHalf) -> Error {
         inner.out.take(&mut batch).await;
         if let Err(e) = wr.write_all(&batch).await {
             return Error::Connect {
-                addr: inner.addr.clone(),
+                addr: inner.addr(),
                 reason: e.to_string(),
             };
         }

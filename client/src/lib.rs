@@ -20,6 +20,7 @@
 //! * [`Request`], [`RequestMany`], [`Serve`], [`ServeQueue`]: request-reply and
 //!   responders (`request`).
 //! * `connection`: the driver task that owns the socket, reconnects and re-subscribes.
+//! * `servers`: the seed list, the addresses learned, and which to try next.
 //! * `state`: requests in flight and subscriptions, with no I/O (unit-tested).
 //! * `outbound`: the bounded write buffer publishers encode into.
 #![cfg_attr(
@@ -38,6 +39,7 @@ mod outbound;
 mod publish;
 mod queue;
 mod request;
+mod servers;
 mod state;
 mod subscription;
 mod transport;

@@ -15,6 +15,13 @@
 //! | queue administration | fails: the caller may retry (declare is idempotent) |
 //! | subscribe, consume | waits: re-sent on the next connection |
 //! | QoS 1/2 publish | waits: re-sent on the next connection (QoS 2 is deduplicated) |
+//!
+//! A cluster node that does not run the queues answers a consume, a queue request or
+//! (while no leader is known) a publish with `not_leader`: the consume and the publish
+//! wait, to be re-sent on the next connection, and the client moves to the node named
+//! ([`State::take_move`]); the queue request fails, and its caller asks again there.
+//! A consumer the server ends (CANCEL with id 0) is asked for again: a queue that is
+//! gone ends it, another node running the queues moves it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -121,13 +128,15 @@ pub(crate) struct Handled {
     pub wake: Option<Arc<dyn Wake>>,
     /// An error that answered no request, to log.
     pub unanswered: Option<ErrorFrame>,
+    /// A consumer the server ended, to ask for again ([`State::consume_again`]).
+    pub ended_consumer: Option<u32>,
 }
 
 impl Handled {
     fn wake(wake: Option<Arc<dyn Wake>>) -> Self {
         Self {
             wake,
-            unanswered: None,
+            ..Self::default()
         }
     }
 }
@@ -143,6 +152,9 @@ pub(crate) struct State {
     /// Errors that answered no request (a refused QoS 0 publish, say), the newest
     /// [`UNANSWERED_KEPT`], until the application takes them.
     unanswered: VecDeque<ErrorFrame>,
+    /// Set by a `not_leader` answer: the connection is to end and the client to move,
+    /// to the address named if any.
+    moving: Option<Option<String>>,
 }
 
 /// Most unanswered errors kept for the application; older ones are dropped (and were
@@ -276,19 +288,18 @@ impl State {
                 self.on_done(done.id, done.count);
                 Ok(Handled::default())
             }
-            Frame::Cancel(c) => {
-                // The server ended the consumer (its queue was deleted).
-                self.remove_consumer(c.cid);
-                Ok(Handled::default())
-            }
+            Frame::Cancel(c) => Ok(Handled {
+                ended_consumer: self.consumers.contains_key(&c.cid).then_some(c.cid),
+                ..Handled::default()
+            }),
             Frame::Error(e) => {
                 let unanswered = self.on_error(e);
                 if let Some(e) = &unanswered {
                     self.keep_unanswered(e.clone());
                 }
                 Ok(Handled {
-                    wake: None,
                     unanswered,
+                    ..Handled::default()
                 })
             }
             other => Err(other.frame_type()),
@@ -398,9 +409,43 @@ impl State {
         self.unanswered.drain(..).collect()
     }
 
+    /// Where the client is to move, once per `not_leader` answer: `Some(None)` while
+    /// no node is named.
+    pub fn take_move(&mut self) -> Option<Option<String>> {
+        self.moving.take()
+    }
+
+    /// A CONSUME asking again for consumer `cid`, which the server ended, registered
+    /// under `id`; `None` if the application let it go meanwhile.
+    pub fn consume_again(&mut self, cid: u32, id: u32) -> Option<Frame> {
+        let c = self.consumers.get(&cid)?;
+        let frame = Frame::Consume(Consume {
+            id,
+            cid,
+            queue: c.queue_name.clone(),
+            prefetch: c.prefetch,
+            mode: c.mode,
+            name: c.name.clone(),
+        });
+        self.requests.insert(id, Request::Consume(cid));
+        Some(frame)
+    }
+
     /// An ERROR. Returns it back when it answers no request (id 0, or a request
     /// nobody waits for any more), for the caller to log.
     fn on_error(&mut self, e: ErrorFrame) -> Option<ErrorFrame> {
+        if e.code() == Some(ErrorCode::NotLeader) {
+            let request = self.requests.get(&e.id);
+            if matches!(request, Some(Request::Admin { .. })) {
+                // It fails, and its caller asks again on the node moved to.
+                self.moving = Some(crate::servers::leader_hint(&e.message));
+            }
+            if matches!(request, Some(Request::Consume(_) | Request::Publish { .. })) {
+                // Kept, to be sent again where the queues run.
+                self.moving = Some(crate::servers::leader_hint(&e.message));
+                return None;
+            }
+        }
         match self.requests.remove(&e.id) {
             // The goal of an unsubscribe or cancel is that the server holds nothing:
             // "there is no such thing" (after a reconnect, say) is that too.
@@ -449,6 +494,9 @@ impl State {
                         let _ = tx.send(Err(e.into()));
                         None
                     }
+                    // Asked again after the server ended it: the queue is gone, which
+                    // ends the stream and is no error of the application's.
+                    None if e.code() == Some(ErrorCode::QueueNotFound) => None,
                     None => Some(e),
                 }
             }

@@ -12,14 +12,12 @@ mod request;
 mod server;
 mod subscribe;
 
-use std::process::ExitCode;
-use std::time::{Duration, Instant};
-
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use tern_client::{Client, ClientBuilder, ErrorCode, Headers, TlsOptions};
+use tern_client::{Client, Headers, TlsOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -188,96 +186,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         };
         builder = builder.credentials(user, password);
     }
-    let seeds: Vec<&str> = cli
-        .server
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    let connect = || connect_any(&builder, &seeds);
+    // A seed list is the client library's: it connects to the first node that
+    // answers and, in a cluster, takes consumers and queue requests to the node that
+    // runs the queues (waiting up to the request timeout while one is elected).
+    let client = builder.connect(cli.server.as_str()).await?;
     match cli.command {
-        Command::Pub(args) => publish::run(connect().await?, args).await,
-        Command::Sub(args) => subscribe::run(connect().await?, args).await,
-        // In a cluster only the node that runs the queues consumes and answers about
-        // them: `on_leader` takes the command there.
-        Command::Queue(command) => {
-            on_leader(&builder, &seeds, |c| queue::run(c, command.clone())).await
-        }
-        Command::Consume(args) => {
-            on_leader(&builder, &seeds, |c| consume::run(c, args.clone())).await
-        }
-        Command::Req(args) => request::req(connect().await?, args).await,
-        Command::Reply(args) => request::reply(connect().await?, args).await,
-        Command::Server(command) => server::run(connect().await?, command).await,
-    }
-}
-
-/// Connects to the first of `seeds` that answers.
-async fn connect_any(builder: &ClientBuilder, seeds: &[&str]) -> anyhow::Result<Client> {
-    let mut failed = Vec::new();
-    for seed in seeds {
-        match builder.clone().connect(*seed).await {
-            Ok(client) => return Ok(client),
-            Err(e) => failed.push(e),
-        }
-    }
-    match failed.pop() {
-        Some(e) if seeds.len() == 1 => Err(e.into()),
-        Some(e) => {
-            Err(anyhow::Error::new(e).context(format!("no server of {} answered", seeds.join(","))))
-        }
-        None => bail!("--server names no address"),
-    }
-}
-
-/// How long a command waits for a cluster to elect the node that runs its queues.
-const ELECTION_PATIENCE: Duration = Duration::from_secs(10);
-
-/// Runs `command` where the queues run. In a cluster another node answers `not_leader`,
-/// naming the leader's address (the command runs again there) or saying that one is
-/// being elected (it runs again after a short wait), for up to [`ELECTION_PATIENCE`].
-async fn on_leader<F, Fut>(
-    builder: &ClientBuilder,
-    seeds: &[&str],
-    mut command: F,
-) -> anyhow::Result<()>
-where
-    F: FnMut(Client) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let deadline = Instant::now() + ELECTION_PATIENCE;
-    let mut client = connect_any(builder, seeds).await?;
-    loop {
-        let Err(e) = command(client).await else {
-            return Ok(());
-        };
-        client = match not_leader(&e) {
-            Some(_) if Instant::now() >= deadline => return Err(e),
-            Some(Some(leader)) => builder.clone().connect(leader).await?,
-            Some(None) => {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                connect_any(builder, seeds).await?
-            }
-            None => return Err(e),
-        };
-    }
-}
-
-/// For a cluster node's `not_leader` error, the leader's address it names ("... connect
-/// to ADDR"), if it knows one.
-fn not_leader(e: &anyhow::Error) -> Option<Option<String>> {
-    let e = e
-        .chain()
-        .find_map(|c| c.downcast_ref::<tern_client::Error>())?;
-    match e {
-        tern_client::Error::Server { message, .. } if e.code() == Some(ErrorCode::NotLeader) => {
-            Some(
-                message
-                    .rsplit_once("connect to ")
-                    .map(|(_, addr)| addr.trim().to_string()),
-            )
-        }
-        _ => None,
+        Command::Pub(args) => publish::run(client, args).await,
+        Command::Sub(args) => subscribe::run(client, args).await,
+        Command::Queue(command) => queue::run(client, command).await,
+        Command::Consume(args) => consume::run(client, args).await,
+        Command::Req(args) => request::req(client, args).await,
+        Command::Reply(args) => request::reply(client, args).await,
+        Command::Server(command) => server::run(client, command).await,
     }
 }
 
