@@ -486,3 +486,127 @@ async fn a_seed_list_client_publishes_exactly_once_and_consumes_across_leader_ki
         "only unacked messages come again ({redelivered})"
     );
 }
+
+/// Receives the next message on `sub` whose subject is `subject` (skipping probes).
+async fn next_on(sub: &mut tern::Subscription, subject: &str) -> tern::Message {
+    loop {
+        let m = within("a message", sub.next()).await.expect("open");
+        if m.subject == subject {
+            return m;
+        }
+    }
+}
+
+/// Publishes probes on `subject` through `from` until `sub` receives one: the node
+/// `from` is connected to has heard of the subscription.
+async fn until_routed(from: &Client, subject: &str, sub: &mut tern::Subscription) {
+    let deadline = Instant::now() + common::PATIENCE;
+    loop {
+        from.publish(subject, "probe").await.unwrap();
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(100), sub.next()).await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "'{subject}' never routed across");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pub_sub_request_reply_and_queue_groups_span_the_nodes() {
+    let cluster = Cluster::start(3).await;
+    let (one, two, three) = (
+        cluster.client(0).await,
+        cluster.client(1).await,
+        cluster.client(2).await,
+    );
+
+    // A subscriber on node 1 receives what node 2 publishes, all of it, in order.
+    let mut sensors = within("subscribe", async { one.subscribe("sensors.>").await })
+        .await
+        .unwrap();
+    until_routed(&two, "sensors.probe", &mut sensors).await;
+    for n in 0..1000 {
+        two.publish("sensors.data", n.to_string()).await.unwrap();
+    }
+    within("flush", two.flush()).await.unwrap();
+    for n in 0..1000 {
+        let m = next_on(&mut sensors, "sensors.data").await;
+        assert_eq!(
+            m.payload,
+            n.to_string().as_bytes(),
+            "in the order published"
+        );
+    }
+
+    // A request on node 1 reaches a responder on node 3, and its reply comes back.
+    let _echo = three
+        .serve("svc.echo")
+        .run(|req: tern::ServiceRequest| async move {
+            Ok::<_, std::convert::Infallible>(req.message.payload)
+        })
+        .await
+        .unwrap();
+    eventually("node 1 to know the responder on node 3", || async {
+        one.request("svc.echo", "ping").await.ok()
+    })
+    .await;
+    for n in 0..50 {
+        let reply = within("a reply", async {
+            one.request("svc.echo", n.to_string()).await
+        })
+        .await
+        .unwrap();
+        assert_eq!(reply.payload, n.to_string().as_bytes());
+    }
+
+    // A queue group with members on nodes 1 and 3, fed from node 2 (which has none):
+    // each message reaches exactly one member.
+    let mut workers = Vec::new();
+    for c in [&one, &three] {
+        let mut w = within("subscribe", async {
+            c.subscribe("jobs.*").group("workers").await
+        })
+        .await
+        .unwrap();
+        until_routed(&two, "jobs.probe", &mut w).await;
+        workers.push(w);
+    }
+    for n in 0..400 {
+        two.publish("jobs.run", n.to_string()).await.unwrap();
+    }
+    within("flush", two.flush()).await.unwrap();
+    let mut got = Vec::new();
+    let mut per_member = [0usize; 2];
+    let [w1, w3] = &mut workers[..] else {
+        unreachable!()
+    };
+    while got.len() < 400 {
+        let (m, i) = tokio::select! {
+            m = next_on(w1, "jobs.run") => (m, 0),
+            m = next_on(w3, "jobs.run") => (m, 1),
+        };
+        per_member[i] += 1;
+        got.push(String::from_utf8(m.payload.to_vec()).unwrap());
+    }
+    let unique: BTreeSet<_> = got.iter().collect();
+    assert_eq!(unique.len(), 400, "each job once");
+    assert!(
+        per_member.iter().all(|n| *n > 0),
+        "both nodes' members served: {per_member:?}"
+    );
+
+    // Once node 1's subscriber is gone, node 2 stops routing there: a mandatory
+    // publish finds no taker.
+    within("unsubscribe", sensors.unsubscribe()).await.unwrap();
+    eventually("node 2 to forget the subscriber on node 1", || async {
+        match two.publish("sensors.data", "x").mandatory().await {
+            Err(e) if e.code() == Some(tern::ErrorCode::NoRoute) => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    let text = cluster.metrics(1).await;
+    assert!(
+        text.contains("tern_cluster_forwarded_total{peer=\"1\"}"),
+        "{text}"
+    );
+}

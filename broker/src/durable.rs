@@ -15,8 +15,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tern_storage::{SledStore, StorageError, Store, Wal};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::pubsub::PubSub;
 use crate::cluster::raft::{Recovery, Replica};
 use crate::cluster::replicated::ReplicatedLog;
+use crate::cluster::Node;
 use crate::config::cluster::ClusterConfig;
 use crate::config::{Config, SyncPolicy};
 use crate::dedup::DedupWindow;
@@ -48,6 +50,9 @@ pub(crate) struct Durable {
     journal_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// This node's member of the cluster's group, in a cluster.
     pub replica: Option<Arc<Replica>>,
+    /// In a cluster: pub/sub across the nodes. Not durable, but started with the
+    /// replica, whose peer listener it shares.
+    pub pubsub: Option<Arc<PubSub>>,
 }
 
 /// The metrics the durable queues record (the server's `Metrics` hands them out).
@@ -174,7 +179,7 @@ impl Durable {
             metrics.delivery_latency,
             true,
         ));
-        let replica = Replica::start(
+        let node = crate::cluster::start(
             cluster,
             sled,
             Arc::clone(&runtime),
@@ -184,13 +189,14 @@ impl Durable {
                 filter_limits: config.limits.filter,
             },
             Arc::clone(&router),
+            config.limits.subject,
             shutdown,
         )
         .await
         .map_err(|e| Error::Cluster(e.to_string()))?;
         let log = ReplicatedLog {
             commit_latency: metrics.raft_commit,
-            replica: Arc::clone(&replica),
+            replica: Arc::clone(&node.replica),
             router,
             store: Arc::clone(&store),
             health: Arc::clone(&health),
@@ -202,7 +208,7 @@ impl Durable {
             dedup,
             runtime,
             metrics.confirm_latency,
-            Some(replica),
+            Some(node),
         )
     }
 
@@ -215,7 +221,7 @@ impl Durable {
         dedup: Arc<Mutex<DedupWindow>>,
         runtime: Arc<QueueRuntime>,
         confirm_latency: metrics::Histogram,
-        replica: Option<Arc<Replica>>,
+        cluster: Option<Node>,
     ) -> Result<Self, Error> {
         let writer = Writer::new(
             log,
@@ -234,7 +240,8 @@ impl Durable {
             runtime,
             dedup,
             journal_thread: Mutex::new(Some(journal_thread)),
-            replica,
+            replica: cluster.as_ref().map(|n| Arc::clone(&n.replica)),
+            pubsub: cluster.map(|n| n.pubsub),
         })
     }
 

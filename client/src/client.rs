@@ -377,7 +377,8 @@ impl Client {
 
     /// Subscribes to `pattern`; `.group(..)` on the returned builder makes it a queue
     /// subscription. Awaiting it returns once the server has the subscription, so
-    /// every message published after that is delivered to it.
+    /// every message published after that is delivered to it (in a cluster: published
+    /// through the same node; the other nodes learn of it a moment later).
     pub fn subscribe<'a>(&'a self, pattern: &'a str) -> SubscribeBuilder<'a> {
         SubscribeBuilder::new(self, pattern)
     }

@@ -1,6 +1,7 @@
-//! Raft requests between nodes (`tern_broker::cluster`): arbitrary bytes read as the
-//! body of a request another node sends over a peer link — AppendEntries, Vote,
-//! InstallSnapshot, a forwarded proposal, a client-address question — postcard-encoded.
+//! Requests between nodes (`tern_broker::cluster`): arbitrary bytes read as the body of
+//! a request another node sends over a peer link — its first byte the service, then,
+//! postcard-encoded, a Raft request (AppendEntries, Vote, InstallSnapshot, a forwarded
+//! proposal, a client-address question) or a pub/sub batch (interest and messages).
 //! Peers authenticate before they send one, but a buggy or compromised node must not
 //! crash another.
 //!

@@ -109,6 +109,15 @@ pub(crate) async fn render(metrics: &Metrics, shared: &Shared) -> String {
             gauge(r, "tern_raft_replication_lag_entries", &[("peer", &node)]).set(lag as f64);
         }
     }
+    if let Some(pubsub) = &shared.durable.pubsub {
+        for t in pubsub.traffic() {
+            let peer = t.node.to_string();
+            let l = [("peer", peer.as_str())];
+            counter(r, "tern_cluster_forwarded_total", &l).absolute(t.forwarded);
+            counter(r, "tern_cluster_forward_dropped_total", &l).absolute(t.dropped);
+        }
+        counter(r, "tern_cluster_forwarded_delivered_total", &[]).absolute(pubsub.delivered());
+    }
     if let Ok(size) = shared.durable.store.size_on_disk() {
         gauge(r, "tern_store_size_bytes", &[]).set(size as f64);
     }

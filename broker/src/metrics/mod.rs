@@ -175,6 +175,18 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
         "In a cluster: from proposing a group commit to its being applied (a majority fsync'd).",
     ),
     (
+        "tern_cluster_forwarded_total",
+        "In a cluster: messages forwarded to another node's subscribers, by peer node id.",
+    ),
+    (
+        "tern_cluster_forward_dropped_total",
+        "In a cluster: messages for another node's subscribers dropped (its link down or over its byte budget), by peer node id.",
+    ),
+    (
+        "tern_cluster_forwarded_delivered_total",
+        "In a cluster: deliveries to this node's subscribers of messages other nodes forwarded.",
+    ),
+    (
         "tern_build_info",
         "Always 1; the version label says which ternd this is.",
     ),

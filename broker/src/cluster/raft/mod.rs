@@ -28,14 +28,13 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tern_storage::{RaftLog, SledStore};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use self::log_store::LogStore;
 use self::network::{Answerer, Network, Request, Response, PROPOSE_TIMEOUT};
 pub(crate) use self::state_machine::Recovery;
 use self::state_machine::StateMachine;
-use crate::cluster::link::{self, LinkConfig, Peer};
+use crate::cluster::link::{Handler, LinkConfig, Peer};
 use crate::config::cluster::ClusterConfig;
 use crate::queue::machine::{Answer, Entry};
 use crate::queue::runtime::QueueRuntime;
@@ -61,6 +60,9 @@ pub(crate) type Raft = openraft::Raft<TypeConfig>;
 
 /// The group of every durable queue.
 const GROUP: u64 = 1;
+
+/// The first byte of a Raft request on a peer link (see [`crate::cluster::Services`]).
+pub(crate) const SERVICE: u8 = 1;
 
 /// The Raft log's write-ahead file in the data directory, and its size.
 const RAFT_WAL: &str = "raft-wal";
@@ -197,21 +199,22 @@ pub enum StartError {
 }
 
 impl Replica {
-    /// Opens this node's Raft log and state machine in `store`, listens for the other
-    /// nodes, and joins (or, on a first start, forms) the group with the configured
-    /// peers.
+    /// Opens this node's Raft log and state machine in `store` and joins (or, on a
+    /// first start, forms) the group with the configured peers. Returns the replica
+    /// and what answers the other nodes' Raft requests.
     ///
     /// # Errors
     ///
-    /// The store, the listener, the TLS files or Raft could not start.
+    /// The store or Raft could not start.
     pub async fn start(
         config: &ClusterConfig,
+        link: Arc<LinkConfig>,
         store: Arc<SledStore>,
         runtime: Arc<QueueRuntime>,
         recovery: Recovery,
         router: Arc<crate::router::Router>,
         shutdown: CancellationToken,
-    ) -> Result<Arc<Self>, StartError> {
+    ) -> Result<(Arc<Self>, Arc<dyn Handler>), StartError> {
         let wal = recovery.data_dir.join(RAFT_WAL);
         let log = {
             let store = Arc::clone(&store);
@@ -228,14 +231,6 @@ impl Replica {
             Arc::clone(&metrics),
         )
         .await?;
-        let link = Arc::new(LinkConfig::from_cluster(config)?);
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
         let raft_config = raft_config().map_err(|e| StartError::Raft(e.to_string()))?;
         let raft = Raft::new(
             config.node_id,
@@ -250,16 +245,11 @@ impl Replica {
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let _ = metrics.set(raft.metrics());
         let client_addr = ClientAddr::default();
-        tokio::spawn(link::serve(
-            listener,
-            Arc::clone(&link),
-            Arc::new(Answerer {
-                raft: raft.clone(),
-                router,
-                client_addr: client_addr.clone(),
-            }),
-            shutdown.clone(),
-        ));
+        let answerer = Arc::new(Answerer {
+            raft: raft.clone(),
+            router,
+            client_addr: client_addr.clone(),
+        });
         let members: BTreeMap<NodeId, Member> = config
             .peers
             .iter()
@@ -283,7 +273,7 @@ impl Replica {
             leader_changes: std::sync::atomic::AtomicU64::new(0),
         });
         tokio::spawn(follow_leadership(Arc::clone(&replica), runtime, shutdown));
-        Ok(replica)
+        Ok((replica, answerer))
     }
 
     /// This node's id.

@@ -69,7 +69,8 @@ pub(crate) async fn call(
     request: &Request,
     timeout: Duration,
 ) -> Result<Response, LinkError> {
-    let bytes = postcard::to_stdvec(request)
+    let bytes = vec![super::SERVICE];
+    let bytes = postcard::to_extend(request, bytes)
         .map_err(|e| LinkError::Remote(format!("cannot encode a raft request: {e}")))?;
     let answer = peer.call(Bytes::from(bytes), timeout).await?;
     postcard::from_bytes(&answer)

@@ -5,6 +5,12 @@
 //! sublist's generation, so a subscribe or unsubscribe anywhere makes every cache
 //! refresh on its next publish and nothing stale is ever used. A cache hit costs one
 //! atomic load and one hash lookup: publishes do not contend on a lock.
+//!
+//! * `interest`: who takes one subject's messages, and the delivery.
+//! * `remote`: in a cluster, this node's interest for the others, and theirs.
+
+mod interest;
+pub(crate) mod remote;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -14,10 +20,10 @@ use bytestring::ByteString;
 use rustc_hash::FxHashMap;
 use tern_codec::{Envelope, Pattern};
 
-use tern_storage::QueueId;
-
+pub(crate) use self::interest::Interest;
+use self::remote::{InterestKey, LocalInterest, RemoteNode};
 use crate::auth::replies::ReplyPermits;
-use crate::filter::{EqualityIndex, Filter, MessageView};
+use crate::filter::{EqualityIndex, Filter};
 use crate::outbound::{Outbound, Push, Wakes};
 use crate::queue::QueueHandle;
 use crate::sublist::Sublist;
@@ -107,13 +113,14 @@ impl FilteredSubs {
 }
 
 /// What a sublist entry routes to: a live subscription, a pattern's filtered
-/// subscriptions, or one binding of a durable queue (its number in the queue's
-/// definition).
+/// subscriptions, one binding of a durable queue (its number in the queue's
+/// definition), or another node's subscriptions with one queue group (or none).
 #[derive(Debug, Clone)]
 pub(crate) enum Route {
     Subscriber(Arc<Subscriber>),
     Filtered(Arc<FilteredSubs>),
     Queue(Arc<QueueHandle>, usize),
+    Remote(Arc<dyn RemoteNode>, Option<ByteString>),
 }
 
 impl PartialEq for Route {
@@ -122,164 +129,9 @@ impl PartialEq for Route {
             (Route::Subscriber(a), Route::Subscriber(b)) => a == b,
             (Route::Filtered(a), Route::Filtered(b)) => Arc::ptr_eq(a, b),
             (Route::Queue(a, i), Route::Queue(b, j)) => Arc::ptr_eq(a, b) && i == j,
+            (Route::Remote(a, g), Route::Remote(b, h)) => a.node() == b.node() && g == h,
             _ => false,
         }
-    }
-}
-
-/// A queue a subject routes to, and which of its bindings match the subject.
-#[derive(Debug)]
-struct QueueRoute {
-    queue: Arc<QueueHandle>,
-    bindings: Vec<usize>,
-}
-
-impl QueueRoute {
-    /// Whether one of the matching bindings takes the message: it has no filter, or
-    /// its filter accepts the message.
-    fn takes(&self, view: &MessageView<'_>) -> bool {
-        self.bindings
-            .iter()
-            .any(|&b| self.queue.filter(b).is_none_or(|f| f.matches(view)))
-    }
-}
-
-/// Who takes messages on one subject, grouped for delivery.
-#[derive(Debug, Default)]
-pub(crate) struct Interest {
-    /// Subscribers without a queue group or filter: each gets every message.
-    plain: Vec<Arc<Subscriber>>,
-    /// Filtered subscribers without a queue group, one set per matching pattern: each
-    /// gets the messages its filter accepts. Header equalities are found by hash, so
-    /// thousands of them cost about as much per message as a few.
-    filtered: Vec<Arc<FilteredSubs>>,
-    /// Members of each queue group: one member (whose filter accepts the message) per
-    /// group gets each message.
-    groups: Vec<Vec<Arc<Subscriber>>>,
-    /// Durable queues bound to the subject, each once however many bindings match.
-    queues: Vec<QueueRoute>,
-}
-
-impl Interest {
-    fn new(routes: &[Route]) -> Self {
-        let mut interest = Interest::default();
-        let mut by_group: HashMap<&str, usize> = HashMap::new();
-        for route in routes {
-            let s = match route {
-                Route::Subscriber(s) => s,
-                Route::Filtered(f) => {
-                    interest.filtered.push(Arc::clone(f));
-                    continue;
-                }
-                Route::Queue(q, binding) => {
-                    match interest.queues.iter_mut().find(|r| r.queue.id == q.id) {
-                        Some(r) => r.bindings.push(*binding),
-                        None => interest.queues.push(QueueRoute {
-                            queue: Arc::clone(q),
-                            bindings: vec![*binding],
-                        }),
-                    }
-                    continue;
-                }
-            };
-            match &s.group {
-                None => interest.plain.push(Arc::clone(s)),
-                Some(g) => {
-                    let i = *by_group.entry(g).or_insert_with(|| {
-                        interest.groups.push(Vec::new());
-                        interest.groups.len() - 1
-                    });
-                    if let Some(members) = interest.groups.get_mut(i) {
-                        members.push(Arc::clone(s));
-                    }
-                }
-            }
-        }
-        interest
-    }
-
-    /// The queues that take the message (their binding filters accepting it).
-    pub fn queues(&self, view: &MessageView<'_>) -> Vec<QueueId> {
-        self.queues
-            .iter()
-            .filter(|r| r.takes(view))
-            .map(|r| r.queue.id)
-            .collect()
-    }
-
-    /// Whether some live subscriber would take the message (queues aside): what a
-    /// mandatory publish needs besides a queue.
-    pub fn has_taker(&self, view: &MessageView<'_>) -> bool {
-        !self.plain.is_empty()
-            || self
-                .filtered
-                .iter()
-                .any(|f| f.read().matching(view).next().is_some())
-            || self
-                .groups
-                .iter()
-                .flatten()
-                .any(|s| s.filter.as_ref().is_none_or(|f| f.matches(view)))
-    }
-
-    /// Delivers to every plain subscriber, to every filtered one whose filter accepts
-    /// the message, and to one member of each group.
-    ///
-    /// A group member is picked at random; if it refuses (full or closing, or its
-    /// filter does not accept the message), the next one is tried, so a slow member
-    /// sheds load to its peers instead of losing it. `publisher` is the sending
-    /// connection. Returns `(delivered, dropped)`.
-    pub fn deliver(
-        &self,
-        envelope: &Envelope,
-        view: &MessageView<'_>,
-        publisher: u64,
-        wakes: &mut Wakes,
-    ) -> (u64, u64) {
-        let (mut delivered, mut dropped) = (0, 0);
-        let mut deliver = |s: &Subscriber| match s.deliver(envelope, publisher, wakes) {
-            Push::Queued => delivered += 1,
-            Push::Dropped => {
-                s.outbound.count_drop();
-                dropped += 1;
-            }
-            Push::Closed => {}
-        };
-        for s in &self.plain {
-            deliver(s);
-        }
-        for set in &self.filtered {
-            for s in set.read().matching(view) {
-                deliver(s);
-            }
-        }
-        for members in &self.groups {
-            let start = fastrand::usize(..members.len());
-            // The first member that refused for lack of room is charged with the drop,
-            // but only if no other member took the message.
-            let mut first_full = None;
-            let taken = members
-                .iter()
-                .cycle()
-                .skip(start)
-                .take(members.len())
-                .filter(|s| s.filter.as_ref().is_none_or(|f| f.matches(view)))
-                .any(|s| match s.deliver(envelope, publisher, wakes) {
-                    Push::Queued => true,
-                    Push::Dropped => {
-                        first_full.get_or_insert(s);
-                        false
-                    }
-                    Push::Closed => false,
-                });
-            if taken {
-                delivered += 1;
-            } else if let Some(s) = first_full {
-                s.outbound.count_drop();
-                dropped += 1;
-            }
-        }
-        (delivered, dropped)
     }
 }
 
@@ -306,6 +158,8 @@ pub(crate) struct Router {
     /// The sublist's generation, readable without the lock.
     generation: Arc<AtomicU64>,
     subscriptions: AtomicUsize,
+    /// This node's subscriptions by key, for the other nodes of a cluster.
+    pub local: LocalInterest,
 }
 
 impl Default for Router {
@@ -319,6 +173,7 @@ impl Default for Router {
             }),
             generation,
             subscriptions: AtomicUsize::new(0),
+            local: LocalInterest::default(),
         }
     }
 }
@@ -353,6 +208,7 @@ impl Router {
             _ => sublist.insert(&sub.pattern, Route::Subscriber(Arc::clone(&sub))),
         }
         self.subscriptions.fetch_add(1, Ordering::Relaxed);
+        self.local.add(interest_key(&sub));
     }
 
     /// Removes `sub`; no message is delivered on it once this returns.
@@ -377,7 +233,21 @@ impl Router {
         };
         if removed {
             self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            self.local.remove(interest_key(sub));
         }
+    }
+
+    /// Routes messages on `key` to another node. The caller adds each key of a node
+    /// once (`cluster::pubsub` keeps each node's set).
+    pub fn add_remote(&self, node: &Arc<dyn RemoteNode>, key: &InterestKey) {
+        let route = Route::Remote(Arc::clone(node), key.group.as_deref().map(Into::into));
+        self.write().sublist.insert(&key.pattern, route);
+    }
+
+    /// Stops routing messages on `key` to another node.
+    pub fn remove_remote(&self, node: &Arc<dyn RemoteNode>, key: &InterestKey) {
+        let route = Route::Remote(Arc::clone(node), key.group.as_deref().map(Into::into));
+        self.write().sublist.remove(&key.pattern, &route);
     }
 
     /// Routes messages on the queue's binding patterns to it.
@@ -435,5 +305,13 @@ impl Router {
         }
         cache.routes.insert(subject.into(), Arc::clone(&interest));
         interest
+    }
+}
+
+/// The key a subscription counts under for the other nodes.
+fn interest_key(sub: &Subscriber) -> InterestKey {
+    InterestKey {
+        pattern: sub.pattern.as_str().to_string(),
+        group: sub.group.as_ref().map(ToString::to_string),
     }
 }
