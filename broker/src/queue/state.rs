@@ -284,6 +284,16 @@ pub struct QueueState {
     stats: QueueStats,
 }
 
+/// Where a run of a queue starts numbering its deliveries: above any number an earlier
+/// run can have given out — before a restart, or on the node that led before a failover
+/// — so that a client settling an attempt of that run is told it is stale, instead of
+/// settling another message that happens to have the same number now. The start is
+/// the time in ms times 2^20: a run would have to make a million deliveries per
+/// millisecond to reach the next run's start (and u64 lasts until the year 2527).
+fn first_delivery_id(now_ms: u64) -> u64 {
+    now_ms.saturating_mul(1 << 20).max(1)
+}
+
 impl QueueState {
     pub fn new(def: Arc<QueueDef>, memory_budget: usize) -> Self {
         Self {
@@ -296,7 +306,7 @@ impl QueueState {
             held: BTreeMap::new(),
             consumers: Vec::new(),
             next_consumer: 0,
-            next_delivery_id: 1,
+            next_delivery_id: first_delivery_id(crate::clock::now_ms()),
             bodies: FxHashMap::default(),
             resident_bytes: 0,
             memory_budget,
