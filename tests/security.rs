@@ -1219,6 +1219,12 @@ async fn permissions_table_end_to_end() {
         "billing",
     );
 
+    // An admin may ask to change the membership, but a server alone has none.
+    let e = within("add node", ops.add_node(9, "127.0.0.1:1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::MembershipRefused), "{e}");
+
     // Queue administration needs admin (which defaults to false); info does not, but
     // a user sees only the queues it may consume from.
     let may_consume: [&[&str]; 2] = [&["jobs.a"], &["billing", "jobs.a", "jobs.private"]];
@@ -1247,6 +1253,14 @@ async fn permissions_table_end_to_end() {
             "move messages from queue",
             "jobs.a",
         );
+        // So does changing a cluster's membership; anyone may look at it.
+        let added = within("add node", who.add_node(9, "127.0.0.1:1")).await;
+        let removed = within("remove node", who.remove_node(9)).await;
+        for e in [added.unwrap_err(), removed.unwrap_err()] {
+            assert_eq!(e.code(), Some(ErrorCode::PermissionDenied), "{e}");
+        }
+        let cluster = within("cluster info", who.cluster_info()).await.unwrap();
+        assert_eq!(cluster.node_id, 0, "a server alone is no cluster");
         let info = within("queue_info", who.queue_info("jobs.a"))
             .await
             .unwrap();

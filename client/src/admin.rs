@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use tern_codec::names::validate_name;
 use tern_codec::{
-    Binding, ErrorCode, Overflow, QueueDeclare, QueueDelete, QueueInfo, QueueMove, QueueOptions,
-    QueuePurge, QueueQuery, ServerInfo, ServerQuery,
+    Binding, ClusterChange, ClusterInfo, ClusterOp, ClusterQuery, ErrorCode, Overflow,
+    QueueDeclare, QueueDelete, QueueInfo, QueueMove, QueueOptions, QueuePurge, QueueQuery,
+    ServerInfo, ServerQuery,
 };
 use tokio::sync::oneshot;
 
@@ -295,6 +296,59 @@ impl Client {
             AdminReply::Server(info) => Ok(info),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// The cluster as the connected node sees it: its id, the term, the leader, and
+    /// every member with its addresses, role and (from the leader) lag. A server that
+    /// runs alone answers node 0 with no members.
+    ///
+    /// # Errors
+    ///
+    /// The connection failed, or the server predates clusters (`unknown_frame_type`).
+    pub async fn cluster_info(&self) -> Result<ClusterInfo, Error> {
+        match self
+            .admin(AdminKind::Ok, |id| Ok(ClusterQuery { id }.into()))
+            .await?
+        {
+            AdminReply::Cluster(info) => Ok(info),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Adds node `node_id`, whose peer listener is at `peer_addr`, to the cluster: it
+    /// catches up as a learner, then becomes a voter. The node must be running and
+    /// started to join (`--cluster-join`). Needs the `admin` permission.
+    ///
+    /// # Errors
+    ///
+    /// `membership_refused` (unreachable, a member already, the server runs alone),
+    /// `permission_denied`, or [`Error::Timeout`] while a large catch-up goes on (the
+    /// change continues; [`Client::cluster_info`] shows it).
+    pub async fn add_node(&self, node_id: u64, peer_addr: &str) -> Result<(), Error> {
+        self.change_membership(ClusterOp::Add {
+            node_id,
+            peer_addr: peer_addr.into(),
+        })
+        .await
+    }
+
+    /// Removes node `node_id` from the cluster (and so from every queue's replicas).
+    /// Needs the `admin` permission.
+    ///
+    /// # Errors
+    ///
+    /// `membership_refused` (not a member, the last voter, the server runs alone),
+    /// `permission_denied`.
+    pub async fn remove_node(&self, node_id: u64) -> Result<(), Error> {
+        self.change_membership(ClusterOp::Remove { node_id }).await
+    }
+
+    async fn change_membership(&self, op: ClusterOp) -> Result<(), Error> {
+        self.admin(AdminKind::Ok, |id| {
+            Ok(ClusterChange { id, op: op.clone() }.into())
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn count(&self, frame: impl Fn(u32) -> tern_codec::Frame) -> Result<u64, Error> {

@@ -30,8 +30,8 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use rustc_hash::FxHashMap;
 use tern_codec::{
-    AckMode, Confirm, Consume, Delivery as DeliveryFrame, ErrorCode, ErrorFrame, Frame, FrameType,
-    Message as MessageFrame, QueueInfo, ServerInfo, Subscribe,
+    AckMode, ClusterInfo, Confirm, Consume, Delivery as DeliveryFrame, ErrorCode, ErrorFrame,
+    Frame, FrameType, Message as MessageFrame, QueueInfo, ServerInfo, Subscribe,
 };
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
@@ -53,6 +53,7 @@ pub(crate) enum AdminReply {
     Ok,
     Info(QueueInfo),
     Server(ServerInfo),
+    Cluster(ClusterInfo),
     List(Vec<QueueInfo>),
     Count(u64),
 }
@@ -281,6 +282,12 @@ impl State {
             Frame::ServerInfo(info) => {
                 if let Some(Request::Admin { reply, .. }) = self.requests.remove(&info.id) {
                     let _ = reply.send(Ok(AdminReply::Server(info)));
+                }
+                Ok(Handled::default())
+            }
+            Frame::ClusterInfo(info) => {
+                if let Some(Request::Admin { reply, .. }) = self.requests.remove(&info.id) {
+                    let _ = reply.send(Ok(AdminReply::Cluster(info)));
                 }
                 Ok(Handled::default())
             }

@@ -39,6 +39,9 @@ pub enum FrameType {
     QueueMove = 0x45,
     ServerQuery = 0x46,
     ServerInfo = 0x47,
+    ClusterQuery = 0x48,
+    ClusterInfo = 0x49,
+    ClusterChange = 0x4A,
 }
 
 /// `(code, name)` for every frame type, for logs and the specification.
@@ -70,6 +73,9 @@ pub const FRAME_TYPES: &[(FrameType, &str)] = &[
     (FrameType::QueueMove, "QUEUE_MOVE"),
     (FrameType::ServerQuery, "SERVER_QUERY"),
     (FrameType::ServerInfo, "SERVER_INFO"),
+    (FrameType::ClusterQuery, "CLUSTER_QUERY"),
+    (FrameType::ClusterInfo, "CLUSTER_INFO"),
+    (FrameType::ClusterChange, "CLUSTER_CHANGE"),
 ];
 
 impl FrameType {
@@ -169,6 +175,9 @@ pub enum ErrorCode {
     /// In a cluster: this node does not run the queues; the message ends with the
     /// leader's client address when it is known ("... connect to HOST:PORT").
     NotLeader = 408,
+    /// A CLUSTER_CHANGE cannot be made (alone, unreachable, already a member, the
+    /// last voter).
+    MembershipRefused = 409,
     /// The server is shutting down.
     ShuttingDown = 500,
     /// An unexpected server-side failure; the message says what.
@@ -209,6 +218,7 @@ pub const ERROR_CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::InvalidQueue, "invalid_queue"),
     (ErrorCode::ConsumerIdInUse, "consumer_id_in_use"),
     (ErrorCode::NotLeader, "not_leader"),
+    (ErrorCode::MembershipRefused, "membership_refused"),
     (ErrorCode::ShuttingDown, "shutting_down"),
     (ErrorCode::Internal, "internal"),
     (ErrorCode::StorageFailed, "storage_failed"),

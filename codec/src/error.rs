@@ -78,6 +78,9 @@ pub enum EncodeError {
     /// More listeners than the 16-bit count can say.
     #[error("{count} listeners; the limit is 65535")]
     TooManyListeners { count: usize },
+    /// More items than a 16-bit count can say.
+    #[error("{count} {what}; the limit is 65535")]
+    TooMany { what: &'static str, count: usize },
     /// The whole frame is longer than the 32-bit length prefix can say.
     #[error("frame of {len} bytes does not fit a 32-bit length")]
     FrameTooLarge { len: usize },

@@ -41,11 +41,12 @@ pub use bytestring::ByteString;
 pub use codes::{ErrorCode, FrameType};
 pub use error::{DecodeError, EncodeError};
 pub use frame::{
-    Ack, AckMode, Binding, Cancel, Confirm, Consume, Credentials, Credit, Delivery, DeliveryHead,
-    Done, Encode, Envelope, EnvelopeRef, ErrorFrame, Frame, Hello, Message, Nack, Ok, Overflow,
-    Ping, Pong, ProducerSeq, Publish, PublishHead, Qos, QueueDeclare, QueueDelete, QueueInfo,
-    QueueMove, QueueOptions, QueuePurge, QueueQuery, QueueStats, Received, ServerInfo, ServerQuery,
-    Subscribe, Unsubscribe, Welcome,
+    Ack, AckMode, Binding, Cancel, ClusterChange, ClusterInfo, ClusterOp, ClusterQuery, Confirm,
+    Consume, Credentials, Credit, Delivery, DeliveryHead, Done, Encode, Envelope, EnvelopeRef,
+    ErrorFrame, Frame, Hello, Member, MemberRole, Message, Nack, Ok, Overflow, Ping, Pong,
+    ProducerSeq, Publish, PublishHead, Qos, QueueDeclare, QueueDelete, QueueInfo, QueueMove,
+    QueueOptions, QueuePurge, QueueQuery, QueueStats, Received, ServerInfo, ServerQuery, Subscribe,
+    Unsubscribe, Welcome,
 };
 pub use headers::{Headers, DEADLINE_HEADER};
 pub use subject::{Pattern, Subject, SubjectError, SubjectLimits};

@@ -189,6 +189,9 @@ fn frame_examples_are_the_golden_frames() {
             "SERVER_QUERY",
             "SERVER_INFO",
             "CREDIT",
+            "CLUSTER_QUERY",
+            "CLUSTER_INFO",
+            "CLUSTER_CHANGE",
         ]
     );
 }

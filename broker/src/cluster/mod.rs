@@ -88,6 +88,11 @@ pub(crate) async fn start(
     )
     .await?;
     let pubsub = Arc::new(PubSub::start(config, &link, router, limits, &shutdown));
+    // Pub/sub talks to whoever the membership lists, as nodes are added and removed.
+    let members = Arc::clone(&pubsub);
+    tokio::spawn(
+        Arc::clone(&replica).follow_members(move |m| members.set_members(m), shutdown.clone()),
+    );
     let services = Services {
         raft,
         pubsub: Arc::new(pubsub.handler()),

@@ -8,6 +8,10 @@
 //! bytes, read from `secret_file`) and/or mutual TLS (`tls = true` with the `[tls]`
 //! certificate and key, and `tls.client_ca` as the CA every node's certificate must
 //! chain to, checked both ways), so that nobody joins uninvited.
+//!
+//! A node added to a running cluster later starts with `join = true` (`--cluster-join`):
+//! it forms nothing and waits, empty, until a member adds it (`tern cluster add-node`);
+//! its `peers` may then be left out.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -69,6 +73,15 @@ pub struct ClusterSettings {
         value_name = "BOOL"
     )]
     pub tls: Option<bool>,
+
+    /// Join a running cluster: wait to be added (tern cluster add-node) instead of forming one
+    #[arg(
+        id = "cluster_join",
+        long = "cluster-join",
+        env = "TERN_CLUSTER_JOIN",
+        value_name = "BOOL"
+    )]
+    pub join: Option<bool>,
 }
 
 impl ClusterSettings {
@@ -80,12 +93,14 @@ impl ClusterSettings {
             peers,
             secret_file,
             tls,
+            join,
         } = self;
         node_id.is_some()
             || listen.is_some()
             || !peers.is_empty()
             || secret_file.is_some()
             || tls.is_some()
+            || join.is_some()
     }
 
     /// `self` where set, `lower` elsewhere.
@@ -96,6 +111,7 @@ impl ClusterSettings {
             peers,
             secret_file,
             tls,
+            join,
         } = lower;
         self.node_id = self.node_id.or(node_id);
         self.listen = self.listen.or(listen);
@@ -104,6 +120,7 @@ impl ClusterSettings {
         }
         self.secret_file = self.secret_file.or(secret_file);
         self.tls = self.tls.or(tls);
+        self.join = self.join.or(join);
         self
     }
 }
@@ -166,6 +183,8 @@ pub struct ClusterConfig {
     pub secret: Option<Vec<u8>>,
     /// TLS on peer links (both ways, each node presenting its certificate), if set.
     pub tls: Option<TlsFiles>,
+    /// Wait to be added to a running cluster instead of forming one with `peers`.
+    pub join: bool,
 }
 
 impl fmt::Debug for ClusterConfig {
@@ -176,6 +195,7 @@ impl fmt::Debug for ClusterConfig {
             .field("peers", &self.peers)
             .field("secret", &self.secret.as_ref().map(|_| "<hidden>"))
             .field("tls", &self.tls)
+            .field("join", &self.join)
             .finish()
     }
 }
@@ -222,7 +242,8 @@ pub fn validate(
             ));
         }
     }
-    if !peers.contains_key(&node_id) {
+    let join = s.join.unwrap_or(false);
+    if !join && !peers.contains_key(&node_id) {
         return Err(invalid(
             "cluster.peers",
             format!("does not list this node ({node_id}); every node gets the same full list"),
@@ -263,6 +284,7 @@ pub fn validate(
         peers,
         secret,
         tls,
+        join,
     }))
 }
 
@@ -333,6 +355,21 @@ mod tests {
     }
 
     #[test]
+    fn a_joining_node_needs_no_peers() {
+        let secret = secret_file();
+        let s = settings(&format!(
+            r#"[cluster]
+            node_id = 4
+            listen = "127.0.0.1:7504"
+            join = true
+            secret_file = "{}""#,
+            secret.path().display()
+        ));
+        let c = validate(s, None).unwrap().unwrap();
+        assert!(c.join && c.peers.is_empty());
+    }
+
+    #[test]
     fn each_mistake_names_its_key() {
         let secret = secret_file();
         let path = secret.path().display();
@@ -395,6 +432,7 @@ mod tests {
             peers: vec!["1@a:1".parse().unwrap()],
             secret_file: Some(f.path().to_owned()),
             tls: None,
+            join: None,
         };
         let err = validate(s, None).unwrap_err().to_string();
         assert!(err.contains("at least 16"), "{err}");

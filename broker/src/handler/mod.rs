@@ -4,6 +4,7 @@
 //! never wait. A handler's `Err(Reject)` becomes an ERROR frame with the request's id;
 //! the connection stays open.
 
+pub(crate) mod cluster;
 pub(crate) mod consume;
 pub(crate) mod hello;
 pub(crate) mod publish;

@@ -328,6 +328,8 @@ impl Session {
             Frame::QueuePurge(p) => (p.id, handler::queue::purge(self, p)),
             Frame::QueueMove(m) => (m.id, handler::queue::move_messages(self, m)),
             Frame::ServerQuery(q) => (q.id, handler::server::query(self, q)),
+            Frame::ClusterQuery(q) => (q.id, handler::cluster::query(self, q)),
+            Frame::ClusterChange(c) => (c.id, handler::cluster::change(self, c)),
             Frame::Ping(p) => {
                 self.reply(&Pong { id: p.id });
                 (p.id, Ok(()))
@@ -349,7 +351,8 @@ impl Session {
             | Frame::Confirm(_)
             | Frame::Delivery(_)
             | Frame::QueueInfo(_)
-            | Frame::ServerInfo(_)) => (
+            | Frame::ServerInfo(_)
+            | Frame::ClusterInfo(_)) => (
                 0,
                 Err(Reject::new(
                     ErrorCode::UnexpectedFrame,

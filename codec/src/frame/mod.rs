@@ -12,6 +12,7 @@
 //! body split off (`split_to(..).freeze()`), so strings and payloads are zero-copy
 //! slices of the read buffer.
 
+mod cluster;
 mod consume;
 mod control;
 mod error;
@@ -23,6 +24,7 @@ mod subscribe;
 
 use bytes::{Buf, BufMut, BytesMut};
 
+pub use cluster::{ClusterChange, ClusterInfo, ClusterOp, ClusterQuery, Member, MemberRole};
 pub use consume::{Ack, AckMode, Cancel, Consume, Credit, Delivery, DeliveryHead, Nack, Received};
 pub use control::{Done, Ok, Ping, Pong};
 pub use error::ErrorFrame;
@@ -137,6 +139,9 @@ pub enum Frame {
     QueueMove(QueueMove),
     ServerQuery(ServerQuery),
     ServerInfo(ServerInfo),
+    ClusterQuery(ClusterQuery),
+    ClusterInfo(ClusterInfo),
+    ClusterChange(ClusterChange),
 }
 
 macro_rules! each_frame {
@@ -169,6 +174,9 @@ macro_rules! each_frame {
             Frame::QueueMove($f) => $e,
             Frame::ServerQuery($f) => $e,
             Frame::ServerInfo($f) => $e,
+            Frame::ClusterQuery($f) => $e,
+            Frame::ClusterInfo($f) => $e,
+            Frame::ClusterChange($f) => $e,
         }
     };
 }
@@ -249,6 +257,9 @@ impl Frame {
             FrameType::QueueMove => Frame::QueueMove(Body::decode_body(&mut r)?),
             FrameType::ServerQuery => Frame::ServerQuery(Body::decode_body(&mut r)?),
             FrameType::ServerInfo => Frame::ServerInfo(Body::decode_body(&mut r)?),
+            FrameType::ClusterQuery => Frame::ClusterQuery(Body::decode_body(&mut r)?),
+            FrameType::ClusterInfo => Frame::ClusterInfo(Body::decode_body(&mut r)?),
+            FrameType::ClusterChange => Frame::ClusterChange(Body::decode_body(&mut r)?),
         };
         r.finish()?;
         Result::Ok(Some(frame))
@@ -309,7 +320,10 @@ into_frame!(
     QueuePurge,
     QueueMove,
     ServerQuery,
-    ServerInfo
+    ServerInfo,
+    ClusterQuery,
+    ClusterInfo,
+    ClusterChange
 );
 
 impl From<ErrorFrame> for Frame {

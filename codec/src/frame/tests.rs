@@ -519,6 +519,49 @@ pub(crate) fn samples() -> Vec<Frame> {
             messages_in: u64::MAX - 4,
             messages_out: u64::MAX - 5,
         }),
+        // CLUSTER_QUERY, CLUSTER_INFO (alone: no members; a voter with a client
+        // address and a learner without), CLUSTER_CHANGE (add, remove).
+        Frame::ClusterQuery(ClusterQuery { id: 20 }),
+        Frame::ClusterInfo(ClusterInfo {
+            id: 20,
+            node_id: 0,
+            term: 0,
+            leader: 0,
+            members: Vec::new(),
+        }),
+        Frame::ClusterInfo(ClusterInfo {
+            id: u32::MAX,
+            node_id: 2,
+            term: u64::MAX,
+            leader: 1,
+            members: vec![
+                Member {
+                    node_id: 1,
+                    peer_addr: s("10.0.0.1:7501"),
+                    client_addr: Some(s("10.0.0.1:7400")),
+                    role: MemberRole::Voter,
+                    lag: 0,
+                },
+                Member {
+                    node_id: u64::MAX,
+                    peer_addr: s(""),
+                    client_addr: None,
+                    role: MemberRole::Learner,
+                    lag: u64::MAX,
+                },
+            ],
+        }),
+        Frame::ClusterChange(ClusterChange {
+            id: 21,
+            op: ClusterOp::Add {
+                node_id: 4,
+                peer_addr: s("127.0.0.1:7504"),
+            },
+        }),
+        Frame::ClusterChange(ClusterChange {
+            id: 22,
+            op: ClusterOp::Remove { node_id: 3 },
+        }),
     ]
 }
 
@@ -705,6 +748,9 @@ fn inner_types_encode_like_the_frame() {
             Frame::QueueMove(f) => inner!(f),
             Frame::ServerQuery(f) => inner!(f),
             Frame::ServerInfo(f) => inner!(f),
+            Frame::ClusterQuery(f) => inner!(f),
+            Frame::ClusterInfo(f) => inner!(f),
+            Frame::ClusterChange(f) => inner!(f),
         };
         assert_eq!(inner, whole, "{frame:?}");
         assert_eq!(inner_len.unwrap(), whole.len());
@@ -1274,6 +1320,54 @@ pub(crate) const GOLDEN_SERVER_INFO: &[u8] = &[
     0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09, 0xc4, // messages_out 2500
 ];
 
+// Cluster information and membership changes: PROTOCOL.md sections 6.26 to 6.28 quote
+// them.
+
+/// CLUSTER_QUERY id 20.
+pub(crate) const GOLDEN_CLUSTER_QUERY: &[u8] = &[
+    0x00, 0x00, 0x00, 0x05, // length 5
+    0x48, // CLUSTER_QUERY
+    0x00, 0x00, 0x00, 0x14, // id 20
+];
+
+/// CLUSTER_INFO id 20 (answering [`GOLDEN_CLUSTER_QUERY`]) from node 2 in term 7, node 1
+/// leading: two voters, peer addresses 127.0.0.1:7501/7502, client addresses
+/// 127.0.0.1:7401/7402 (no lag known: node 2 does not lead).
+pub(crate) const GOLDEN_CLUSTER_INFO: &[u8] = &[
+    0x00, 0x00, 0x00, 0x81, // length 129
+    0x49, // CLUSTER_INFO
+    0x00, 0x00, 0x00, 0x14, // id 20
+    0, 0, 0, 0, 0, 0, 0, 2, // node_id 2
+    0, 0, 0, 0, 0, 0, 0, 7, // term 7
+    0, 0, 0, 0, 0, 0, 0, 1, // leader 1
+    0x00, 0x02, // 2 members
+    0, 0, 0, 0, 0, 0, 0, 1, // node_id 1
+    0x00, 0x0e, b'1', b'2', b'7', b'.', b'0', b'.', b'0', b'.', b'1', b':', b'7', b'5', b'0',
+    b'1', // "127.0.0.1:7501"
+    0x00, 0x0e, b'1', b'2', b'7', b'.', b'0', b'.', b'0', b'.', b'1', b':', b'7', b'4', b'0',
+    b'1', // "127.0.0.1:7401"
+    0x00, // voter
+    0, 0, 0, 0, 0, 0, 0, 0, // lag 0
+    0, 0, 0, 0, 0, 0, 0, 2, // node_id 2
+    0x00, 0x0e, b'1', b'2', b'7', b'.', b'0', b'.', b'0', b'.', b'1', b':', b'7', b'5', b'0',
+    b'2', // "127.0.0.1:7502"
+    0x00, 0x0e, b'1', b'2', b'7', b'.', b'0', b'.', b'0', b'.', b'1', b':', b'7', b'4', b'0',
+    b'2', // "127.0.0.1:7402"
+    0x00, // voter
+    0, 0, 0, 0, 0, 0, 0, 0, // lag 0
+];
+
+/// CLUSTER_CHANGE id 21: add node 4, reached on 127.0.0.1:7504.
+pub(crate) const GOLDEN_CLUSTER_CHANGE: &[u8] = &[
+    0x00, 0x00, 0x00, 0x1e, // length 30
+    0x4a, // CLUSTER_CHANGE
+    0x00, 0x00, 0x00, 0x15, // id 21
+    0x01, // op add
+    0, 0, 0, 0, 0, 0, 0, 4, // node_id 4
+    0x00, 0x0e, b'1', b'2', b'7', b'.', b'0', b'.', b'0', b'.', b'1', b':', b'7', b'5', b'0',
+    b'4', // "127.0.0.1:7504"
+];
+
 /// The durable-queue goldens as one session, in the order a client would see them
 /// (the frames of both directions interleaved; a fuzz seed, not a specified exchange).
 pub(crate) const GOLDEN_QUEUE_SESSION: &[&[u8]] = &[
@@ -1557,6 +1651,42 @@ fn goldens() -> Vec<(&'static str, &'static [u8], Frame)> {
             "server_info",
             GOLDEN_SERVER_INFO,
             Frame::ServerInfo(server_info(19)),
+        ),
+        (
+            "cluster_query",
+            GOLDEN_CLUSTER_QUERY,
+            Frame::ClusterQuery(ClusterQuery { id: 20 }),
+        ),
+        (
+            "cluster_info",
+            GOLDEN_CLUSTER_INFO,
+            Frame::ClusterInfo(ClusterInfo {
+                id: 20,
+                node_id: 2,
+                term: 7,
+                leader: 1,
+                members: [1, 2]
+                    .into_iter()
+                    .map(|n| Member {
+                        node_id: n,
+                        peer_addr: s(&format!("127.0.0.1:750{n}")),
+                        client_addr: Some(s(&format!("127.0.0.1:740{n}"))),
+                        role: MemberRole::Voter,
+                        lag: 0,
+                    })
+                    .collect(),
+            }),
+        ),
+        (
+            "cluster_change",
+            GOLDEN_CLUSTER_CHANGE,
+            Frame::ClusterChange(ClusterChange {
+                id: 21,
+                op: ClusterOp::Add {
+                    node_id: 4,
+                    peer_addr: s("127.0.0.1:7504"),
+                },
+            }),
         ),
     ]
 }

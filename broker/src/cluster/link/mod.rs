@@ -236,6 +236,7 @@ mod tests {
             peers: BTreeMap::new(),
             secret: None,
             tls: None,
+            join: false,
         })
         .unwrap();
         let peer = Peer::new(Arc::new(open), 2, "127.0.0.1:1".into());

@@ -92,6 +92,11 @@ impl Peer {
         self.inner.target
     }
 
+    /// The address this link connects to.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
     /// Sends `request` and waits for the answer, connecting first if needed; the whole
     /// call, connecting included, is bounded by `timeout`.
     ///

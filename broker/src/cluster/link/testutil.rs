@@ -184,6 +184,7 @@ pub(super) fn tls_config(
         peers: BTreeMap::new(),
         secret: secret.map(<[u8]>::to_vec),
         tls: Some(files.clone()),
+        join: false,
     };
     let mut config = LinkConfig::from_cluster(&cluster).unwrap();
     config.connect_timeout = Duration::from_secs(5);

@@ -10,7 +10,6 @@ use bytestring::ByteString;
 use tern_codec::subject::{validate_subject, SubjectLimits};
 use tern_codec::Envelope;
 
-use super::outgoing::PeerOut;
 use super::wire::{self, Batch, Item, Reply};
 use crate::cluster::link;
 use crate::config::cluster::NodeId;
@@ -25,7 +24,7 @@ pub(crate) struct Incoming {
     /// This node's limits: a subject another node forwards must meet them too.
     limits: SubjectLimits,
     /// Each other node, as the routes to it name it.
-    nodes: HashMap<NodeId, Arc<PeerOut>>,
+    nodes: super::Outs,
     known: Mutex<HashMap<NodeId, Known>>,
     /// Shared by the nodes' batches (one at a time from each).
     cache: Mutex<RouteCache>,
@@ -44,11 +43,7 @@ struct Known {
 }
 
 impl Incoming {
-    pub fn new(
-        router: Arc<Router>,
-        limits: SubjectLimits,
-        nodes: HashMap<NodeId, Arc<PeerOut>>,
-    ) -> Self {
+    pub fn new(router: Arc<Router>, limits: SubjectLimits, nodes: super::Outs) -> Self {
         Self {
             router,
             limits,
@@ -66,8 +61,9 @@ impl Incoming {
     /// The node is no member, or the bytes are no batch.
     pub fn take(&self, from: NodeId, bytes: &[u8]) -> Result<Reply, String> {
         let batch = wire::decode(bytes)?;
-        let node: Arc<dyn RemoteNode> = match self.nodes.get(&from) {
-            Some(n) => Arc::clone(n) as Arc<dyn RemoteNode>,
+        let member = super::lock(&self.nodes).get(&from).cloned();
+        let node: Arc<dyn RemoteNode> = match member {
+            Some(n) => n,
             None => return Err(format!("node {from} is not a member")),
         };
         let (reply, messages) = self.apply(&node, batch);
@@ -79,6 +75,16 @@ impl Incoming {
         wakes.wake_all();
         self.delivered.fetch_add(delivered, Ordering::Relaxed);
         Ok(reply)
+    }
+
+    /// Node `node` left: its routes go.
+    pub fn forget(&self, node: &Arc<dyn RemoteNode>) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = known.remove(&node.node()) {
+            for key in &k.keys {
+                self.router.remove_remote(node, key);
+            }
+        }
     }
 
     /// Applies the interest the batch carries, when it follows on what is known (or

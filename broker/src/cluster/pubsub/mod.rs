@@ -23,9 +23,9 @@ mod incoming;
 mod outgoing;
 pub(crate) mod wire;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tern_codec::subject::SubjectLimits;
 use tokio::sync::mpsc;
@@ -52,15 +52,24 @@ pub(crate) struct PeerTraffic {
     pub dropped: u64,
 }
 
+/// The other nodes this one forwards to, by id.
+type Outs = Arc<Mutex<HashMap<NodeId, Arc<PeerOut>>>>;
+
 /// This node's part of the cluster's pub/sub.
 pub(crate) struct PubSub {
-    outs: Vec<Arc<PeerOut>>,
+    node: NodeId,
+    link: Arc<LinkConfig>,
+    router: Arc<Router>,
+    incarnation: u64,
+    shutdown: CancellationToken,
+    outs: Outs,
     incoming: Arc<Incoming>,
 }
 
 impl PubSub {
-    /// Starts forwarding this node's interest and messages to the other members of
-    /// `config`, until `shutdown`; [`PubSub::handler`] takes theirs.
+    /// Starts forwarding this node's interest and messages to the members `config`
+    /// lists (then to those [`PubSub::set_members`] gives), until `shutdown`;
+    /// [`PubSub::handler`] takes theirs.
     pub fn start(
         config: &ClusterConfig,
         link: &Arc<LinkConfig>,
@@ -68,32 +77,60 @@ impl PubSub {
         limits: SubjectLimits,
         shutdown: &CancellationToken,
     ) -> Self {
-        let incarnation = fastrand::u64(1..);
-        let mut outs = Vec::new();
-        for (&node, addr) in &config.peers {
-            if node == config.node_id {
-                continue;
-            }
-            let out = Arc::new(PeerOut::new(node));
-            let peer = Peer::new(Arc::clone(link), node, addr.clone());
-            tokio::spawn(outgoing::send(
-                Arc::clone(&out),
-                peer,
-                Arc::clone(&router),
-                incarnation,
-                shutdown.clone(),
-            ));
-            outs.push(out);
-        }
+        let outs = Outs::default();
         let (tx, rx) = mpsc::unbounded_channel();
         // Each node's first batch carries the whole interest; changes from now on follow.
         router.local.listen(tx);
-        tokio::spawn(tell(rx, outs.clone(), shutdown.clone()));
-        let nodes: HashMap<NodeId, Arc<PeerOut>> =
-            outs.iter().map(|o| (o.node(), Arc::clone(o))).collect();
-        Self {
-            incoming: Arc::new(Incoming::new(router, limits, nodes)),
+        tokio::spawn(tell(rx, Arc::clone(&outs), shutdown.clone()));
+        let pubsub = Self {
+            node: config.node_id,
+            link: Arc::clone(link),
+            incoming: Arc::new(Incoming::new(
+                Arc::clone(&router),
+                limits,
+                Arc::clone(&outs),
+            )),
+            router,
+            incarnation: fastrand::u64(1..),
+            shutdown: shutdown.clone(),
             outs,
+        };
+        if !config.join {
+            pubsub.set_members(&config.peers);
+        }
+        pubsub
+    }
+
+    /// Forwards to exactly these nodes (this one aside): a new member gets a queue and
+    /// a sending task, a member gone loses them and its routes here.
+    pub fn set_members(&self, members: &BTreeMap<NodeId, String>) {
+        let mut outs = lock(&self.outs);
+        let gone: Vec<NodeId> = outs
+            .iter()
+            .filter(|(id, out)| members.get(id) != Some(&out.addr))
+            .map(|(id, _)| *id)
+            .collect();
+        let gone: Vec<Arc<PeerOut>> = gone.iter().filter_map(|id| outs.remove(id)).collect();
+        for out in &gone {
+            out.stop.cancel();
+        }
+        for (&id, addr) in members {
+            if id == self.node || outs.contains_key(&id) {
+                continue;
+            }
+            let out = Arc::new(PeerOut::new(id, addr.clone(), self.shutdown.child_token()));
+            let peer = Peer::new(Arc::clone(&self.link), id, addr.clone());
+            tokio::spawn(outgoing::send(
+                Arc::clone(&out),
+                peer,
+                Arc::clone(&self.router),
+                self.incarnation,
+            ));
+            outs.insert(id, out);
+        }
+        drop(outs);
+        for out in gone {
+            self.incoming.forget(&(out as Arc<dyn RemoteNode>));
         }
     }
 
@@ -104,14 +141,16 @@ impl PubSub {
 
     /// Each other node's traffic.
     pub fn traffic(&self) -> Vec<PeerTraffic> {
-        self.outs
-            .iter()
+        let mut traffic: Vec<PeerTraffic> = lock(&self.outs)
+            .values()
             .map(|o| PeerTraffic {
                 node: o.node(),
                 forwarded: o.forwarded.load(Ordering::Relaxed),
                 dropped: o.dropped.load(Ordering::Relaxed),
             })
-            .collect()
+            .collect();
+        traffic.sort_by_key(|t| t.node);
+        traffic
     }
 
     /// Forwarded messages this node delivered to its subscribers.
@@ -123,15 +162,20 @@ impl PubSub {
 impl std::fmt::Debug for PubSub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PubSub")
-            .field("peers", &self.outs.len())
+            .field("node", &self.node)
             .finish_non_exhaustive()
     }
+}
+
+fn lock(outs: &Outs) -> std::sync::MutexGuard<'_, HashMap<NodeId, Arc<PeerOut>>> {
+    // Every update is one map operation: a poisoned lock guards whole data.
+    outs.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Passes each change of this node's interest to every other node's queue.
 async fn tell(
     mut changes: mpsc::UnboundedReceiver<InterestChange>,
-    outs: Vec<Arc<PeerOut>>,
+    outs: Outs,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -146,7 +190,7 @@ async fn tell(
             InterestChange::Added(key) => Item::Added(key),
             InterestChange::Removed(key) => Item::Removed(key),
         };
-        for out in &outs {
+        for out in lock(&outs).values() {
             out.push_interest(item.clone());
         }
     }

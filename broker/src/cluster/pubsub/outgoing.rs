@@ -48,6 +48,10 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub(crate) struct PeerOut {
     node: NodeId,
+    /// Where the node listens, as the membership says.
+    pub addr: String,
+    /// Stops the sending task: the node left, or this one shuts down.
+    pub stop: CancellationToken,
     queue: Mutex<Queue>,
     wake: Notify,
     /// Messages the node took.
@@ -67,9 +71,11 @@ struct Queue {
 }
 
 impl PeerOut {
-    pub fn new(node: NodeId) -> Self {
+    pub fn new(node: NodeId, addr: String, stop: CancellationToken) -> Self {
         Self {
             node,
+            addr,
+            stop,
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
                 bytes: 0,
@@ -164,14 +170,9 @@ impl RemoteNode for PeerOut {
     }
 }
 
-/// Sends `out`'s queue to its node until `shutdown`.
-pub(crate) async fn send(
-    out: Arc<PeerOut>,
-    peer: Peer,
-    router: Arc<Router>,
-    incarnation: u64,
-    shutdown: CancellationToken,
-) {
+/// Sends `out`'s queue to its node until `out.stop`.
+pub(crate) async fn send(out: Arc<PeerOut>, peer: Peer, router: Arc<Router>, incarnation: u64) {
+    let shutdown = out.stop.clone();
     let mut seq = 0u64;
     let mut retry = RETRY_MIN;
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -251,7 +252,7 @@ mod tests {
 
     #[test]
     fn messages_past_the_budget_are_dropped_and_a_failure_drops_what_waits() {
-        let out = PeerOut::new(2);
+        let out = PeerOut::new(2, "127.0.0.1:1".into(), CancellationToken::new());
         let router = Router::default();
         let big = bytes::Bytes::from(vec![0u8; 1 << 20]);
         let mut taken = 0;

@@ -158,6 +158,32 @@ pub(crate) struct RaftStatus {
 /// Where clients find the leader: its id and client address, as last learned.
 type LeaderHint = Arc<Mutex<Option<(NodeId, Option<String>)>>>;
 
+/// A member of the group, as the membership this node has applied says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MemberInfo {
+    pub node: NodeId,
+    /// The address of its peer listener.
+    pub peer_addr: String,
+    /// Its clients' address, once this node has asked it.
+    pub client_addr: Option<String>,
+    pub voter: bool,
+    /// On the leader: entries its log lacks.
+    pub lag: u64,
+}
+
+/// Why a membership change was not made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum MembershipError {
+    /// Only the leader changes the membership: where to go instead.
+    #[error("{0}")]
+    NotLeader(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// How long a node being added may take to catch up before it becomes a voter.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// This node's member of the cluster's group.
 pub(crate) struct Replica {
     node: NodeId,
@@ -165,7 +191,9 @@ pub(crate) struct Replica {
     link: Arc<LinkConfig>,
     /// Links to the other nodes, for proposals forwarded to the leader.
     peers: Mutex<HashMap<NodeId, Peer>>,
-    addrs: BTreeMap<NodeId, String>,
+    /// The other members' client addresses, as they answered (for redirects and
+    /// cluster info).
+    client_addrs: Mutex<HashMap<NodeId, String>>,
     /// The server's runtime, where links run: proposals come from the journal's thread,
     /// whose runtime does no I/O.
     spawner: tokio::runtime::Handle,
@@ -256,17 +284,21 @@ impl Replica {
             .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
             .collect();
         // Every node forms the group with the same members: safe (openraft), and no
-        // node has to be started first. A node that already belongs is told so.
-        match raft.initialize(members).await {
-            Ok(()) | Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
-            Err(e) => return Err(StartError::Raft(e.to_string())),
+        // node has to be started first. A node that already belongs is told so. A node
+        // joining a running cluster forms nothing: it waits for the leader to add it.
+        if !config.join {
+            match raft.initialize(members).await {
+                Ok(())
+                | Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(StartError::Raft(e.to_string())),
+            }
         }
         let replica = Arc::new(Self {
             node: config.node_id,
             raft: raft.clone(),
             link,
             peers: Mutex::new(HashMap::new()),
-            addrs: config.peers.clone(),
+            client_addrs: Mutex::new(HashMap::new()),
             spawner: tokio::runtime::Handle::current(),
             client_addr,
             leader: LeaderHint::default(),
@@ -325,15 +357,253 @@ impl Replica {
         propose_here(&self.raft, entry).await
     }
 
+    /// The link to `node`, at the address the membership gives it (made again if the
+    /// address changed).
     fn peer(&self, node: NodeId) -> Option<Peer> {
-        let addr = self.addrs.get(&node)?;
+        let addr = self.member_addr(node)?;
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        Some(
-            peers
-                .entry(node)
-                .or_insert_with(|| Peer::new(Arc::clone(&self.link), node, addr.clone()))
-                .clone(),
-        )
+        let peer = peers
+            .entry(node)
+            .or_insert_with(|| Peer::new(Arc::clone(&self.link), node, addr.clone()));
+        if peer.addr() != addr {
+            *peer = Peer::new(Arc::clone(&self.link), node, addr);
+        }
+        Some(peer.clone())
+    }
+
+    fn member_addr(&self, node: NodeId) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&node)
+            .map(|n| n.addr.clone())
+    }
+
+    /// Every member (voters and learners) with its peer address: whom pub/sub talks to.
+    pub fn member_addrs(&self) -> BTreeMap<NodeId, String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
+    }
+
+    /// The members as this node knows them, by id.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let status = self.status();
+        let (voters, nodes): (std::collections::BTreeSet<NodeId>, Vec<(NodeId, String)>) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            (
+                membership.voter_ids().collect(),
+                membership
+                    .nodes()
+                    .map(|(id, n)| (*id, n.addr.clone()))
+                    .collect(),
+            )
+        };
+        let known = self
+            .client_addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        nodes
+            .into_iter()
+            .map(|(node, peer_addr)| MemberInfo {
+                node,
+                client_addr: if node == self.node {
+                    self.client_addr.get()
+                } else {
+                    known.get(&node).cloned()
+                },
+                peer_addr,
+                voter: voters.contains(&node),
+                lag: status
+                    .lag
+                    .iter()
+                    .find(|(n, _)| *n == node)
+                    .map_or(0, |(_, lag)| *lag),
+            })
+            .collect()
+    }
+
+    /// Calls `changed` with the members' peer addresses now and whenever the membership
+    /// changes, and asks new members their client address, until `shutdown`.
+    pub async fn follow_members(
+        self: Arc<Self>,
+        changed: impl Fn(&BTreeMap<NodeId, String>) + Send,
+        shutdown: CancellationToken,
+    ) {
+        let mut metrics = self.raft.metrics();
+        // Members that were down when asked are asked again this often.
+        let mut retry = tokio::time::interval(std::time::Duration::from_secs(5));
+        let mut applied = None;
+        loop {
+            // Metrics change with every entry; the membership with few.
+            let membership = *metrics.borrow_and_update().membership_config.log_id();
+            if applied != Some(membership) {
+                applied = Some(membership);
+                changed(&self.member_addrs());
+                self.learn_client_addrs().await;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                changed = metrics.changed() => if changed.is_err() { return },
+                _ = retry.tick() => self.learn_client_addrs().await,
+            }
+        }
+    }
+
+    /// Asks the other members whose client address is not known yet, keeping what
+    /// they answer.
+    async fn learn_client_addrs(&self) {
+        let unknown: Vec<NodeId> = {
+            let known = self.client_addrs.lock().unwrap_or_else(|p| p.into_inner());
+            self.member_addrs()
+                .into_keys()
+                .filter(|n| *n != self.node && !known.contains_key(n))
+                .collect()
+        };
+        for node in unknown {
+            if let Some(addr) = self.ask_client_addr(node).await {
+                self.client_addrs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(node, addr);
+            }
+        }
+    }
+
+    async fn ask_client_addr(&self, node: NodeId) -> Option<String> {
+        let peer = self.peer(node)?;
+        let call = self
+            .spawner
+            .spawn(async move { network::call(&peer, &Request::Whois, PROPOSE_TIMEOUT).await });
+        match call.await {
+            Ok(Ok(Response::Whois(addr))) => addr,
+            _ => None,
+        }
+    }
+
+    /// Adds node `node`, reached at `addr`: as a learner until it has caught up, then
+    /// as a voter. Only on the leader. Adding again a node that is a member at that
+    /// address finishes what an interrupted add began (a leader change midway, say), or
+    /// does nothing: a retried add is harmless.
+    ///
+    /// # Errors
+    ///
+    /// [`MembershipError::NotLeader`] on another node; `Refused` when the node is a
+    /// member at another address, cannot be reached, or does not catch up in time.
+    pub async fn add_node(&self, node: NodeId, addr: String) -> Result<(), MembershipError> {
+        self.must_lead()?;
+        if let Some(known) = self.member_addrs().get(&node) {
+            if *known != addr {
+                return Err(MembershipError::Refused(format!(
+                    "node {node} is a member already, at {known}"
+                )));
+            }
+            if self.is_voter(node) {
+                return Ok(());
+            }
+        }
+        // The link's handshake checks that the node at `addr` is `node`.
+        let probe = Peer::new(Arc::clone(&self.link), node, addr.clone());
+        let reached = self
+            .spawner
+            .spawn(async move { network::call(&probe, &Request::Whois, PROPOSE_TIMEOUT).await })
+            .await;
+        let unreached = match reached {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = unreached {
+            return Err(MembershipError::Refused(format!(
+                "node {node} cannot be reached at {addr}: {e}"
+            )));
+        }
+        let raft = self.raft.clone();
+        let added =
+            tokio::time::timeout(CATCH_UP, raft.add_learner(node, BasicNode { addr }, true)).await;
+        match added {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(self.refused(e)),
+            Err(_) => {
+                return Err(MembershipError::Refused(format!(
+                    "node {node} did not catch up within {CATCH_UP:?}; it stays a learner"
+                )))
+            }
+        }
+        let voters = openraft::ChangeMembers::AddVoterIds([node].into());
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.refused(e))
+    }
+
+    fn is_voter(&self, node: NodeId) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == node)
+    }
+
+    /// Removes node `node` from the group. Only on the leader.
+    ///
+    /// # Errors
+    ///
+    /// [`MembershipError::NotLeader`] on another node; `Refused` when the node is no
+    /// member or is the last voter.
+    pub async fn remove_node(&self, node: NodeId) -> Result<(), MembershipError> {
+        self.must_lead()?;
+        let voters: std::collections::BTreeSet<NodeId> = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.membership_config.membership().voter_ids().collect()
+        };
+        let change = if voters.contains(&node) {
+            if voters.len() == 1 {
+                return Err(MembershipError::Refused(format!(
+                    "node {node} is the last voter"
+                )));
+            }
+            openraft::ChangeMembers::RemoveVoters([node].into())
+        } else if self.member_addrs().contains_key(&node) {
+            openraft::ChangeMembers::RemoveNodes([node].into())
+        } else {
+            return Err(MembershipError::Refused(format!(
+                "node {node} is not a member"
+            )));
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.refused(e))
+    }
+
+    fn must_lead(&self) -> Result<(), MembershipError> {
+        if self.leads() {
+            Ok(())
+        } else {
+            Err(MembershipError::NotLeader(self.redirect()))
+        }
+    }
+
+    fn refused(&self, e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> MembershipError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+                MembershipError::NotLeader(self.redirect())
+            }
+            e => MembershipError::Refused(e.to_string()),
+        }
     }
 
     /// What to tell a client that asked this node for what only the leader does.
@@ -353,15 +623,13 @@ impl Replica {
             None => None,
             Some(node) if node == self.node => Some((node, self.client_addr.get())),
             Some(node) => {
-                let addr = match self.peer(node) {
-                    Some(peer) => {
-                        match network::call(&peer, &Request::Whois, PROPOSE_TIMEOUT).await {
-                            Ok(Response::Whois(addr)) => addr,
-                            _ => None,
-                        }
-                    }
-                    None => None,
-                };
+                let addr = self.ask_client_addr(node).await;
+                if let Some(addr) = &addr {
+                    self.client_addrs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(node, addr.clone());
+                }
                 Some((node, addr))
             }
         };

@@ -4,6 +4,7 @@
 //! line on standard error and a non-zero exit; `--json` prints exactly one JSON object
 //! per line on standard output.
 
+mod cluster;
 mod consume;
 mod output;
 mod publish;
@@ -117,6 +118,9 @@ enum Command {
     /// Ask the server about itself
     #[command(subcommand)]
     Server(server::Command),
+    /// See and change the cluster's membership
+    #[command(subcommand)]
+    Cluster(cluster::Command),
 }
 
 fn main() -> ExitCode {
@@ -198,6 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Req(args) => request::req(client, args).await,
         Command::Reply(args) => request::reply(client, args).await,
         Command::Server(command) => server::run(client, command).await,
+        Command::Cluster(command) => cluster::run(client, command).await,
     }
 }
 

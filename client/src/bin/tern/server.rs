@@ -19,6 +19,8 @@ pub enum Command {
 pub async fn run(client: Client, command: Command) -> anyhow::Result<()> {
     let Command::Info { json } = command;
     let i = client.server_info().await?;
+    // A server older than clusters does not know the question: it is alone.
+    let cluster = client.cluster_info().await.ok();
     let value = json!({
         "server_id": &*i.server_id,
         "version": &*i.version,
@@ -31,6 +33,7 @@ pub async fn run(client: Client, command: Command) -> anyhow::Result<()> {
         "sync": &*i.sync,
         "messages_in": i.messages_in,
         "messages_out": i.messages_out,
+        "cluster": cluster.as_ref().map(crate::cluster::to_json),
     });
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -56,6 +59,9 @@ pub async fn run(client: Client, command: Command) -> anyhow::Result<()> {
             "messages      {} in, {} out",
             i.messages_in, i.messages_out
         )?;
+        if let Some(cluster) = &cluster {
+            crate::cluster::print(&mut out, cluster)?;
+        }
     }
     out.flush()?;
     drop(out);
