@@ -31,7 +31,7 @@ use tern_storage::{RaftLog, SledStore};
 use tokio_util::sync::CancellationToken;
 
 use self::log_store::LogStore;
-use self::network::{Answerer, Network, Request, Response, PROPOSE_TIMEOUT};
+use self::network::{Answerer, Network, Request, Response, PROPOSE_TIMEOUT, WHOIS_TIMEOUT};
 pub(crate) use self::state_machine::Recovery;
 use self::state_machine::StateMachine;
 use crate::cluster::link::{Handler, LinkConfig, Peer};
@@ -94,15 +94,23 @@ pub(crate) fn request_round_trip(bytes: &[u8]) -> Option<bool> {
 }
 
 /// Appends `entry` on this node, if it leads.
+///
+/// A leader cut off from the majority commits nothing until the partition heals (and
+/// then learns it leads no more): past [`PROPOSE_TIMEOUT`] the proposal is given up as
+/// if no leader took it, so that its publishers go to the other side. It may still be
+/// applied, if the entry reached a node that then leads: a resend of a QoS 2 publish is
+/// deduplicated; a QoS 1 one may be stored twice (at least once).
 pub(crate) async fn propose_here(raft: &Raft, entry: Entry) -> Result<Answers, ProposeError> {
-    match raft.client_write(entry).await {
-        Ok(response) => Ok(response.data),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+    let written = tokio::time::timeout(PROPOSE_TIMEOUT, raft.client_write(entry)).await;
+    match written {
+        Ok(Ok(response)) => Ok(response.data),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
             Err(ProposeError::NoLeader {
                 leader: f.leader_id,
             })
         }
-        Err(e) => Err(ProposeError::Failed(e.to_string())),
+        Ok(Err(e)) => Err(ProposeError::Failed(e.to_string())),
+        Err(_) => Err(ProposeError::NoLeader { leader: None }),
     }
 }
 
@@ -482,7 +490,7 @@ impl Replica {
         let peer = self.peer(node)?;
         let call = self
             .spawner
-            .spawn(async move { network::call(&peer, &Request::Whois, PROPOSE_TIMEOUT).await });
+            .spawn(async move { network::call(&peer, &Request::Whois, WHOIS_TIMEOUT).await });
         match call.await {
             Ok(Ok(Response::Whois(addr))) => addr,
             _ => None,

@@ -49,9 +49,16 @@ pub(crate) enum Response {
     Whois(Option<String>),
 }
 
-/// How long a proposal forwarded to the leader may take (it waits for a majority's
-/// fsync, and for the queue tasks to take the messages).
-pub(crate) const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a proposal forwarded to the leader may take: a majority's fsync and the
+/// queue tasks taking the messages, normally milliseconds. A leader cut off from this
+/// node answers nothing (no reset comes through a partition), and the follower's
+/// journal waits for the answer, so the bound is short: past it the publishers are told
+/// `not_leader` and send again (a QoS 2 resend is deduplicated, should the proposal
+/// have been applied after all).
+pub(crate) const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a node may take to say its client address.
+pub(crate) const WHOIS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A request as another node sent it: outside input, postcard-decoded (the
 /// `peer_request` fuzz target drives this).
