@@ -6,7 +6,11 @@ use tern_client::{Client, ClientBuilder};
 /// A client builder for connection `name` that does not reconnect: a benchmark
 /// measures one connection's life, and a reconnect would hide a failure.
 pub fn builder(name: &str) -> ClientBuilder {
-    Client::builder().name(name).reconnect(false)
+    // A seed list is used in the order given: the node to measure first.
+    Client::builder()
+        .name(name)
+        .reconnect(false)
+        .shuffle_servers(false)
 }
 
 /// Connects a [`builder`] client named `name` to `addr`.

@@ -34,6 +34,7 @@ pub struct ClientBuilder {
     pub(crate) max_inflight: usize,
     pub(crate) credentials: Option<tern_codec::Credentials>,
     pub(crate) tls: Option<TlsOptions>,
+    pub(crate) shuffle_servers: bool,
 }
 
 impl Default for ClientBuilder {
@@ -52,6 +53,7 @@ impl Default for ClientBuilder {
             max_inflight: 16 * 1024,
             credentials: None,
             tls: None,
+            shuffle_servers: true,
         }
     }
 }
@@ -64,6 +66,7 @@ impl ClientBuilder {
     }
 
     /// Whether to reconnect (and re-subscribe) after the connection drops. Default on.
+    /// A cluster node's `not_leader` redirect is followed either way.
     pub fn reconnect(mut self, on: bool) -> Self {
         self.reconnect = on;
         self
@@ -140,6 +143,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Whether to try a seed list in a random order (default), so that many clients
+    /// spread over a cluster's nodes, or in the order given (the first that answers
+    /// is used: put a preferred node first).
+    pub fn shuffle_servers(mut self, on: bool) -> Self {
+        self.shuffle_servers = on;
+        self
+    }
+
     /// Connects with TLS (also implied by a `tls://` address): whom to trust and,
     /// for mutual TLS, the client's certificate.
     pub fn tls(mut self, options: TlsOptions) -> Self {
@@ -162,7 +173,7 @@ impl ClientBuilder {
     /// [`Error::Connect`] when no server can be reached, [`Error::Refused`] when one
     /// refuses the handshake (wrong credentials, say).
     pub async fn connect(self, addrs: impl Into<String>) -> Result<Client, Error> {
-        let servers = Servers::parse(&addrs.into(), self.tls.as_ref())?;
+        let servers = Servers::parse(&addrs.into(), self.tls.as_ref(), self.shuffle_servers)?;
         self.connect_via(servers).await
     }
 

@@ -171,7 +171,10 @@ pub(crate) async fn drive(inner: Arc<Inner>, mut conn: Established) {
             state.connection_lost();
             inner.out.keep_only_unanswered_publishes();
         }
-        if inner.closing.is_cancelled() || !inner.options.reconnect {
+        // Following a cluster's redirect is no reconnect after a failure: it happens
+        // even when reconnecting is off.
+        let moved = matches!(ended, Ended::Moved(_));
+        if inner.closing.is_cancelled() || !(inner.options.reconnect || moved) {
             break;
         }
         // The first attempt: straight to a leader that was named, after a short wait
@@ -211,10 +214,12 @@ pub(crate) async fn drive(inner: Arc<Inner>, mut conn: Established) {
                 Err(e) => {
                     inner.servers().advance();
                     let attempts = backoff.attempts();
-                    if inner
-                        .options
-                        .max_reconnects
-                        .is_some_and(|max| attempts >= max)
+                    // Without reconnecting, a redirect gets one attempt.
+                    if !inner.options.reconnect
+                        || inner
+                            .options
+                            .max_reconnects
+                            .is_some_and(|max| attempts >= max)
                     {
                         tracing::error!(addr = %inner.addr(), attempts, error = %e, "giving up reconnecting");
                         inner.shut();

@@ -30,13 +30,14 @@ pub(crate) struct Servers {
 impl Servers {
     /// Parses `addrs`: one address or a comma-separated list, each `host:port`,
     /// `tcp://host:port` or `tls://host:port`. A bare address uses TLS when `tls` is
-    /// given.
+    /// given. With `shuffle` the list is tried in a random order, so that the clients
+    /// of a cluster spread over its nodes.
     ///
     /// # Errors
     ///
     /// [`Error::Connect`] when the list is empty or a TLS address cannot be set up
     /// (an unreadable CA file, a host that no certificate can name).
-    pub fn parse(addrs: &str, tls: Option<&TlsOptions>) -> Result<Self, Error> {
+    pub fn parse(addrs: &str, tls: Option<&TlsOptions>, shuffle: bool) -> Result<Self, Error> {
         let mut list = Vec::new();
         let mut any_tls = None;
         for url in addrs.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -61,6 +62,9 @@ impl Servers {
                 addr: addrs.to_string(),
                 reason: "no server address given".into(),
             });
+        }
+        if shuffle {
+            fastrand::shuffle(&mut list);
         }
         Ok(Self {
             list,
@@ -155,7 +159,7 @@ mod tests {
 
     #[test]
     fn a_seed_list_is_tried_in_turn_and_a_named_leader_first() {
-        let mut s = Servers::parse(" a:1, tcp://b:2 ,,c:3", None).unwrap();
+        let mut s = Servers::parse(" a:1, tcp://b:2 ,,c:3", None, false).unwrap();
         assert_eq!(s.names(), "a:1,tcp://b:2,c:3");
         assert_eq!(s.current().name, "a:1");
         s.advance();
@@ -172,9 +176,17 @@ mod tests {
     #[test]
     fn an_empty_list_is_an_error_and_custom_connectors_learn_nothing() {
         assert!(matches!(
-            Servers::parse(" , ", None),
+            Servers::parse(" , ", None, true),
             Err(Error::Connect { .. })
         ));
+        let mut names: Vec<String> = Servers::parse("a:1,b:2,c:3", None, true)
+            .unwrap()
+            .names()
+            .split(',')
+            .map(String::from)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a:1", "b:2", "c:3"], "shuffled, all there");
         let mut s = Servers::custom("pipe".into(), Connector::Tcp("x:1".into()));
         assert!(!s.prefer("d:4"));
         assert_eq!(s.current().name, "pipe");
