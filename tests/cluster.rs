@@ -132,7 +132,8 @@ impl Cluster {
                 .filter(|i| *i != first)
                 .map(|i| self.nodes[i].as_ref().expect("running").url()),
         );
-        within("connect", Client::connect(seeds.join(",")))
+        let ordered = Client::builder().shuffle_servers(false);
+        within("connect", ordered.connect(seeds.join(",")))
             .await
             .unwrap()
     }
