@@ -226,18 +226,7 @@ impl Interest {
         groups: &[ByteString],
         wakes: &mut Wakes,
     ) -> (u64, u64) {
-        let (mut delivered, mut dropped) = (0, 0);
-        if plain {
-            (delivered, dropped) = self.deliver_plain(envelope, view, 0, wakes);
-        }
-        for group in self.groups.iter().filter(|g| groups.contains(&g.name)) {
-            match deliver_to_one(&group.members, envelope, view, 0, wakes) {
-                Some(true) => delivered += 1,
-                Some(false) => dropped += 1,
-                None => {}
-            }
-        }
-        (delivered, dropped)
+        self.deliver_local(envelope, view, 0, plain, |g| groups.contains(g), wakes)
     }
 
     /// Delivers to the subscribers of this node.
@@ -248,8 +237,26 @@ impl Interest {
         publisher: u64,
         wakes: &mut Wakes,
     ) -> (u64, u64) {
-        let (mut delivered, mut dropped) = self.deliver_plain(envelope, view, publisher, wakes);
-        for group in &self.groups {
+        self.deliver_local(envelope, view, publisher, true, |_| true, wakes)
+    }
+
+    /// Delivers to this node's plain and filtered subscribers when `plain`, and to one
+    /// member of each group `serve` names.
+    fn deliver_local(
+        &self,
+        envelope: &Envelope,
+        view: &MessageView<'_>,
+        publisher: u64,
+        plain: bool,
+        serve: impl Fn(&ByteString) -> bool,
+        wakes: &mut Wakes,
+    ) -> (u64, u64) {
+        let (mut delivered, mut dropped) = if plain {
+            self.deliver_plain(envelope, view, publisher, wakes)
+        } else {
+            (0, 0)
+        };
+        for group in self.groups.iter().filter(|g| serve(&g.name)) {
             match deliver_to_one(&group.members, envelope, view, publisher, wakes) {
                 Some(true) => delivered += 1,
                 Some(false) => dropped += 1,

@@ -21,28 +21,10 @@ use crate::codes::FrameType;
 use crate::error::{DecodeError, EncodeError};
 use crate::wire::{self, Reader};
 
-/// Asks for the server's CLUSTER_INFO.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClusterQuery {
-    pub id: u32,
-}
-
-impl Body for ClusterQuery {
-    const TYPE: FrameType = FrameType::ClusterQuery;
-
-    fn body_len(&self) -> usize {
-        4
-    }
-
-    fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
-        dst.put_u32(self.id);
-        Ok(())
-    }
-
-    fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
-        Ok(Self { id: r.u32("id")? })
-    }
-}
+id_frame!(
+    /// Asks for the server's CLUSTER_INFO.
+    ClusterQuery
+);
 
 /// A member's part in the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,34 +17,6 @@ use crate::codes::FrameType;
 use crate::error::{DecodeError, EncodeError};
 use crate::wire::Reader;
 
-macro_rules! id_frame {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub struct $name {
-            /// Correlation id.
-            pub id: u32,
-        }
-
-        impl Body for $name {
-            const TYPE: FrameType = FrameType::$name;
-
-            fn body_len(&self) -> usize {
-                4
-            }
-
-            fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
-                dst.put_u32(self.id);
-                Ok(())
-            }
-
-            fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
-                Ok(Self { id: r.u32("id")? })
-            }
-        }
-    };
-}
-
 id_frame!(
     /// Asks the peer for a [`Pong`] with the same id.
     Ping

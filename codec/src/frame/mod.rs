@@ -12,6 +12,40 @@
 //! body split off (`split_to(..).freeze()`), so strings and payloads are zero-copy
 //! slices of the read buffer.
 
+/// A frame whose body is only a correlation id (PING, PONG, OK, the queries).
+macro_rules! id_frame {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct $name {
+            /// Correlation id.
+            pub id: u32,
+        }
+
+        impl $crate::frame::Body for $name {
+            const TYPE: $crate::codes::FrameType = $crate::codes::FrameType::$name;
+
+            fn body_len(&self) -> usize {
+                4
+            }
+
+            fn encode_body(
+                &self,
+                dst: &mut bytes::BytesMut,
+            ) -> Result<(), $crate::error::EncodeError> {
+                bytes::BufMut::put_u32(dst, self.id);
+                Ok(())
+            }
+
+            fn decode_body(
+                r: &mut $crate::wire::Reader,
+            ) -> Result<Self, $crate::error::DecodeError> {
+                Ok(Self { id: r.u32("id")? })
+            }
+        }
+    };
+}
+
 mod cluster;
 mod consume;
 mod control;

@@ -18,28 +18,10 @@ use crate::codes::FrameType;
 use crate::error::{DecodeError, EncodeError};
 use crate::wire::{self, Reader};
 
-/// Asks for the server's SERVER_INFO.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServerQuery {
-    pub id: u32,
-}
-
-impl Body for ServerQuery {
-    const TYPE: FrameType = FrameType::ServerQuery;
-
-    fn body_len(&self) -> usize {
-        4
-    }
-
-    fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
-        dst.put_u32(self.id);
-        Ok(())
-    }
-
-    fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
-        Ok(Self { id: r.u32("id")? })
-    }
-}
+id_frame!(
+    /// Asks for the server's SERVER_INFO.
+    ServerQuery
+);
 
 /// What a server is and how it is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
