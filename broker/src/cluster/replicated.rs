@@ -50,6 +50,13 @@ pub(crate) fn route(router: &Router, entry: &mut Entry) {
     }
 }
 
+/// Message bytes one entry carries at most (about: a batch stops past it). openraft
+/// gives each AppendEntries the heartbeat interval to come back, the follower's fsync
+/// included, and retries one that does not after a back-off: entries of many MiB (a
+/// busy journal gathers up to 4,096 publishes) stalled replication for seconds. With
+/// `max_payload_entries` entries per call this bounds a call to a few MiB.
+const MAX_ENTRY_BYTES: usize = 1 << 20;
+
 /// The journal's log over the cluster's group.
 pub(crate) struct ReplicatedLog {
     pub replica: Arc<Replica>,
@@ -83,6 +90,10 @@ impl Log for ReplicatedLog {
 
     fn refuses_new_messages(&self) -> Option<String> {
         self.health.check_disk(&*self.store)
+    }
+
+    fn max_entry_bytes(&self) -> usize {
+        MAX_ENTRY_BYTES
     }
 
     /// Raft syncs each append before it counts it.

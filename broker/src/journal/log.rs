@@ -37,6 +37,13 @@ pub(crate) trait Log: Send + 'static {
     /// must never run out of space mid-write). Settles and acks still go through.
     fn refuses_new_messages(&self) -> Option<String>;
 
+    /// About how many message bytes one entry may carry: the journal stops gathering a
+    /// batch past it. Unbounded by default; a replicated entry must reach a follower,
+    /// fsync'd, within Raft's heartbeat.
+    fn max_entry_bytes(&self) -> usize {
+        usize::MAX
+    }
+
     /// When what was appended and not yet synced must be (an interval policy), if
     /// anything awaits a sync.
     fn sync_due(&self) -> Option<Instant>;

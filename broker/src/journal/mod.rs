@@ -357,10 +357,13 @@ impl<L: Log> Writer<L> {
                     continue;
                 }
             }
-            while ops.len() + publishes.len() < MAX_BATCH {
+            let max_bytes = self.log.max_entry_bytes();
+            let mut bytes: usize = publishes.iter().map(|p| p.envelope.len()).sum();
+            while ops.len() + publishes.len() < MAX_BATCH && bytes < max_bytes {
                 if let Ok(op) = internal.try_recv() {
                     ops.push(op);
                 } else if let Ok(op) = publish.try_recv() {
+                    bytes += op.envelope.len();
                     publishes.push(op);
                 } else {
                     break;
