@@ -197,8 +197,8 @@ impl Cluster {
 struct Tally {
     /// Payload → confirmed.
     sent: BTreeMap<String, bool>,
-    /// When the last confirm came.
-    last_confirm: Option<Instant>,
+    /// When the last confirm came, and when the publish it answers was first sent.
+    last_confirm: Option<(Instant, Instant)>,
     duplicates_confirmed: u64,
 }
 
@@ -222,10 +222,10 @@ async fn publisher(
                 .send()
                 .await
                 .unwrap();
-            window.push_back((seq, payload, pending));
+            window.push_back((seq, payload, Instant::now(), pending));
             seq += 1;
         }
-        let Some((n, payload, pending)) = window.pop_front() else {
+        let Some((n, payload, sent_at, pending)) = window.pop_front() else {
             break;
         };
         // Bounds a hang: a confirm may wait out a kill and a cut back to back.
@@ -236,7 +236,7 @@ async fn publisher(
             Ok(c) => {
                 let mut t = tally.lock().unwrap();
                 t.sent.insert(payload, true);
-                t.last_confirm = Some(Instant::now());
+                t.last_confirm = Some((sent_at, Instant::now()));
                 t.duplicates_confirmed += u64::from(c.duplicate);
             }
             Err(_) => {
@@ -247,7 +247,7 @@ async fn publisher(
                     .send()
                     .await
                     .unwrap();
-                window.push_front((n, payload, again));
+                window.push_front((n, payload, sent_at, again));
             }
         }
     }
@@ -308,10 +308,12 @@ async fn leader_kills_and_partitions_lose_nothing_and_duplicate_nothing() {
                 elected + 1,
                 killed_at.elapsed()
             );
+            // Resumed: a publish first sent after the kill is confirmed (one in flight
+            // before it may have been committed already).
             let resumed = loop {
                 let last = tally.lock().unwrap().last_confirm;
-                if let Some(t) = last.filter(|t| *t > killed_at) {
-                    break t - killed_at;
+                if let Some((_, at)) = last.filter(|(sent, _)| *sent > killed_at) {
+                    break at - killed_at;
                 }
                 assert!(
                     killed_at.elapsed() < RESUME_BOUND,
