@@ -367,7 +367,7 @@ mod tests {
     use super::*;
 
     fn open(dir: &Path, capacity: u64) -> RaftLog {
-        let store = Arc::new(SledStore::open(dir).unwrap());
+        let store = Arc::new(crate::sled_store::tests::reopen(dir).unwrap());
         RaftLog::open(store, &dir.join("raft-wal"), capacity).unwrap()
     }
 

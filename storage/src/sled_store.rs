@@ -573,8 +573,26 @@ impl Store for SledStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Opens the store at `path` once the one dropped before has let go of it: sled
+    /// releases its file lock when its I/O threads finish with the dropped store, a
+    /// moment after the drop.
+    pub(crate) fn reopen(path: &Path) -> Result<SledStore, StorageError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStore::open(path) {
+                Err(StorageError::Open { source, .. })
+                    if source.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                result => return result,
+            }
+        }
+    }
     use crate::record::tests::message;
     use crate::{DedupEntry, MessageMeta, QueueRecord};
 
@@ -626,7 +644,7 @@ mod tests {
     fn commits_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = reopen(dir.path()).unwrap();
             store
                 .apply(&Commit {
                     put_queues: vec![queue(1, "orders"), queue(2, "audit")],
@@ -660,7 +678,7 @@ mod tests {
                 .unwrap();
             store.flush().unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).unwrap();
         let c = recovered(&store);
         assert_eq!(c.queues, vec![queue(1, "orders"), queue(2, "audit")]);
         assert_eq!(c.next_seqs, vec![(1, 4), (2, 1)]);
@@ -696,7 +714,7 @@ mod tests {
         let segments = dir.path().join(SEGMENTS_DIR);
         let files = || std::fs::read_dir(&segments).unwrap().count();
         {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = reopen(dir.path()).unwrap();
             store
                 .apply(&Commit {
                     chunks: vec![(1, vec![message(0, "a"), message(1, "b")])],
@@ -715,7 +733,7 @@ mod tests {
             store.flush().unwrap();
         }
         // The segment was being appended to; at the next start nothing points at it.
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).unwrap();
         assert!(recovered(&store).chunks.is_empty());
         store.flush().unwrap();
         assert_eq!(files(), 0);
@@ -729,12 +747,12 @@ mod tests {
             ..Commit::default()
         };
         {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = reopen(dir.path()).unwrap();
             store.apply(&two).unwrap();
             store.flush().unwrap();
         }
         // As when the write-ahead log is replayed: commits before recovery.
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).unwrap();
         store
             .apply(&Commit {
                 settled: vec![(1, 0, None)],
@@ -748,7 +766,7 @@ mod tests {
     #[test]
     fn chunks_stored_inline_by_an_older_version_are_read() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).unwrap();
         let inline = record::encode_chunk(&[message(0, "old")]).unwrap();
         store
             .db
@@ -761,7 +779,7 @@ mod tests {
     #[test]
     fn settling_a_whole_chunk_deletes_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).unwrap();
         store
             .apply(&Commit {
                 chunks: vec![(1, vec![message(5, "x"), message(6, "y")])],
@@ -781,7 +799,7 @@ mod tests {
     #[test]
     fn deleting_a_queue_removes_its_data_only() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).unwrap();
         store
             .apply(&Commit {
                 put_queues: vec![queue(1, "a"), queue(2, "b")],
@@ -808,7 +826,7 @@ mod tests {
     #[test]
     fn dedup_entries_are_forgotten_by_age() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).unwrap();
         for at_ms in [100, 200, 300] {
             store
                 .apply(&Commit {
@@ -834,7 +852,7 @@ mod tests {
     #[test]
     fn a_corrupt_chunk_is_reported_with_the_path() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).unwrap();
         store
             .db
             .insert(key13(CHUNK, 1, 0), &b"\x00\x00\x00\x05junk"[..])
@@ -849,15 +867,15 @@ mod tests {
     fn creates_then_reopens() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data");
-        drop(SledStore::open(&path).unwrap());
-        SledStore::open(&path).unwrap();
+        drop(reopen(&path).unwrap());
+        reopen(&path).unwrap();
     }
 
     #[test]
     fn refuses_a_directory_of_other_files() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("notes.txt"), "hello").unwrap();
-        let err = SledStore::open(dir.path()).unwrap_err();
+        let err = reopen(dir.path()).unwrap_err();
         assert!(matches!(err, StorageError::NotATernStore { .. }), "{err}");
         assert!(dir.path().join("notes.txt").exists(), "nothing wiped");
     }
@@ -866,11 +884,11 @@ mod tests {
     fn refuses_another_format() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = SledStore::open(dir.path()).unwrap();
+            let s = reopen(dir.path()).unwrap();
             s.db.insert(FORMAT_KEY, &99u32.to_be_bytes()).unwrap();
             s.db.flush().unwrap();
         }
-        let err = SledStore::open(dir.path()).unwrap_err();
+        let err = reopen(dir.path()).unwrap_err();
         assert!(
             matches!(err, StorageError::IncompatibleFormat { found: 99, .. }),
             "{err}"
@@ -881,7 +899,7 @@ mod tests {
     fn a_store_whose_log_was_overwritten_is_corrupt_not_new() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = reopen(dir.path()).unwrap();
             store
                 .apply(&Commit {
                     put_queues: vec![queue(1, "orders")],
@@ -897,7 +915,7 @@ mod tests {
         // missing where our own file says a store was) or refuses it outright, as the
         // garbage's length happens to fall; either way the store is refused, naming the
         // directory, and never opened as a new one.
-        let err = SledStore::open(dir.path()).unwrap_err();
+        let err = reopen(dir.path()).unwrap_err();
         match &err {
             StorageError::Corrupt { .. } => {
                 assert!(err.to_string().contains("format marker is gone"), "{err}");
@@ -912,6 +930,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("conf"), b"\xff\xfe garbage").unwrap();
         std::fs::write(dir.path().join("db"), vec![0xAB; 4096]).unwrap();
-        assert!(SledStore::open(dir.path()).is_err());
+        assert!(reopen(dir.path()).is_err());
     }
 }
