@@ -21,18 +21,19 @@ const FAILOVER: Duration = Duration::from_secs(30);
 
 struct Cluster {
     dir: tempfile::TempDir,
+    host: String,
     ports: Vec<u16>,
     /// Each node's metrics endpoint.
     metrics: Vec<u16>,
     nodes: Vec<Option<Ternd>>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback address of the cluster's own (all of 127.0.0.0/8 is loopback): its nodes'
+/// peer and metrics listeners take fixed ports on it, which no other test's listener or
+/// outgoing connection can hold (a port picked free on 127.0.0.1 and bound later could
+/// be taken meanwhile).
+fn own_host() -> String {
+    format!("127.{}.{}.1", fastrand::u8(1..), fastrand::u8(..))
 }
 
 impl Cluster {
@@ -40,8 +41,9 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("secret"), SECRET).unwrap();
         let mut c = Cluster {
-            ports: (0..size).map(|_| free_port()).collect(),
-            metrics: (0..size).map(|_| free_port()).collect(),
+            ports: (0..size).map(|i| 7501 + i as u16).collect(),
+            metrics: (0..size).map(|i| 9465 + i as u16).collect(),
+            host: own_host(),
             nodes: (0..size).map(|_| None).collect(),
             dir,
         };
@@ -59,8 +61,8 @@ impl Cluster {
     /// index.
     async fn start_joining(&mut self) -> usize {
         let i = self.nodes.len();
-        self.ports.push(free_port());
-        self.metrics.push(free_port());
+        self.ports.push(7501 + i as u16);
+        self.metrics.push(9465 + i as u16);
         self.nodes.push(None);
         self.start_node_with(i, &["--cluster-join", "true"]).await;
         i
@@ -78,17 +80,17 @@ impl Cluster {
             "--data-dir".into(),
             self.data(i).to_str().unwrap().into(),
             "--metrics-listen".into(),
-            format!("127.0.0.1:{}", self.metrics[i]),
+            format!("{}:{}", self.host, self.metrics[i]),
             "--node-id".into(),
             (i + 1).to_string(),
             "--cluster-listen".into(),
-            format!("127.0.0.1:{}", self.ports[i]),
+            format!("{}:{}", self.host, self.ports[i]),
             "--cluster-secret-file".into(),
             secret.to_str().unwrap().into(),
         ];
         for (j, port) in self.ports.iter().enumerate() {
             args.push("--peer".into());
-            args.push(format!("{}@127.0.0.1:{port}", j + 1));
+            args.push(format!("{}@{}:{port}", j + 1, self.host));
         }
         args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -150,7 +152,9 @@ impl Cluster {
 
     /// Node `i`'s metrics, as Prometheus scrapes them.
     async fn metrics(&self, i: usize) -> String {
-        let addr = format!("127.0.0.1:{}", self.metrics[i]).parse().unwrap();
+        let addr = format!("{}:{}", self.host, self.metrics[i])
+            .parse()
+            .unwrap();
         let (status, body) = http_get(addr, "/metrics").await;
         assert!(status.contains("200"), "{status}");
         body
@@ -374,7 +378,8 @@ async fn a_replica_that_missed_the_purged_log_catches_up_from_a_snapshot() {
 async fn the_cli_takes_a_seed_list_and_follows_the_leader() {
     let cluster = Cluster::start(3).await;
     // A dead address first: the CLI goes on to the next.
-    let seeds = format!("127.0.0.1:{},{}", free_port(), cluster.seeds());
+    // Nothing listens on port 7599 of the cluster's own address.
+    let seeds = format!("{}:7599,{}", cluster.host, cluster.seeds());
     let tern = |args: &[&str]| tern_cmd(Some(&seeds), args);
     let (status, _, err) = run_cmd(
         &mut tern(&["queue", "create", "jobs", "--bind", "jobs"]),
@@ -656,7 +661,7 @@ async fn nodes_are_added_and_removed_and_a_dead_one_is_replaced() {
 
     // A fourth node joins: it catches up, then votes.
     let four = cluster.start_joining().await;
-    let four_addr = format!("127.0.0.1:{}", cluster.ports[four]);
+    let four_addr = format!("{}:{}", cluster.host, cluster.ports[four]);
     within("add node 4", client.add_node(4, &four_addr))
         .await
         .unwrap();
@@ -701,7 +706,7 @@ async fn nodes_are_added_and_removed_and_a_dead_one_is_replaced() {
     .await;
     assert!(status.success(), "{out}{err}");
     let five = cluster.start_joining().await;
-    let five_addr = format!("127.0.0.1:{}", cluster.ports[five]);
+    let five_addr = format!("{}:{}", cluster.host, cluster.ports[five]);
     let (status, out, err) =
         run_cmd(&mut tern(&["cluster", "add-node", "5", &five_addr]), None).await;
     assert!(status.success(), "{out}{err}");
