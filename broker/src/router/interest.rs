@@ -177,7 +177,8 @@ impl Interest {
         publisher: u64,
         wakes: &mut Wakes,
     ) -> (u64, u64) {
-        let (mut delivered, mut dropped) = self.deliver_here(envelope, view, publisher, wakes);
+        let (mut delivered, mut dropped) =
+            self.deliver_local(envelope, view, publisher, true, |_| true, wakes);
         if self.remote.is_empty() {
             return (delivered, dropped);
         }
@@ -227,17 +228,6 @@ impl Interest {
         wakes: &mut Wakes,
     ) -> (u64, u64) {
         self.deliver_local(envelope, view, 0, plain, |g| groups.contains(g), wakes)
-    }
-
-    /// Delivers to the subscribers of this node.
-    fn deliver_here(
-        &self,
-        envelope: &Envelope,
-        view: &MessageView<'_>,
-        publisher: u64,
-        wakes: &mut Wakes,
-    ) -> (u64, u64) {
-        self.deliver_local(envelope, view, publisher, true, |_| true, wakes)
     }
 
     /// Delivers to this node's plain and filtered subscribers when `plain`, and to one

@@ -512,6 +512,9 @@ impl Replica {
     /// [`MembershipError::NotLeader`] on another node; `Refused` when the node is a
     /// member at another address, cannot be reached, or does not catch up in time.
     pub async fn add_node(&self, node: NodeId, addr: String) -> Result<(), MembershipError> {
+        if node == 0 {
+            return Err(MembershipError::Refused("node ids start at 1".into()));
+        }
         self.must_lead()?;
         if let Some(known) = self.member_addrs().get(&node) {
             if *known != addr {
