@@ -19,6 +19,8 @@
 
 mod log_store;
 mod network;
+#[cfg(test)]
+mod sim;
 mod state_machine;
 
 use std::collections::{BTreeMap, HashMap};

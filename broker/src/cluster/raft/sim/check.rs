@@ -1,0 +1,139 @@
+//! The invariants, checked as the simulation goes: every node applies the same entry at
+//! each index (the same log id, the same commands, the same answers), and no term has
+//! two leaders. It also keeps a digest of what happened when, by which a run is shown
+//! to replay the same from its seed.
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::LogId;
+use tokio::time::Instant;
+
+use super::{Answers, NodeId};
+use crate::queue::machine::{Command, Entry};
+
+/// A publish's exactly-once pair: producer and sequence.
+pub(super) type Pair = (String, u64);
+
+#[derive(Debug)]
+pub(super) struct Checks {
+    start: Instant,
+    /// Each index any node applied: the log id and a digest of the entry and answers.
+    applied: BTreeMap<u64, (LogId<NodeId>, u64)>,
+    /// Each index's publishes that a queue stored (not as a duplicate), by pair.
+    pub stored: BTreeMap<u64, Vec<Pair>>,
+    /// Each term's leader.
+    leaders: BTreeMap<u64, NodeId>,
+    pub violations: Vec<String>,
+    pub trace: u64,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Checker(Arc<Mutex<Checks>>);
+
+impl Checker {
+    pub fn new() -> Self {
+        Checker(Arc::new(Mutex::new(Checks {
+            start: Instant::now(),
+            applied: BTreeMap::new(),
+            stored: BTreeMap::new(),
+            leaders: BTreeMap::new(),
+            violations: Vec::new(),
+            trace: 0,
+        })))
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Checks> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `node` applied the entry `id`: `Some` with its commands and answers for a normal
+    /// entry, `None` for Raft's own.
+    pub fn applied(&self, node: NodeId, id: LogId<NodeId>, normal: Option<(&Entry, &Answers)>) {
+        let mut digest = DefaultHasher::new();
+        if let Some((entry, answers)) = normal {
+            format!("{entry:?}{answers:?}").hash(&mut digest);
+        }
+        let digest = digest.finish();
+        let mut checks = self.lock();
+        checks.event(&(node, "applied", id.index, digest));
+        match checks.applied.get(&id.index) {
+            Some(&(first, first_digest)) if (first, first_digest) != (id, digest) => {
+                let v = format!(
+                    "node {node} applied {id} (digest {digest:x}) at index {}, where another \
+                     node applied {first} (digest {first_digest:x})",
+                    id.index
+                );
+                checks.violations.push(v);
+            }
+            Some(_) => {}
+            None => {
+                checks.applied.insert(id.index, (id, digest));
+                if let Some((entry, answers)) = normal {
+                    let stored = stored_pairs(entry, answers);
+                    checks.stored.insert(id.index, stored);
+                }
+            }
+        }
+    }
+
+    /// `node` says it leads `term`.
+    pub fn leads(&self, node: NodeId, term: u64) {
+        let mut checks = self.lock();
+        match checks.leaders.get(&term) {
+            Some(&other) if other != node => {
+                let v = format!("nodes {other} and {node} both led term {term}");
+                checks.violations.push(v);
+            }
+            Some(_) => {}
+            None => {
+                checks.event(&(node, "leads", term));
+                checks.leaders.insert(term, node);
+            }
+        }
+    }
+
+    /// The log id the cluster applied at `index`, if any node did.
+    pub fn at(&self, index: u64) -> Option<LogId<NodeId>> {
+        self.lock().applied.get(&index).map(|(id, _)| *id)
+    }
+}
+
+impl Checks {
+    /// Folds an event, with the simulated time it happened at, into the trace.
+    pub fn event(&mut self, what: &impl Hash) {
+        let mut h = DefaultHasher::new();
+        (self.trace, self.start.elapsed().as_nanos(), what).hash(&mut h);
+        self.trace = h.finish();
+    }
+
+    /// How many times each pair was stored, over the whole history.
+    pub fn stored_counts(&self) -> BTreeMap<Pair, usize> {
+        let mut counts = BTreeMap::new();
+        for pair in self.stored.values().flatten() {
+            *counts.entry(pair.clone()).or_default() += 1;
+        }
+        counts
+    }
+}
+
+/// The pairs of the publishes in `entry` that a queue stored.
+fn stored_pairs(entry: &Entry, answers: &Answers) -> Vec<Pair> {
+    entry
+        .commands
+        .iter()
+        .zip(&answers.0)
+        .filter_map(|(command, answer)| match (command, answer) {
+            (
+                Command::Publish {
+                    dedup: Some(pair), ..
+                },
+                Ok(outcome),
+            ) if outcome.queues > 0 && !outcome.duplicate => {
+                Some((pair.producer.clone(), pair.sequence))
+            }
+            _ => None,
+        })
+        .collect()
+}
