@@ -216,6 +216,11 @@ struct Rig {
 
 impl Rig {
     async fn new() -> Self {
+        Rig::with_log(|log| log).await
+    }
+
+    /// A rig whose journal writes to `wrap` of the store's log.
+    async fn with_log<L: Log>(wrap: impl FnOnce(StoreLog) -> L) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(TestStore::open(dir.path()));
         let health = Arc::new(StoreHealth::new(
@@ -240,7 +245,7 @@ impl Rig {
             false,
         ));
         let writer = Writer::new(
-            log,
+            wrap(log),
             Arc::clone(&health),
             Arc::clone(&dedup),
             metrics::Histogram::noop(),
@@ -333,6 +338,102 @@ impl Rig {
         }
         assert_eq!(self.health.problem(), None);
     }
+}
+
+/// The store's log, with a cap on an entry's message bytes (as a replicated log has),
+/// that records what each entry carried and, once the test sets a gate, holds the next
+/// append until the test opens it, so that the publishes behind it pile up.
+struct Capped {
+    log: StoreLog,
+    max: usize,
+    gate: Arc<StdMutex<Option<Arc<tokio::sync::Notify>>>>,
+    /// Per entry: its publishes and their envelope bytes.
+    entries: Arc<StdMutex<Vec<(usize, usize)>>>,
+}
+
+impl Log for Capped {
+    async fn append(&mut self, entry: &Entry, awaited: bool) -> Result<Effects, LogError> {
+        let gate = self.gate.lock().unwrap().take();
+        if let Some(gate) = gate {
+            gate.notified().await;
+        }
+        let envelopes: Vec<usize> = entry
+            .commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Publish { envelope, .. } => Some(envelope.len()),
+                _ => None,
+            })
+            .collect();
+        if !envelopes.is_empty() {
+            let carried = (envelopes.len(), envelopes.iter().sum());
+            self.entries.lock().unwrap().push(carried);
+        }
+        self.log.append(entry, awaited).await
+    }
+    fn refuses_new_messages(&self) -> Option<String> {
+        self.log.refuses_new_messages()
+    }
+    fn max_entry_bytes(&self) -> usize {
+        self.max
+    }
+    fn sync_due(&self) -> Option<Instant> {
+        self.log.sync_due()
+    }
+    fn sync(&mut self) -> Result<(), LogError> {
+        self.log.sync()
+    }
+    fn compact(&mut self) -> Result<(), LogError> {
+        self.log.compact()
+    }
+}
+
+#[tokio::test]
+async fn a_batch_stops_at_the_logs_entry_size() {
+    const MAX: usize = 1000;
+    const SIZE: usize = 256;
+    const COUNT: u32 = 64;
+    let (gate, entries): (Arc<StdMutex<_>>, Arc<StdMutex<_>>) = Default::default();
+    let mut rig = Rig::with_log(|log| Capped {
+        log,
+        max: MAX,
+        gate: Arc::clone(&gate),
+        entries: Arc::clone(&entries),
+    })
+    .await;
+    let open = Arc::new(tokio::sync::Notify::new());
+    *gate.lock().unwrap() = Some(Arc::clone(&open));
+    rig.journal
+        .publish(rig.op(0, &[0; SIZE], None))
+        .await
+        .unwrap();
+    for id in 1..COUNT {
+        rig.journal
+            .publish(rig.op(id, &[0; SIZE], None))
+            .await
+            .unwrap();
+    }
+    open.notify_one();
+    for _ in 0..COUNT {
+        let (_, stored) = rig.answers.recv().await.unwrap();
+        assert_eq!(stored, Ok(1));
+    }
+    let entries = entries.lock().unwrap().clone();
+    assert_eq!(
+        entries.iter().map(|(n, _)| n).sum::<usize>(),
+        COUNT as usize
+    );
+    for (n, bytes) in &entries {
+        // A batch closes once it reaches the cap: it may pass it by one message.
+        assert!(
+            *bytes < MAX + SIZE,
+            "{n} publishes of {bytes} bytes in one entry"
+        );
+    }
+    assert!(
+        entries.iter().any(|(n, _)| *n > 1),
+        "the publishes behind the gate were gathered: {entries:?}"
+    );
 }
 
 #[tokio::test]
