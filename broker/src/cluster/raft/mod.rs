@@ -121,12 +121,20 @@ pub(crate) async fn propose_here(raft: &Raft, entry: Entry) -> Result<Answers, P
 
 /// Raft's timing. Each AppendEntries must come back within the heartbeat interval
 /// (openraft uses it as the call's timeout), fsync on the follower included.
+///
+/// A follower that stops hearing from its leader starts an election after the leader's
+/// lease (openraft: `election_timeout_max`) plus its own timeout (drawn once per start
+/// between min and max), and only once the lease has passed do the others vote; a node
+/// that last saw a longer log than its own waits `2 × max` more. So a dead leader is
+/// replaced 2–2.5 s after its last heartbeat, 5 s at worst (1–2 s timeouts made that
+/// 3–4 s, and 8 s at worst: publishing resumed 9.5 s after a kill in tests/chaos.rs),
+/// while a follower still needs 2 s of silence — eight heartbeats — to disturb a leader.
 fn raft_config() -> Result<Config, openraft::ConfigError> {
     Config {
         cluster_name: "tern".into(),
         heartbeat_interval: 250,
-        election_timeout_min: 1000,
-        election_timeout_max: 2000,
+        election_timeout_min: 750,
+        election_timeout_max: 1250,
         install_snapshot_timeout: 10_000,
         // With entries of up to 1 MiB (`replicated::MAX_ENTRY_BYTES`), a call of up to
         // 8 MiB comes back within the heartbeat on this machine's disk.
