@@ -1,9 +1,16 @@
 //! The invariants, checked as the simulation goes: every node applies the same entry at
-//! each index (the same log id, the same commands, the same answers), and no term has
-//! two leaders. It also keeps a digest of what happened when, by which a run is shown
-//! to replay the same from its seed.
+//! each index (the same log id, the same commands, the same answers), and no leader id
+//! is held by two leaderships. It also keeps a digest of what happened when, by which a
+//! run is shown to replay the same from its seed.
+//!
+//! A leader id is openraft's default, (term, node): a term may have several leaders,
+//! one after another (a node that votes for one may vote for a greater node id in the
+//! same term), and their entries' log ids differ by node. So "one leader per term"
+//! is not a property of this Raft. What safety rests on is that every index agrees,
+//! checked entry by entry; of leaders, the checker asks that a node leads only on a
+//! committed vote for itself, and records each (term, leader) in the trace.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -23,8 +30,8 @@ pub(super) struct Checks {
     applied: BTreeMap<u64, (LogId<NodeId>, u64)>,
     /// Each index's publishes that a queue stored (not as a duplicate), by pair.
     pub stored: BTreeMap<u64, Vec<Pair>>,
-    /// Each term's leader.
-    leaders: BTreeMap<u64, NodeId>,
+    /// Each (term, leader) seen.
+    leaders: BTreeSet<(u64, NodeId)>,
     pub violations: Vec<String>,
     pub trace: u64,
 }
@@ -38,7 +45,7 @@ impl Checker {
             start: Instant::now(),
             applied: BTreeMap::new(),
             stored: BTreeMap::new(),
-            leaders: BTreeMap::new(),
+            leaders: BTreeSet::new(),
             violations: Vec::new(),
             trace: 0,
         })))
@@ -78,19 +85,18 @@ impl Checker {
         }
     }
 
-    /// `node` says it leads `term`.
-    pub fn leads(&self, node: NodeId, term: u64) {
+    /// `node` says it leads with the vote `(term, voted_for)`, committed or not.
+    pub fn leads(&self, node: NodeId, term: u64, voted_for: Option<NodeId>, committed: bool) {
         let mut checks = self.lock();
-        match checks.leaders.get(&term) {
-            Some(&other) if other != node => {
-                let v = format!("nodes {other} and {node} both led term {term}");
-                checks.violations.push(v);
-            }
-            Some(_) => {}
-            None => {
-                checks.event(&(node, "leads", term));
-                checks.leaders.insert(term, node);
-            }
+        if voted_for != Some(node) || !committed {
+            let v = format!(
+                "node {node} leads term {term} on a vote for {voted_for:?} (committed: \
+                 {committed})"
+            );
+            checks.violations.push(v);
+        }
+        if checks.leaders.insert((term, node)) {
+            checks.event(&(node, "leads", term));
         }
     }
 
