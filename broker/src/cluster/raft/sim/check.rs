@@ -1,7 +1,7 @@
 //! The invariants, checked as the simulation goes: every node applies the same entry at
-//! each index (the same log id, the same commands, the same answers), and no leader id
-//! is held by two leaderships. It also keeps a digest of what happened when, by which a
-//! run is shown to replay the same from its seed.
+//! each index (the same log id, the same commands, the same answers), and a node leads
+//! only on a committed vote for itself. It also keeps a digest of what happened when, by
+//! which a run is shown to replay the same from its seed.
 //!
 //! A leader id is openraft's default, (term, node): a term may have several leaders,
 //! one after another (a node that votes for one may vote for a greater node id in the
