@@ -125,16 +125,19 @@ pub(crate) async fn propose_here(raft: &Raft, entry: Entry) -> Result<Answers, P
 /// A follower that stops hearing from its leader starts an election after the leader's
 /// lease (openraft: `election_timeout_max`) plus its own timeout (drawn once per start
 /// between min and max), and only once the lease has passed do the others vote; a node
-/// that last saw a longer log than its own waits `2 × max` more. So a dead leader is
-/// replaced 2–2.5 s after its last heartbeat, 5 s at worst (1–2 s timeouts made that
-/// 3–4 s, and 8 s at worst: publishing resumed 9.5 s after a kill in tests/chaos.rs),
-/// while a follower still needs 2 s of silence — eight heartbeats — to disturb a leader.
+/// that last saw a longer log than its own waits `2 × max` more — and keeps that flag
+/// until it next campaigns, so after a partition's churn the next election may take it.
+/// So a dead leader is replaced 1.5–2 s after its last heartbeat, 4 s at worst, while a
+/// follower still needs 1.5 s of silence — six heartbeats — to disturb a leader (it
+/// counts from an AppendEntries' arrival, not its fsync). tests/chaos.rs resumed after
+/// 3.8, 5.5 and 9.5 s with 1–2 s timeouts, 2.4, 6.7 and 6.1 s with 0.75–1.25 s, and
+/// 2.2, 5.5 and 4.4 s with these (the later kills each follow a cut round).
 fn raft_config() -> Result<Config, openraft::ConfigError> {
     Config {
         cluster_name: "tern".into(),
         heartbeat_interval: 250,
-        election_timeout_min: 750,
-        election_timeout_max: 1250,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
         install_snapshot_timeout: 10_000,
         // With entries of up to 1 MiB (`replicated::MAX_ENTRY_BYTES`), a call of up to
         // 8 MiB comes back within the heartbeat on this machine's disk.
