@@ -4,15 +4,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex as StdMutex;
 
-use tern_codec::{QueueDeclare, QueueOptions};
 use tern_storage::{
     Commit, LogFile, Recover, RecoveredChunk, SledStore, StorageError, Store, StoredMessage, Wal,
 };
 
 use super::*;
-use crate::config::{QueueDefaults, SyncPolicy};
+use crate::config::SyncPolicy;
 use crate::filter::FilterLimits;
-use crate::queue::machine::tests::envelope;
+use crate::queue::machine::tests::{def, envelope};
 use crate::queue::machine::Outcome;
 use crate::queue::{recovery, QueueHandle, QueueInput};
 
@@ -190,16 +189,6 @@ impl Confirms for Answers {
 
 const MIN_FREE: u64 = 1 << 20;
 
-fn queue_def() -> QueueDef {
-    let declare = QueueDeclare {
-        id: 1,
-        name: "q".into(),
-        bindings: Vec::new(),
-        options: QueueOptions::default(),
-    };
-    QueueDef::from_declare(&declare, &QueueDefaults::default(), &Default::default()).unwrap()
-}
-
 /// A journal with one queue over a [`TestStore`], with the queue task's inbox and the
 /// publishers' answers.
 struct Rig {
@@ -254,7 +243,7 @@ impl Rig {
         let (journal, _thread) = writer.spawn().unwrap();
         let (done, declared) = oneshot::channel();
         journal.send(Op::PutQueue {
-            def: queue_def(),
+            def: def("q", 0),
             done: Box::new(move |r| {
                 let _ = done.send(r);
             }),
@@ -647,7 +636,7 @@ async fn a_restart_never_replays_records_from_before_the_last_checkpoint() {
         }],
     };
     let declare = Entry {
-        commands: vec![Command::Declare { def: queue_def() }],
+        commands: vec![Command::Declare { def: def("q", 0) }],
     };
     log.append(&declare, true).await.unwrap();
     log.append(&publish("a"), true).await.unwrap();

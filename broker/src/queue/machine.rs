@@ -710,7 +710,9 @@ pub(crate) mod tests {
     use crate::config::QueueDefaults;
     use crate::queue::recovery;
 
-    fn def(name: &str, max_length: u64) -> QueueDef {
+    /// The definition of a queue `name` with no bindings that refuses publishes past
+    /// `max_length` messages (0: no limit).
+    pub(crate) fn def(name: &str, max_length: u64) -> QueueDef {
         let declare = QueueDeclare {
             id: 1,
             name: name.into(),

@@ -34,7 +34,6 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Config, LogId, ServerState, SnapshotPolicy};
-use tern_codec::{QueueDeclare, QueueOptions};
 use tern_storage::DedupEntry;
 
 use self::check::{Checker, Pair};
@@ -43,9 +42,7 @@ use self::machine::{SharedApplied, SimMachine};
 use self::net::{Net, NodeNet};
 use self::runtime::SimRuntime;
 use super::{raft_config, Answers, Member, NodeId, PROPOSE_TIMEOUT};
-use crate::config::QueueDefaults;
-use crate::queue::def::QueueDef;
-use crate::queue::machine::tests::envelope;
+use crate::queue::machine::tests::{def, envelope};
 use crate::queue::machine::{Command, Entry};
 
 openraft::declare_raft_types!(
@@ -301,17 +298,6 @@ impl Sim {
     }
 }
 
-fn queue_def() -> QueueDef {
-    let declare = QueueDeclare {
-        id: 1,
-        name: "sim".into(),
-        bindings: Vec::new(),
-        options: QueueOptions::default(),
-    };
-    QueueDef::from_declare(&declare, &QueueDefaults::default(), &Default::default())
-        .expect("a valid queue")
-}
-
 fn publish(producer: &str, sequence: u64, at_ms: u64) -> Command {
     Command::Publish {
         queues: vec![QUEUE],
@@ -435,9 +421,11 @@ async fn simulate(seed: u64) -> Result<Summary, String> {
         .await
         .map_err(|e| format!("cannot initialize: {e}"))?;
     let declare = Entry {
-        commands: vec![Command::Declare { def: queue_def() }],
+        commands: vec![Command::Declare { def: def("sim", 0) }],
     };
-    write(&sim.net, &rng, &declare, None).await;
+    tokio::time::timeout(SETTLE, write(&sim.net, &rng, &declare, None))
+        .await
+        .map_err(|_| format!("no leader took the declare within {SETTLE:?}"))?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let confirmed = Confirmed::default();
