@@ -7,7 +7,11 @@
 //! An auto-ack consumer's deliveries are settled as the broker sends them; the client
 //! credits the broker (CREDIT) as the application takes them, every half prefetch, so
 //! the broker still sends no more than `prefetch` the application has not taken and
-//! the rest wait in the queue.
+//! the rest wait in the queue. The broker stores those settles as it stores acks, in
+//! group commits: a message sent just before the broker crashed, or before its queue's
+//! leader changed, may be delivered again (its delivery count as stored, so possibly
+//! not flagged [`Delivery::redelivered`]). An auto-ack consumer is at least once
+//! across failures, like the others, and never holds the queue back.
 //!
 //! Exactly-once consumers (a durable name, [`ConsumeBuilder::exactly_once`]) do a
 //! two-step handshake: before a delivery is handed to the application, the client
@@ -71,7 +75,9 @@ impl<'a> ConsumeBuilder<'a> {
         self
     }
 
-    /// Settle each delivery as it is sent (at most once): no acks.
+    /// Settle each delivery as it is sent: no acks. The settle is stored like an ack,
+    /// so a message whose settle a crash or a leader change lost before it was stored
+    /// is delivered again (see the module docs).
     pub fn auto_ack(mut self) -> Self {
         self.mode = AckMode::Auto;
         self

@@ -38,7 +38,8 @@ pub enum AckMode {
     /// The consumer acks each delivery after processing it (at least once).
     #[default]
     Manual = 0,
-    /// Deliveries are settled as they are sent (at most once).
+    /// Deliveries are settled as they are sent; one sent just before a crash or leader
+    /// change, whose settle was not stored, is sent again.
     Auto = 1,
     /// RECEIVED then ACK, recorded in the store under the consumer's name.
     ExactlyOnce = 2,

@@ -22,7 +22,8 @@ pub struct Args {
     /// Print one JSON object per delivery, one per line
     #[arg(long)]
     json: bool,
-    /// Do not acknowledge: deliveries are settled as they are sent (at most once)
+    /// Do not acknowledge: deliveries are settled as they are sent (one sent just before
+    /// a crash or leader change may come again)
     #[arg(long, conflicts_with = "exactly_once")]
     no_ack: bool,
     /// Consume exactly once under this durable consumer name
