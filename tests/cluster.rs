@@ -160,6 +160,14 @@ impl Cluster {
         body
     }
 
+    /// The value of node `i`'s metric `name` (a gauge or counter without labels).
+    async fn gauge(&self, i: usize, name: &str) -> u64 {
+        let text = self.metrics(i).await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in node {}'s metrics", i + 1))
+    }
+
     async fn kill(&mut self, i: usize) {
         let mut node = self.nodes[i].take().expect("node is running");
         node.kill9().await;
@@ -515,6 +523,144 @@ async fn a_seed_list_client_publishes_exactly_once_and_consumes_across_leader_ki
         "{got} delivered, {} again after the kill ({acked_again} acked just before it)",
         got - seen.len()
     );
+}
+
+/// A follower that was down a while and restarts does not unseat the leader: it
+/// campaigns 1.5 s after its start at the earliest (openraft), with a higher term that
+/// would make the leader step down once they talk, so the leader must reach it first —
+/// its link redials a dead peer at most ~310 ms apart, however long it was down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_follower_does_not_unseat_the_leader() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let term = cluster.gauge(leader, "tern_raft_term").await;
+    let c = cluster.seeded(leader).await;
+    within(
+        "declare",
+        c.declare_queue(&QueueConfig::new("steady").bind("steady")),
+    )
+    .await
+    .unwrap();
+    let follower = (leader + 1) % 3;
+    cluster.kill(follower).await;
+    // What it misses, to catch up on.
+    let deadline = Instant::now() + FAILOVER;
+    for n in 0..50 {
+        publish_confirmed(&c, "steady", format!("m-{n}"), deadline).await;
+    }
+    let applied = cluster.gauge(leader, "tern_raft_last_applied_index").await;
+    // Down long enough for redials to back off as far as they go.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    cluster.start_node(follower).await;
+    let restarted = Instant::now();
+    eventually("the restarted follower to catch up", || async {
+        let now = cluster
+            .gauge(follower, "tern_raft_last_applied_index")
+            .await;
+        (now >= applied).then_some(())
+    })
+    .await;
+    // That nothing happens takes a while to see: its quiet, then a whole election
+    // timeout after it (lease and timeout, at most 2 s).
+    tokio::time::sleep_until((restarted + Duration::from_secs(5)).into()).await;
+    assert_eq!(cluster.leader().await, leader, "the leader changed");
+    assert_eq!(
+        cluster.gauge(leader, "tern_raft_term").await,
+        term,
+        "a new term began"
+    );
+}
+
+/// An exactly-once consumer (a durable name) keeps its promise across a leader kill: the
+/// RECEIVED records and acks are replicated, so what the application was handed before
+/// the kill — acked, or still held when the leader died — is not handed to it again by
+/// the next leader, and everything is settled in the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exactly_once_consumer_hands_out_each_message_once_across_a_leader_kill() {
+    const MESSAGES: usize = 300;
+    /// Deliveries handed out and not acked when the leader is killed.
+    const HELD: usize = 10;
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let publisher = cluster.seeded(leader).await;
+    within(
+        "declare",
+        publisher.declare_queue(&QueueConfig::new("eo").bind("eo.>")),
+    )
+    .await
+    .unwrap();
+    let mut confirms = Vec::new();
+    for n in 0..MESSAGES {
+        confirms.push(
+            publisher
+                .publish("eo.job", format!("job-{n}"))
+                .qos(Qos::AtLeastOnce)
+                .send()
+                .await
+                .unwrap(),
+        );
+    }
+    for confirm in confirms {
+        within("a confirm", confirm).await.unwrap();
+    }
+    drop(publisher);
+
+    let follower = (leader + 1) % 3;
+    let client = cluster.seeded(follower).await;
+    let mut consumer = within("consume", async {
+        client
+            .consume("eo")
+            .exactly_once("worker")
+            .prefetch(16)
+            .await
+    })
+    .await
+    .unwrap();
+    let mut handed = BTreeSet::new();
+    let mut held = Vec::new();
+    let mut killed = false;
+    while handed.len() < MESSAGES {
+        let d = within("a delivery", consumer.next()).await.expect("open");
+        let payload = String::from_utf8(d.message.payload.to_vec()).unwrap();
+        assert!(
+            handed.insert(payload.clone()),
+            "'{payload}' handed out twice"
+        );
+        if handed.len() <= MESSAGES / 2 {
+            // Answered once the ack is committed.
+            within("ack", d.ack()).await.unwrap();
+        } else if killed {
+            // Refused while the next leader is elected, the message comes back flagged
+            // received, and the client completes it without handing it out.
+            let _ = tokio::time::timeout(Duration::from_secs(5), d.ack()).await;
+        } else {
+            held.push(d);
+            if held.len() == HELD {
+                cluster.kill(leader).await;
+                killed = true;
+                for h in held.drain(..) {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), h.ack()).await;
+                }
+            }
+        }
+    }
+    let expected: BTreeSet<String> = (0..MESSAGES).map(|n| format!("job-{n}")).collect();
+    assert_eq!(handed, expected);
+
+    // Whatever comes now was handed out already: the queue must empty with nothing more
+    // handed to the application.
+    let admin = cluster.seeded(cluster.leader().await).await;
+    let settled = eventually("every message settled", || async {
+        let info = within("queue info", admin.queue_info("eo")).await.ok()?;
+        (info.stats.ready == 0 && info.stats.unacked == 0).then_some(())
+    });
+    tokio::select! {
+        () = settled => {}
+        d = consumer.next() => {
+            let d = d.expect("open");
+            panic!("handed out again: {:?}", d.message.payload);
+        }
+    }
 }
 
 /// Receives the next message on `sub` whose subject is `subject` (skipping probes).

@@ -152,6 +152,42 @@ fn raft_config() -> Result<Config, openraft::ConfigError> {
     .validate()
 }
 
+/// How long a node that starts a new cluster, other than the one with the lowest id,
+/// waits for a leader to reach it before it forms the group itself ([`form`]).
+const FORM_WAIT: std::time::Duration = std::time::Duration::from_millis(2_000);
+
+/// Forms the group with `members`, on this node's first start (not when it joins a
+/// running cluster): any node may, with the same members (safe, as openraft says), so
+/// that no node has to be started first.
+///
+/// openraft's `initialize` campaigns at once. A node that does so while the group has a
+/// leader unseats it: the others refuse its vote while their leader's lease holds, but
+/// the vote sticks, the leader's next AppendEntries to it is answered with it, and a
+/// higher vote — here the same term 1 and a higher node id, as openraft orders leader
+/// ids — makes the leader step down (openraft 0.9 has no pre-vote). So the node with
+/// the lowest id forms the group at once: its vote, (1, lowest), is below any leader's.
+/// Any other waits up to [`FORM_WAIT`] for a leader to reach it (the leader redials
+/// within ~310 ms, `link::peer`, and sends a heartbeat every 250 ms), and forms the
+/// group only if none did: the lowest is down.
+///
+/// (A restarted node is no such threat: openraft counts a leader's lease from its start,
+/// so it campaigns no sooner than 1.5 s after, and its leader reaches it first.)
+async fn form<C: openraft::RaftTypeConfig>(
+    raft: openraft::Raft<C>,
+    members: BTreeMap<C::NodeId, C::Node>,
+) {
+    let me = raft.metrics().borrow().id.clone();
+    if members.keys().next() != Some(&me) {
+        let mut metrics = raft.metrics();
+        let reached = metrics.wait_for(|m| m.current_leader.is_some());
+        let _ = tokio::time::timeout(FORM_WAIT, reached).await;
+    }
+    match raft.initialize(members).await {
+        Ok(()) | Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+        Err(e) => tracing::error!(error = %e, "cannot form the cluster"),
+    }
+}
+
 /// The address this node's clients connect to, once its listener is bound.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ClientAddr(Arc<Mutex<Option<String>>>);
@@ -276,6 +312,12 @@ impl Replica {
                 .await
                 .map_err(|e| StartError::Raft(e.to_string()))??
         };
+        // No vote yet: this node never took part in an election.
+        let first_start = log
+            .state(GROUP)
+            .map_err(|e| StartError::Raft(e.to_string()))?
+            .vote
+            .is_none();
         let metrics = Arc::new(OnceLock::new());
         let sm = StateMachine::open(
             config.node_id,
@@ -304,20 +346,13 @@ impl Replica {
             router,
             client_addr: client_addr.clone(),
         });
-        let members: BTreeMap<NodeId, Member> = config
-            .peers
-            .iter()
-            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
-            .collect();
-        // Every node forms the group with the same members: safe (openraft), and no
-        // node has to be started first. A node that already belongs is told so. A node
-        // joining a running cluster forms nothing: it waits for the leader to add it.
-        if !config.join {
-            match raft.initialize(members).await {
-                Ok(())
-                | Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
-                Err(e) => return Err(StartError::Raft(e.to_string())),
-            }
+        if first_start && !config.join {
+            let members = config
+                .peers
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect();
+            tokio::spawn(form(raft.clone(), members));
         }
         let replica = Arc::new(Self {
             node: config.node_id,

@@ -30,7 +30,7 @@ pub(super) struct Disk {
     /// What the last sync covered: what survives a crash.
     synced_log: BTreeMap<u64, Entry>,
     synced_committed: Option<LogId<NodeId>>,
-    vote: Option<Vote<NodeId>>,
+    pub vote: Option<Vote<NodeId>>,
     last_purged: Option<LogId<NodeId>>,
     /// The last snapshot built or installed, and its bytes.
     pub snapshot: Option<(SnapshotMeta<NodeId, Member>, Vec<u8>)>,

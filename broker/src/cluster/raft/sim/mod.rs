@@ -25,7 +25,6 @@ mod machine;
 mod net;
 mod runtime;
 
-use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +40,7 @@ use self::disk::{Disk, SharedDisk, SimLog};
 use self::machine::{SharedApplied, SimMachine};
 use self::net::{Net, NodeNet};
 use self::runtime::SimRuntime;
-use super::{raft_config, Answers, Member, NodeId, PROPOSE_TIMEOUT};
+use super::{form, raft_config, Answers, Member, NodeId, PROPOSE_TIMEOUT};
 use crate::queue::machine::tests::{def, envelope};
 use crate::queue::machine::{Command, Entry};
 
@@ -126,8 +125,12 @@ fn sim_config() -> Arc<Config> {
 
 impl Sim {
     async fn start(&mut self, i: usize) -> Result<(), String> {
+        let size = self.nodes.len() as NodeId;
         let node = &mut self.nodes[i];
-        let incarnation = disk::lock(&node.disk).incarnation;
+        let (incarnation, first_start) = {
+            let disk = disk::lock(&node.disk);
+            (disk.incarnation, disk.vote.is_none())
+        };
         let log = SimLog {
             disk: Arc::clone(&node.disk),
             incarnation,
@@ -145,6 +148,13 @@ impl Sim {
         let raft = SimRaft::new(node.id, Arc::clone(&self.config), network, log, sm)
             .await
             .map_err(|e| format!("node {} cannot start: {e}", node.id))?;
+        if first_start {
+            // Every node forms the group on its first start, as ternd's do.
+            let members = (1..=size)
+                .map(|id| (id, Member::new(format!("node-{id}"))))
+                .collect();
+            tokio::spawn(form(raft.clone(), members));
+        }
         let (checker, mut metrics) = (self.checker.clone(), raft.metrics());
         tokio::spawn(async move {
             loop {
@@ -412,14 +422,6 @@ async fn simulate(seed: u64) -> Result<Summary, String> {
     for i in 0..sim.nodes.len() {
         sim.start(i).await?;
     }
-    let members: BTreeMap<NodeId, Member> = (1..=n)
-        .map(|id| (id, Member::new(format!("node-{id}"))))
-        .collect();
-    let (first, _) = sim.nodes[0].running.as_ref().expect("started");
-    first
-        .initialize(members)
-        .await
-        .map_err(|e| format!("cannot initialize: {e}"))?;
     let declare = Entry {
         commands: vec![Command::Declare { def: def("sim", 0) }],
     };
