@@ -45,10 +45,32 @@ impl ProducerKey {
     }
 }
 
+/// What the window knows of a pair when a publish carries it ([`DedupWindow::insert`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Not seen: recorded now, as on its way to the store.
+    New,
+    /// Another copy is on its way to the store and may yet fail (its entry refused,
+    /// its forward to the leader timed out). This copy must go to the store too, where
+    /// the state machine keeps whichever comes first and answers the other as a
+    /// duplicate; answering it "duplicate" here would confirm a message that may never
+    /// be stored. It goes to no subscriber: the first copy did.
+    InFlight,
+    /// A copy was stored: this one is a duplicate.
+    Stored,
+}
+
+/// A pair's copies: how many are on their way to the store, and whether one is in it.
+#[derive(Debug, Default)]
+struct Copies {
+    in_flight: u32,
+    stored: bool,
+}
+
 /// Remembered (producer, sequence) pairs, bounded in count and age.
 #[derive(Debug)]
 pub struct DedupWindow {
-    seen: HashSet<(Box<str>, u64)>,
+    seen: HashMap<(Box<str>, u64), Copies>,
     /// Pairs in the order they were recorded, with their time, for expiry.
     order: VecDeque<(u64, Box<str>, u64)>,
     max: usize,
@@ -58,32 +80,59 @@ pub struct DedupWindow {
 impl DedupWindow {
     pub fn new(max: usize, age_ms: u64) -> Self {
         Self {
-            seen: HashSet::new(),
+            seen: HashMap::new(),
             order: VecDeque::new(),
             max,
             age_ms,
         }
     }
 
-    /// Records the pair unless it is already in the window. Returns whether it was new.
-    pub fn insert(&mut self, producer: &str, sequence: u64, now_ms: u64) -> bool {
-        if !self.seen.insert((producer.into(), sequence)) {
-            return false;
+    /// Records a copy of the pair on its way to the store, unless one was stored.
+    pub fn insert(&mut self, producer: &str, sequence: u64, now_ms: u64) -> Seen {
+        if let Some(copies) = self.seen.get_mut(&(producer.into(), sequence)) {
+            if copies.stored {
+                return Seen::Stored;
+            }
+            copies.in_flight += 1;
+            return Seen::InFlight;
         }
+        self.seen.insert(
+            (producer.into(), sequence),
+            Copies {
+                in_flight: 1,
+                stored: false,
+            },
+        );
         self.order.push_back((now_ms, producer.into(), sequence));
-        true
+        Seen::New
     }
 
-    /// Takes a pair back out (its message could not be stored).
-    pub fn remove(&mut self, producer: &str, sequence: u64) {
-        self.seen.remove(&(producer.into(), sequence));
-        // Its entry in `order` is left to expire; forgetting a pair that is not in
-        // `seen` is harmless.
+    /// A copy of the pair is in the store (stored, or found there already).
+    pub fn stored(&mut self, producer: &str, sequence: u64) {
+        if let Some(copies) = self.seen.get_mut(&(producer.into(), sequence)) {
+            copies.in_flight = copies.in_flight.saturating_sub(1);
+            copies.stored = true;
+        }
+    }
+
+    /// A copy of the pair was not stored. The pair is forgotten once no copy is on its
+    /// way and none was stored, so that a retry is stored.
+    pub fn failed(&mut self, producer: &str, sequence: u64) {
+        let key = (producer.into(), sequence);
+        if let Some(copies) = self.seen.get_mut(&key) {
+            copies.in_flight = copies.in_flight.saturating_sub(1);
+            if copies.in_flight == 0 && !copies.stored {
+                // Its entry in `order` is left to expire; expiring a pair that is no
+                // longer in `seen` is harmless.
+                self.seen.remove(&key);
+            }
+        }
     }
 
     /// A pair found in the store at start.
     pub fn restore(&mut self, entry: &DedupEntry) {
         self.insert(&entry.producer, entry.sequence, entry.at_ms);
+        self.stored(&entry.producer, entry.sequence);
     }
 
     /// The window's bounds at `now_ms`: pairs recorded before the first are old, and at
@@ -237,32 +286,59 @@ mod tests {
             ProducerKey::new(Some("a"), "b:c")
         );
         let mut w = DedupWindow::new(10, 1000);
-        assert!(w.insert(alice.as_str(), 1, 0));
-        assert!(w.insert(ProducerKey::new(Some("bob"), "p").as_str(), 1, 0));
-        assert!(!w.insert(alice.as_str(), 1, 0));
+        assert_eq!(w.insert(alice.as_str(), 1, 0), Seen::New);
+        let bob = ProducerKey::new(Some("bob"), "p");
+        assert_eq!(w.insert(bob.as_str(), 1, 0), Seen::New);
+        assert_eq!(w.insert(alice.as_str(), 1, 0), Seen::InFlight);
     }
 
     #[test]
     fn duplicates_are_caught_until_they_expire() {
         let mut w = DedupWindow::new(3, 1000);
-        assert!(w.insert("p", 1, 0));
-        assert!(!w.insert("p", 1, 10), "duplicate");
-        assert!(w.insert("q", 1, 10), "another producer");
+        assert_eq!(w.insert("p", 1, 0), Seen::New);
+        w.stored("p", 1);
+        assert_eq!(w.insert("p", 1, 10), Seen::Stored, "duplicate");
+        assert_eq!(w.insert("q", 1, 10), Seen::New, "another producer");
         assert_eq!(w.expire(500), None, "nothing old yet");
         assert_eq!(w.expire(1005), Some(1), "the first pair is past its age");
-        assert!(w.insert("p", 1, 1005), "forgotten, so new again");
+        assert_eq!(w.insert("p", 1, 1005), Seen::New, "forgotten, so new again");
+    }
+
+    #[test]
+    fn a_copy_of_a_pair_in_flight_is_no_duplicate_until_one_is_stored() {
+        let mut w = DedupWindow::new(10, 1000);
+        assert_eq!(w.insert("p", 1, 0), Seen::New);
+        assert_eq!(
+            w.insert("p", 1, 1),
+            Seen::InFlight,
+            "the first may yet fail"
+        );
+        w.failed("p", 1);
+        assert_eq!(
+            w.insert("p", 1, 2),
+            Seen::InFlight,
+            "the second is on its way"
+        );
+        w.failed("p", 1);
+        w.failed("p", 1);
+        assert_eq!(w.insert("p", 1, 3), Seen::New, "no copy left: forgotten");
+        assert_eq!(w.insert("p", 1, 4), Seen::InFlight);
+        w.stored("p", 1);
+        w.failed("p", 1);
+        assert_eq!(w.insert("p", 1, 5), Seen::Stored, "one copy is stored");
     }
 
     #[test]
     fn size_bound_forgets_the_oldest() {
         let mut w = DedupWindow::new(2, u64::MAX);
         for s in 0..5 {
-            assert!(w.insert("p", s, s));
+            assert_eq!(w.insert("p", s, s), Seen::New);
+            w.stored("p", s);
         }
         assert_eq!(w.expire(10), Some(3));
         assert_eq!(w.seen.len(), 2);
-        assert!(!w.insert("p", 4, 11));
-        assert!(w.insert("p", 0, 11));
+        assert_eq!(w.insert("p", 4, 11), Seen::Stored);
+        assert_eq!(w.insert("p", 0, 11), Seen::New);
     }
 
     #[test]
@@ -289,13 +365,5 @@ mod tests {
         p.remove("a", 3, 30);
         assert!(!p.contains("a", 3));
         assert_eq!(p.by_time.len(), 2, "an emptied time goes");
-    }
-
-    #[test]
-    fn removed_pairs_are_new_again() {
-        let mut w = DedupWindow::new(10, 1000);
-        assert!(w.insert("p", 7, 0));
-        w.remove("p", 7);
-        assert!(w.insert("p", 7, 1));
     }
 }

@@ -4,7 +4,9 @@
 //! confirm. QoS 1 and 2 are confirmed only once the message is durable in every queue
 //! it was routed to (the journal sends the CONFIRM after its group commit). An
 //! exactly-once pair (producer, sequence) is recorded in the dedup window before
-//! anything is delivered, so a retried publish reaches nobody twice.
+//! anything is delivered, so a retried publish reaches nobody twice; a retry that comes
+//! while the first copy is still on its way to the store goes there too (that copy may
+//! fail), and the queues' state machine keeps one of them.
 
 use std::sync::Arc;
 
@@ -17,7 +19,7 @@ use super::Reject;
 use crate::queue::machine::{Outcome, QueueError};
 
 use crate::clock::now_ms;
-use crate::dedup::{ProducerKey, MAX_PRODUCER_LEN};
+use crate::dedup::{ProducerKey, Seen, MAX_PRODUCER_LEN};
 use crate::filter::MessageView;
 use crate::journal::{self, ConfirmTo, Confirms, PublishOp, Refused};
 use crate::outbound::{Outbound, Wakes};
@@ -96,6 +98,8 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
 
     let now = now_ms();
     let mut dedup = None;
+    // Another copy of this message is on its way to the store: it reached subscribers.
+    let mut in_flight = false;
     if let Some(p) = &publish.producer {
         if p.producer.is_empty() || p.producer.len() > MAX_PRODUCER_LEN {
             return Err(Reject::new(
@@ -104,17 +108,22 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
             ));
         }
         let producer = ProducerKey::new(session.principal.user.as_deref(), &p.producer);
-        if !journal::lock(&session.shared.durable.dedup).insert(producer.as_str(), p.sequence, now)
-        {
-            session.counts.duplicates += 1;
-            if publish.id != 0 {
-                session.reply(&Confirm {
-                    id: publish.id,
-                    queues: 0,
-                    duplicate: true,
-                });
+        let seen =
+            journal::lock(&session.shared.durable.dedup).insert(producer.as_str(), p.sequence, now);
+        match seen {
+            Seen::New => {}
+            Seen::InFlight => in_flight = true,
+            Seen::Stored => {
+                session.counts.duplicates += 1;
+                if publish.id != 0 {
+                    session.reply(&Confirm {
+                        id: publish.id,
+                        queues: 0,
+                        duplicate: true,
+                    });
+                }
+                return Ok(());
             }
-            return Ok(());
         }
         dedup = Some(DedupEntry {
             producer: producer.into_string(),
@@ -130,7 +139,7 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
     let route_on_leader = confirmed && session.shared.durable.not_leader().is_some();
     if publish.mandatory && queues.is_empty() && !interest.has_taker(&view) {
         if let Some(d) = &dedup {
-            journal::lock(&session.shared.durable.dedup).remove(&d.producer, d.sequence);
+            journal::lock(&session.shared.durable.dedup).failed(&d.producer, d.sequence);
         }
         return Err(Reject::new(
             ErrorCode::NoRoute,
@@ -147,9 +156,11 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
         q.0 += 1;
         q.1 += env.payload.len() as u64;
     }
-    let (delivered, dropped) = interest.deliver(env, &view, session.id, &mut session.wakes);
-    session.counts.messages_out += delivered;
-    session.counts.drops += dropped;
+    if !in_flight {
+        let (delivered, dropped) = interest.deliver(env, &view, session.id, &mut session.wakes);
+        session.counts.messages_out += delivered;
+        session.counts.drops += dropped;
+    }
 
     if queues.is_empty() && dedup.is_none() && !route_on_leader {
         if confirmed {

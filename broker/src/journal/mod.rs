@@ -504,7 +504,7 @@ impl<L: Log> Writer<L> {
         let mut window = lock(&self.dedup);
         for p in publishes {
             if let Some(d) = &p.dedup {
-                window.remove(&d.producer, d.sequence);
+                window.failed(&d.producer, d.sequence);
             }
             if let Some(to) = p.confirm {
                 to.answer(Err(Refused::Store(reason.clone())), &mut wakes);
@@ -527,17 +527,19 @@ impl<L: Log> Writer<L> {
             })
             .await;
         let after = batch.after;
-        // Pairs of messages no queue stored leave the window before any answer goes out:
-        // the publisher may retry the moment it reads its error.
-        let refused: Vec<DedupEntry> = after
-            .iter()
-            .zip(&fx.answers)
-            .filter_map(|(a, answer)| match (a, answer) {
-                (After::Publish { dedup, .. }, Err(_)) => dedup.clone(),
-                _ => None,
-            })
-            .collect();
-        forget_pairs(&self.dedup, &refused);
+        // The window learns which copies were stored before any answer goes out: the
+        // publisher may retry the moment it reads its error.
+        {
+            let mut window = lock(&self.dedup);
+            for (a, answer) in after.iter().zip(&fx.answers) {
+                if let After::Publish { dedup: Some(d), .. } = a {
+                    match answer {
+                        Ok(_) => window.stored(&d.producer, d.sequence),
+                        Err(_) => window.failed(&d.producer, d.sequence),
+                    }
+                }
+            }
+        }
         let mut wakes = Wakes::default();
         for (a, answer) in after.into_iter().zip(fx.answers) {
             match a {
@@ -565,15 +567,14 @@ impl<L: Log> Writer<L> {
 
     fn failed(dedup: &Mutex<DedupWindow>, error: &LogError, batch: Batch) {
         // Out of the window before any answer goes out, as above.
-        let pairs: Vec<DedupEntry> = batch
-            .after
-            .iter()
-            .filter_map(|a| match a {
-                After::Publish { dedup, .. } => dedup.clone(),
-                _ => None,
-            })
-            .collect();
-        forget_pairs(dedup, &pairs);
+        {
+            let mut window = lock(dedup);
+            for a in &batch.after {
+                if let After::Publish { dedup: Some(d), .. } = a {
+                    window.failed(&d.producer, d.sequence);
+                }
+            }
+        }
         let refused = || match error {
             LogError::NoLeader(why) => Refused::NotLeader(why.clone()),
             _ => Refused::Store(format!("the message could not be stored: {error}")),
@@ -599,17 +600,6 @@ impl<L: Log> Writer<L> {
         for done in batch.barriers {
             done(Err(error.to_string()));
         }
-    }
-}
-
-/// Takes pairs whose messages were not stored back out of the dedup window.
-fn forget_pairs(dedup: &Mutex<DedupWindow>, pairs: &[DedupEntry]) {
-    if pairs.is_empty() {
-        return;
-    }
-    let mut window = lock(dedup);
-    for e in pairs {
-        window.remove(&e.producer, e.sequence);
     }
 }
 

@@ -10,6 +10,7 @@ use tern_storage::{
 
 use super::*;
 use crate::config::SyncPolicy;
+use crate::dedup::Seen;
 use crate::filter::FilterLimits;
 use crate::queue::machine::tests::{def, envelope};
 use crate::queue::machine::Outcome;
@@ -298,7 +299,7 @@ impl Rig {
     /// Publishes (producer "p", `sequence`) with confirm id `id`, recording the pair
     /// in the window first as the session does; returns the answer.
     async fn publish(&mut self, id: u32, sequence: u64) -> Answer {
-        assert!(lock(&self.dedup).insert("p", sequence, now_ms()));
+        assert_eq!(lock(&self.dedup).insert("p", sequence, now_ms()), Seen::New);
         let op = self.op(id, b"message", Some(sequence));
         self.journal.publish(op).await.unwrap();
         self.answers.recv().await.unwrap()
@@ -311,11 +312,12 @@ impl Rig {
             (got, Err(e)) if got == id => assert!(e.contains(why), "{e}"),
             other => panic!("expected a refusal of {id}, got {other:?}"),
         }
-        assert!(
+        assert_eq!(
             lock(&self.dedup).insert("p", sequence, now_ms()),
+            Seen::New,
             "the refused sequence may be sent again"
         );
-        lock(&self.dedup).remove("p", sequence);
+        lock(&self.dedup).failed("p", sequence);
     }
 
     /// The answer must be a confirm for `id`, and the queue task must get the message.
@@ -330,21 +332,34 @@ impl Rig {
 }
 
 /// The store's log, with a cap on an entry's message bytes (as a replicated log has),
-/// that records what each entry carried and, once the test sets a gate, holds the next
-/// append until the test opens it, so that the publishes behind it pile up.
+/// that records what each entry carried and, once the test sets a [`Gate`], holds the
+/// next append until the test opens it, so that what comes behind it piles up.
 struct Capped {
     log: StoreLog,
     max: usize,
-    gate: Arc<StdMutex<Option<Arc<tokio::sync::Notify>>>>,
+    gate: Arc<StdMutex<Option<Gate>>>,
     /// Per entry: its publishes and their envelope bytes.
     entries: Arc<StdMutex<Vec<(usize, usize)>>>,
+}
+
+/// Holds an append: `held` is notified once it waits, `open` lets it go on, and then it
+/// fails with `fail`, if set (as a forward to a leader that was cut off fails).
+#[derive(Default)]
+struct Gate {
+    held: Arc<tokio::sync::Notify>,
+    open: Arc<tokio::sync::Notify>,
+    fail: Option<LogError>,
 }
 
 impl Log for Capped {
     async fn append(&mut self, entry: &Entry, awaited: bool) -> Result<Effects, LogError> {
         let gate = self.gate.lock().unwrap().take();
         if let Some(gate) = gate {
-            gate.notified().await;
+            gate.held.notify_one();
+            gate.open.notified().await;
+            if let Some(e) = gate.fail {
+                return Err(e);
+            }
         }
         let envelopes: Vec<usize> = entry
             .commands
@@ -391,7 +406,10 @@ async fn a_batch_stops_at_the_logs_entry_size() {
     })
     .await;
     let open = Arc::new(tokio::sync::Notify::new());
-    *gate.lock().unwrap() = Some(Arc::clone(&open));
+    *gate.lock().unwrap() = Some(Gate {
+        open: Arc::clone(&open),
+        ..Gate::default()
+    });
     rig.journal
         .publish(rig.op(0, &[0; SIZE], None))
         .await
@@ -422,6 +440,47 @@ async fn a_batch_stops_at_the_logs_entry_size() {
     assert!(
         entries.iter().any(|(n, _)| *n > 1),
         "the publishes behind the gate were gathered: {entries:?}"
+    );
+}
+
+/// A client that resends a QoS 2 publish (after a reconnect, say) while the first copy
+/// is still on its way gets the second stored if the first fails — never a "duplicate"
+/// confirm for a message no queue took.
+#[tokio::test]
+async fn a_resend_while_the_first_copy_is_on_its_way_is_stored_if_that_copy_fails() {
+    let gate: Arc<StdMutex<_>> = Arc::default();
+    let mut rig = Rig::with_log(|log| Capped {
+        log,
+        max: usize::MAX,
+        gate: Arc::clone(&gate),
+        entries: Arc::default(),
+    })
+    .await;
+    let held = Gate {
+        fail: Some(LogError::NoLeader("the leader was cut off".into())),
+        ..Gate::default()
+    };
+    let (waiting, open) = (Arc::clone(&held.held), Arc::clone(&held.open));
+    *gate.lock().unwrap() = Some(held);
+    assert_eq!(lock(&rig.dedup).insert("p", 1, now_ms()), Seen::New);
+    rig.journal.publish(rig.op(1, b"m", Some(1))).await.unwrap();
+    waiting.notified().await;
+
+    // The resend, as the session sees it: the pair is in flight, so it goes on too.
+    assert_eq!(lock(&rig.dedup).insert("p", 1, now_ms()), Seen::InFlight);
+    rig.journal.publish(rig.op(2, b"m", Some(1))).await.unwrap();
+    open.notify_one();
+    let first = rig.answers.recv().await.unwrap();
+    assert!(
+        matches!(&first, (1, Err(e)) if e.contains("cut off")),
+        "{first:?}"
+    );
+    let second = rig.answers.recv().await.unwrap();
+    rig.stored(second, 2).await;
+    assert_eq!(
+        lock(&rig.dedup).insert("p", 1, now_ms()),
+        Seen::Stored,
+        "a third copy is a duplicate"
     );
 }
 
