@@ -188,6 +188,64 @@ async fn form<C: openraft::RaftTypeConfig>(
     }
 }
 
+/// How often a node checks which voters it reaches ([`elect_while_reaching_a_majority`]),
+/// how long a check waits for an answer, and how long an answer counts.
+const REACH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+const REACH_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+const REACH_FRESH: std::time::Duration = std::time::Duration::from_millis(750);
+
+/// Lets this node campaign only while it reaches a majority of the voters, itself
+/// included (`probe` asks whether a peer answers): a pre-vote, which openraft 0.9 lacks,
+/// by other means.
+///
+/// A node cut off from the others campaigns again and again, each time with a higher
+/// term. When the partition heals, that term unseats the leader the others kept (its
+/// AppendEntries is answered with the higher vote), and the election that follows is a
+/// slow one: the node is behind, so it cannot win, and the others may wait out
+/// openraft's smaller-log delay (tests/chaos.rs saw 5–7 s after a cut round). Without a
+/// majority's votes it could not have won anyway, so while it reaches no majority it
+/// does not campaign. A node whose leader died still reaches the other survivors, and
+/// an answer counts for [`REACH_FRESH`]: it knows within ~1 s, before its election
+/// timeout (1.5 s at the earliest) is up.
+async fn elect_while_reaching_a_majority<C, P, F>(raft: openraft::Raft<C>, probe: P)
+where
+    C: openraft::RaftTypeConfig,
+    P: Fn(C::NodeId) -> F,
+    F: std::future::Future<Output = bool> + Send + 'static,
+{
+    let mut answered: BTreeMap<C::NodeId, tokio::time::Instant> = BTreeMap::new();
+    let metrics = raft.metrics();
+    while metrics.has_changed().is_ok() {
+        let (me, voters, leads) = {
+            let m = metrics.borrow();
+            let voters: Vec<C::NodeId> = m.membership_config.membership().voter_ids().collect();
+            (m.id.clone(), voters, m.state == ServerState::Leader)
+        };
+        if !leads {
+            let checks: Vec<_> = voters
+                .iter()
+                .filter(|v| **v != me)
+                .map(|v| {
+                    let check = tokio::time::timeout(REACH_TIMEOUT, probe(v.clone()));
+                    (v.clone(), tokio::spawn(check))
+                })
+                .collect();
+            for (voter, check) in checks {
+                if let Ok(Ok(true)) = check.await {
+                    answered.insert(voter, tokio::time::Instant::now());
+                }
+            }
+            let now = tokio::time::Instant::now();
+            let reached = voters
+                .iter()
+                .filter(|v| **v == me || answered.get(v).is_some_and(|at| now - *at < REACH_FRESH))
+                .count();
+            raft.runtime_config().elect(2 * reached > voters.len());
+        }
+        tokio::time::sleep(REACH_EVERY).await;
+    }
+}
+
 /// The address this node's clients connect to, once its listener is bound.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ClientAddr(Arc<Mutex<Option<String>>>);
@@ -366,6 +424,18 @@ impl Replica {
             leader_changes: std::sync::atomic::AtomicU64::new(0),
         });
         tokio::spawn(follow_leadership(Arc::clone(&replica), runtime, shutdown));
+        let weak = Arc::downgrade(&replica);
+        tokio::spawn(elect_while_reaching_a_majority(raft, move |node| {
+            let peer = weak.upgrade().and_then(|r| r.peer(node));
+            async move {
+                match peer {
+                    Some(peer) => network::call(&peer, &Request::Whois, REACH_TIMEOUT)
+                        .await
+                        .is_ok(),
+                    None => false,
+                }
+            }
+        }));
         Ok((replica, answerer))
     }
 

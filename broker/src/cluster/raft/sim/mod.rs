@@ -40,7 +40,9 @@ use self::disk::{Disk, SharedDisk, SimLog};
 use self::machine::{SharedApplied, SimMachine};
 use self::net::{Net, NodeNet};
 use self::runtime::SimRuntime;
-use super::{form, raft_config, Answers, Member, NodeId, PROPOSE_TIMEOUT};
+use super::{
+    elect_while_reaching_a_majority, form, raft_config, Answers, Member, NodeId, PROPOSE_TIMEOUT,
+};
 use crate::queue::machine::tests::{def, envelope};
 use crate::queue::machine::{Command, Entry};
 
@@ -145,9 +147,13 @@ impl Sim {
             net: self.net.clone(),
             rng: self.rng.clone(),
         };
+        let prober = network.clone();
         let raft = SimRaft::new(node.id, Arc::clone(&self.config), network, log, sm)
             .await
             .map_err(|e| format!("node {} cannot start: {e}", node.id))?;
+        tokio::spawn(elect_while_reaching_a_majority(raft.clone(), move |to| {
+            prober.clone().probe(to)
+        }));
         if first_start {
             // Every node forms the group on its first start, as ternd's do.
             let members = (1..=size)

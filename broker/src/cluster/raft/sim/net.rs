@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    Infallible, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -56,6 +56,18 @@ impl NodeNet {
             .up
             .get(&self.from)
             .is_some_and(|(incarnation, _)| *incarnation == self.incarnation)
+    }
+}
+
+impl NodeNet {
+    /// Whether `to` answers a call now, there and back: tern's reachability check.
+    pub async fn probe(self, to: NodeId) -> bool {
+        let wire = Wire {
+            node: self,
+            target: to,
+        };
+        let call = wire.carry(|_| async { Ok::<(), RaftError<NodeId, Infallible>>(()) });
+        call.await.is_ok()
     }
 }
 
