@@ -129,6 +129,7 @@ mod tests {
         let seed = |name: &str| std::fs::read(format!("{dir}/{name}")).unwrap();
         for name in [
             "whois",
+            "last_log",
             "vote",
             "propose_empty",
             "pubsub_batch",

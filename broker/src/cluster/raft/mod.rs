@@ -125,13 +125,14 @@ pub(crate) async fn propose_here(raft: &Raft, entry: Entry) -> Result<Answers, P
 /// A follower that stops hearing from its leader starts an election after the leader's
 /// lease (openraft: `election_timeout_max`) plus its own timeout (drawn once per start
 /// between min and max), and only once the lease has passed do the others vote; a node
-/// that last saw a longer log than its own waits `2 × max` more — and keeps that flag
-/// until it next campaigns, so after a partition's churn the next election may take it.
-/// So a dead leader is replaced 1.5–2 s after its last heartbeat, 4 s at worst, while a
-/// follower still needs 1.5 s of silence — six heartbeats — to disturb a leader (it
-/// counts from an AppendEntries' arrival, not its fsync). tests/chaos.rs resumed after
-/// 3.8, 5.5 and 9.5 s with 1–2 s timeouts, 2.4, 6.7 and 6.1 s with 0.75–1.25 s, and
-/// 2.2, 5.5 and 4.4 s with these (the later kills each follow a cut round).
+/// that was refused for its log waits `2 × max` more at its next campaign, which
+/// [`campaign_only_when_electable`] keeps from happening. So a dead leader is replaced
+/// 1.5–2 s after its last heartbeat, while a follower still needs 1.5 s of silence —
+/// six heartbeats — to disturb a leader (it counts from an AppendEntries' arrival, not
+/// its fsync). tests/chaos.rs resumed after 3.8, 5.5 and 9.5 s with 1–2 s timeouts,
+/// 2.4, 6.7 and 6.1 s with 0.75–1.25 s, and 2.2, 5.5 and 4.4 s with these (the later
+/// kills each follow a cut round); with these and the gate, 24 kills over 8 runs
+/// resumed in 1.7–2.6 s.
 fn raft_config() -> Result<Config, openraft::ConfigError> {
     Config {
         cluster_name: "tern".into(),
@@ -188,61 +189,82 @@ async fn form<C: openraft::RaftTypeConfig>(
     }
 }
 
-/// How often a node checks which voters it reaches ([`elect_while_reaching_a_majority`]),
-/// how long a check waits for an answer, and how long an answer counts.
-const REACH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
-const REACH_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
-const REACH_FRESH: std::time::Duration = std::time::Duration::from_millis(750);
+/// How often a node asks the voters for their last log id
+/// ([`campaign_only_when_electable`]), how long it waits for an answer, and how long an
+/// answer counts.
+const ASK_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+const ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+const ANSWER_FRESH: std::time::Duration = std::time::Duration::from_millis(750);
 
-/// Lets this node campaign only while it reaches a majority of the voters, itself
-/// included (`probe` asks whether a peer answers): a pre-vote, which openraft 0.9 lacks,
-/// by other means.
+/// Lets this node campaign only while a majority of the voters, itself included, would
+/// vote for it as far as logs go: each answered within [`ANSWER_FRESH`] and its last log
+/// id is not above this node's. A pre-vote, which openraft 0.9 lacks, by other means.
+/// `log` is this node's; `ask` gets a peer's last log id (`None`: no answer).
 ///
-/// A node cut off from the others campaigns again and again, each time with a higher
-/// term. When the partition heals, that term unseats the leader the others kept (its
-/// AppendEntries is answered with the higher vote), and the election that follows is a
-/// slow one: the node is behind, so it cannot win, and the others may wait out
-/// openraft's smaller-log delay (tests/chaos.rs saw 5–7 s after a cut round). Without a
-/// majority's votes it could not have won anyway, so while it reaches no majority it
-/// does not campaign. A node whose leader died still reaches the other survivors, and
-/// an answer counts for [`REACH_FRESH`]: it knows within ~1 s, before its election
-/// timeout (1.5 s at the earliest) is up.
-async fn elect_while_reaching_a_majority<C, P, F>(raft: openraft::Raft<C>, probe: P)
+/// A node that cannot win campaigns anyway in openraft, and costs the others time:
+/// * Cut off from the others, it campaigns again and again with ever higher terms; when
+///   the partition heals, that term unseats the leader the others kept (its
+///   AppendEntries is answered with the higher vote).
+/// * Behind the others (just restarted, or back from a partition), it is refused for its
+///   log, and each campaign takes a term the node that can win then cannot have; and a
+///   node refused for its log carries openraft's "seen a greater log" flag, which delays
+///   its next campaign by 2 s even once it has caught up and is the one that should win.
+///
+/// tests/chaos.rs saw 4–7 s elections from both. A node whose leader died still hears
+/// from the other survivors within ~1 s, before its election timeout (1.5 s at the
+/// earliest), and the one with the greatest log among a majority always may campaign.
+async fn campaign_only_when_electable<C, L, A, F>(raft: openraft::Raft<C>, mut log: L, ask: A)
 where
     C: openraft::RaftTypeConfig,
-    P: Fn(C::NodeId) -> F,
-    F: std::future::Future<Output = bool> + Send + 'static,
+    L: openraft::storage::RaftLogStorage<C>,
+    A: Fn(C::NodeId) -> F,
+    F: std::future::Future<Output = Option<Option<openraft::LogId<C::NodeId>>>> + Send + 'static,
 {
-    let mut answered: BTreeMap<C::NodeId, tokio::time::Instant> = BTreeMap::new();
-    let metrics = raft.metrics();
-    while metrics.has_changed().is_ok() {
+    type Answered<C> = (
+        tokio::time::Instant,
+        Option<openraft::LogId<<C as openraft::RaftTypeConfig>::NodeId>>,
+    );
+    let mut answers: BTreeMap<C::NodeId, Answered<C>> = BTreeMap::new();
+    loop {
         let (me, voters, leads) = {
+            let metrics = raft.metrics();
             let m = metrics.borrow();
             let voters: Vec<C::NodeId> = m.membership_config.membership().voter_ids().collect();
             (m.id.clone(), voters, m.state == ServerState::Leader)
         };
         if !leads {
-            let checks: Vec<_> = voters
+            let asked: Vec<_> = voters
                 .iter()
                 .filter(|v| **v != me)
                 .map(|v| {
-                    let check = tokio::time::timeout(REACH_TIMEOUT, probe(v.clone()));
-                    (v.clone(), tokio::spawn(check))
+                    let answer = tokio::time::timeout(ASK_TIMEOUT, ask(v.clone()));
+                    (v.clone(), tokio::spawn(answer))
                 })
                 .collect();
-            for (voter, check) in checks {
-                if let Ok(Ok(true)) = check.await {
-                    answered.insert(voter, tokio::time::Instant::now());
+            for (voter, answer) in asked {
+                if let Ok(Ok(Some(last))) = answer.await {
+                    answers.insert(voter, (tokio::time::Instant::now(), last));
                 }
             }
+            let Ok(mine) = log.get_log_state().await.map(|s| s.last_log_id) else {
+                return;
+            };
             let now = tokio::time::Instant::now();
-            let reached = voters
+            let would_vote = voters
                 .iter()
-                .filter(|v| **v == me || answered.get(v).is_some_and(|at| now - *at < REACH_FRESH))
+                .filter(|v| {
+                    **v == me
+                        || answers
+                            .get(v)
+                            .is_some_and(|(at, last)| now - *at < ANSWER_FRESH && *last <= mine)
+                })
                 .count();
-            raft.runtime_config().elect(2 * reached > voters.len());
+            raft.runtime_config().elect(2 * would_vote > voters.len());
         }
-        tokio::time::sleep(REACH_EVERY).await;
+        tokio::time::sleep(ASK_EVERY).await;
+        if raft.metrics().has_changed().is_err() {
+            return;
+        }
     }
 }
 
@@ -376,6 +398,7 @@ impl Replica {
             .map_err(|e| StartError::Raft(e.to_string()))?
             .vote
             .is_none();
+        let log_store = LogStore::new(log, GROUP);
         let metrics = Arc::new(OnceLock::new());
         let sm = StateMachine::open(
             config.node_id,
@@ -392,7 +415,7 @@ impl Replica {
             Network {
                 link: Arc::clone(&link),
             },
-            LogStore::new(log, GROUP),
+            log_store.clone(),
             sm,
         )
         .await
@@ -401,6 +424,7 @@ impl Replica {
         let client_addr = ClientAddr::default();
         let answerer = Arc::new(Answerer {
             raft: raft.clone(),
+            log: log_store.clone(),
             router,
             client_addr: client_addr.clone(),
         });
@@ -425,14 +449,12 @@ impl Replica {
         });
         tokio::spawn(follow_leadership(Arc::clone(&replica), runtime, shutdown));
         let weak = Arc::downgrade(&replica);
-        tokio::spawn(elect_while_reaching_a_majority(raft, move |node| {
+        tokio::spawn(campaign_only_when_electable(raft, log_store, move |node| {
             let peer = weak.upgrade().and_then(|r| r.peer(node));
             async move {
-                match peer {
-                    Some(peer) => network::call(&peer, &Request::Whois, REACH_TIMEOUT)
-                        .await
-                        .is_ok(),
-                    None => false,
+                match network::call(&peer?, &Request::LastLog, ASK_TIMEOUT).await {
+                    Ok(Response::LastLog(last)) => Some(last),
+                    _ => None,
                 }
             }
         }));

@@ -19,6 +19,8 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::storage::RaftLogStorage;
+use openraft::LogId;
 use serde::{Deserialize, Serialize};
 
 use super::{Answers, Member, NodeId, ProposeError, Raft, TypeConfig};
@@ -35,6 +37,9 @@ pub(crate) enum Request {
     Propose(Entry),
     /// The address this node's clients connect to, to redirect clients to it.
     Whois,
+    /// This node's last log id: whether it would vote for the asker, as far as logs go
+    /// (`raft::campaign_only_when_electable`).
+    LastLog,
 }
 
 /// The answer to a [`Request`], of the same kind.
@@ -47,6 +52,7 @@ pub(crate) enum Response {
     ),
     Propose(Result<Answers, ProposeError>),
     Whois(Option<String>),
+    LastLog(Option<LogId<NodeId>>),
 }
 
 /// How long a proposal forwarded to the leader may take: a majority's fsync and the
@@ -180,6 +186,8 @@ impl RaftNetwork<TypeConfig> for Connection {
 /// Answers other nodes' requests with the local Raft.
 pub(crate) struct Answerer {
     pub raft: Raft,
+    /// This node's Raft log, for [`Request::LastLog`].
+    pub log: super::log_store::LogStore,
     /// Picks the queues of forwarded publishes (`replicated::route`).
     pub router: Arc<crate::router::Router>,
     pub client_addr: super::ClientAddr,
@@ -188,6 +196,7 @@ pub(crate) struct Answerer {
 impl link::Handler for Answerer {
     fn handle(&self, _from: NodeId, request: Bytes) -> link::HandlerFuture {
         let raft = self.raft.clone();
+        let mut log = self.log.clone();
         let router = Arc::clone(&self.router);
         let client_addr = self.client_addr.get();
         Box::pin(async move {
@@ -205,6 +214,10 @@ impl link::Handler for Answerer {
                     Response::Propose(super::propose_here(&raft, entry).await)
                 }
                 Request::Whois => Response::Whois(client_addr),
+                Request::LastLog => {
+                    let state = log.get_log_state().await.map_err(|e| e.to_string())?;
+                    Response::LastLog(state.last_log_id)
+                }
             };
             postcard::to_stdvec(&response)
                 .map(Bytes::from)
@@ -223,6 +236,7 @@ mod tests {
     fn requests_survive_encoding_and_garbage_is_refused() {
         let requests = [
             Request::Whois,
+            Request::LastLog,
             Request::Vote(VoteRequest::new(Vote::new(3, 2), None)),
             Request::Propose(Entry::default()),
         ];

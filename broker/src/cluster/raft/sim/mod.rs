@@ -41,7 +41,7 @@ use self::machine::{SharedApplied, SimMachine};
 use self::net::{Net, NodeNet};
 use self::runtime::SimRuntime;
 use super::{
-    elect_while_reaching_a_majority, form, raft_config, Answers, Member, NodeId, PROPOSE_TIMEOUT,
+    campaign_only_when_electable, form, raft_config, Answers, Member, NodeId, PROPOSE_TIMEOUT,
 };
 use crate::queue::machine::tests::{def, envelope};
 use crate::queue::machine::{Command, Entry};
@@ -138,6 +138,8 @@ impl Sim {
             incarnation,
             rng: self.rng.clone(),
         };
+        // The same disk, for the election gate and for the others' questions.
+        let (own, answering) = (log.clone(), log.clone());
         let sm = SimMachine::restore(node.id, Arc::clone(&node.disk), self.checker.clone())
             .map_err(|e| format!("node {} cannot restore its machine: {e}", node.id))?;
         let applied = Arc::clone(&sm.applied);
@@ -151,8 +153,8 @@ impl Sim {
         let raft = SimRaft::new(node.id, Arc::clone(&self.config), network, log, sm)
             .await
             .map_err(|e| format!("node {} cannot start: {e}", node.id))?;
-        tokio::spawn(elect_while_reaching_a_majority(raft.clone(), move |to| {
-            prober.clone().probe(to)
+        tokio::spawn(campaign_only_when_electable(raft.clone(), own, move |to| {
+            prober.clone().last_log(to)
         }));
         if first_start {
             // Every node forms the group on its first start, as ternd's do.
@@ -184,7 +186,7 @@ impl Sim {
         self.net
             .lock()
             .up
-            .insert(node.id, (incarnation, raft.clone()));
+            .insert(node.id, (incarnation, raft.clone(), answering));
         node.running = Some((raft, applied));
         self.checker.lock().event(&(node.id, "up"));
         Ok(())
@@ -347,7 +349,7 @@ async fn write(
             let up: Vec<NodeId> = wires.up.keys().copied().collect();
             hint.filter(|h| wires.up.contains_key(h))
                 .or_else(|| rng.pick(&up))
-                .and_then(|id| wires.up.get(&id).map(|(_, raft)| raft.clone()))
+                .and_then(|id| wires.up.get(&id).map(|(_, raft, _)| raft.clone()))
         };
         let Some(raft) = raft else {
             tokio::time::sleep(Duration::from_millis(50)).await;

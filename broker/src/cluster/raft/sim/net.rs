@@ -7,20 +7,23 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use openraft::error::{
-    Infallible, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    Fatal, Infallible, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::storage::RaftLogStorage;
+use openraft::LogId;
 
-use super::{Member, NodeId, SimConfig, SimRaft, SimRng};
+use super::{Member, NodeId, SimConfig, SimLog, SimRaft, SimRng};
 
 #[derive(Default)]
 pub(super) struct Wires {
-    /// The nodes that are up, with their incarnation.
-    pub up: BTreeMap<NodeId, (u64, SimRaft)>,
+    /// The nodes that are up, with their incarnation, Raft and log.
+    pub up: BTreeMap<NodeId, (u64, SimRaft, SimLog)>,
     /// Each node's side of the partition: nodes talk only to nodes on their side.
     pub side: BTreeMap<NodeId, u8>,
 }
@@ -55,19 +58,24 @@ impl NodeNet {
         wires
             .up
             .get(&self.from)
-            .is_some_and(|(incarnation, _)| *incarnation == self.incarnation)
+            .is_some_and(|(incarnation, _, _)| *incarnation == self.incarnation)
     }
 }
 
 impl NodeNet {
-    /// Whether `to` answers a call now, there and back: tern's reachability check.
-    pub async fn probe(self, to: NodeId) -> bool {
+    /// `to`'s last log id, if it answers a call now, there and back.
+    pub async fn last_log(self, to: NodeId) -> Option<Option<LogId<NodeId>>> {
         let wire = Wire {
             node: self,
             target: to,
         };
-        let call = wire.carry(|_| async { Ok::<(), RaftError<NodeId, Infallible>>(()) });
-        call.await.is_ok()
+        let call = wire.carry(|_, mut log| async move {
+            let state = log.get_log_state().await;
+            state
+                .map(|s| s.last_log_id)
+                .map_err(|e| RaftError::<NodeId, Infallible>::Fatal(Fatal::StorageError(e)))
+        });
+        call.await.ok()
     }
 }
 
@@ -95,7 +103,7 @@ impl Wire {
     async fn carry<T, E, F, Fut>(&self, call: F) -> RpcResult<T, E>
     where
         E: std::error::Error,
-        F: FnOnce(SimRaft) -> Fut,
+        F: FnOnce(SimRaft, SimLog) -> Fut,
         Fut: std::future::Future<Output = Result<T, RaftError<NodeId, E>>>,
     {
         let lost = || std::io::Error::other(format!("{} -/- {}", self.node.from, self.target));
@@ -106,12 +114,12 @@ impl Wire {
                 .up
                 .get(&self.target)
                 .filter(|_| self.node.is_up(&wires) && wires.reaches(self.node.from, self.target))
-                .map(|(_, raft)| raft.clone())
+                .map(|(_, raft, log)| (raft.clone(), log.clone()))
         };
-        let Some(target) = target else {
+        let Some((raft, log)) = target else {
             return Err(RPCError::Unreachable(Unreachable::new(&lost())));
         };
-        let answer = call(target).await;
+        let answer = call(raft, log).await;
         tokio::time::sleep(self.delay()).await;
         let back = {
             let wires = self.node.net.lock();
@@ -136,7 +144,7 @@ impl RaftNetwork<SimConfig> for Wire {
         rpc: AppendEntriesRequest<SimConfig>,
         _option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.carry(|raft| async move { raft.append_entries(rpc).await })
+        self.carry(|raft, _| async move { raft.append_entries(rpc).await })
             .await
     }
 
@@ -145,7 +153,7 @@ impl RaftNetwork<SimConfig> for Wire {
         rpc: InstallSnapshotRequest<SimConfig>,
         _option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.carry(|raft| async move { raft.install_snapshot(rpc).await })
+        self.carry(|raft, _| async move { raft.install_snapshot(rpc).await })
             .await
     }
 
@@ -154,6 +162,7 @@ impl RaftNetwork<SimConfig> for Wire {
         rpc: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
-        self.carry(|raft| async move { raft.vote(rpc).await }).await
+        self.carry(|raft, _| async move { raft.vote(rpc).await })
+            .await
     }
 }
