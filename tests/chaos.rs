@@ -170,9 +170,12 @@ impl Cluster {
             .join(",")
     }
 
-    /// The node that leads, by the metrics of the nodes that are up and not cut off.
+    /// The node that leads, by the metrics of the nodes that are up and not cut off: of
+    /// those that say they lead, the one of the highest term (a leader that was cut off
+    /// may not know yet that another was elected).
     async fn leader(&self) -> usize {
         common::eventually("a leader", || async {
+            let mut leaders = Vec::new();
             for i in 0..NODES {
                 if self.nodes[i].is_none() || self.cut[i] {
                     continue;
@@ -182,11 +185,14 @@ impl Cluster {
                     tokio::time::timeout(Duration::from_secs(2), http_get(addr, "/metrics"));
                 if let Ok((_, body)) = scrape.await {
                     if body.contains("\ntern_raft_is_leader 1\n") {
-                        return Some(i);
+                        let term = body
+                            .lines()
+                            .find_map(|l| l.strip_prefix("tern_raft_term ")?.parse::<u64>().ok());
+                        leaders.push((term, i));
                     }
                 }
             }
-            None
+            leaders.into_iter().max().map(|(_, i)| i)
         })
         .await
     }

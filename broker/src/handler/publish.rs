@@ -16,7 +16,7 @@ use tern_codec::{Confirm, ErrorCode, ErrorFrame, Ok as OkFrame, Publish, Qos, DE
 use tern_storage::DedupEntry;
 
 use super::Reject;
-use crate::queue::machine::{Outcome, QueueError};
+use crate::queue::machine::Outcome;
 
 use crate::clock::now_ms;
 use crate::dedup::{ProducerKey, Seen, MAX_PRODUCER_LEN};
@@ -218,18 +218,8 @@ impl Confirms for Outbound {
                 wakes,
             ),
             Err(refused) => {
-                let code = match refused {
-                    Refused::Queue(QueueError::Full(_)) => ErrorCode::QueueFull,
-                    Refused::Queue(QueueError::Exists(_)) => ErrorCode::QueueExists,
-                    // No leader took it (one is being elected, or the one this node
-                    // knew is gone): the client retries, here or on another node.
-                    Refused::NotLeader(_) | Refused::Queue(QueueError::NotLeader) => {
-                        ErrorCode::NotLeader
-                    }
-                    Refused::Store(_) => ErrorCode::StorageFailed,
-                    Refused::ShuttingDown => ErrorCode::ShuttingDown,
-                };
-                self.push_control(&ErrorFrame::new(id, code, refused.to_string()), wakes);
+                let r = Reject::from(refused);
+                self.push_control(&ErrorFrame::new(id, r.code, r.message), wakes);
             }
         }
     }

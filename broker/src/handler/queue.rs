@@ -17,7 +17,6 @@ use super::Reject;
 use crate::journal::{Op, Refused};
 use crate::outbound::{Outbound, Wakes};
 use crate::queue::def::{validate_name, QueueDef};
-use crate::queue::machine::QueueError;
 use crate::queue::{QueueHandle, QueueInput};
 use crate::session::state::Session;
 use crate::shared::Shared;
@@ -102,14 +101,7 @@ async fn journal(
     shared.durable.journal.send(op(Box::new(move |r| {
         let _ = tx.send(r);
     })));
-    match rx.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Reject::new(ErrorCode::StorageFailed, e)),
-        Err(_) => Err(Reject::new(
-            ErrorCode::ShuttingDown,
-            "the server is shutting down",
-        )),
-    }
+    Ok(rx.await.unwrap_or(Err(Refused::ShuttingDown))?)
 }
 
 /// Hands `queue` an input that changes messages and answers how many, then waits
@@ -123,12 +115,7 @@ async fn count_then_sync(
     let (reply, rx) = oneshot::channel();
     queue.tx.send(input(reply)).await.map_err(|_| gone(name))?;
     let n = rx.await.map_err(|_| gone(name))?;
-    shared
-        .durable
-        .journal
-        .barrier()
-        .await
-        .map_err(|e| Reject::new(ErrorCode::StorageFailed, e))?;
+    shared.durable.journal.barrier().await?;
     Ok(Answer::Done(n))
 }
 
@@ -162,20 +149,7 @@ pub(crate) fn declare(session: &mut Session, d: QueueDeclare) -> Result<(), Reje
                 let _ = tx.send(r);
             }),
         });
-        match rx.await {
-            Ok(Ok(())) => {}
-            Ok(Err(Refused::Queue(e @ QueueError::Exists(_)))) => {
-                return Err(Reject::new(ErrorCode::QueueExists, e.to_string()))
-            }
-            Ok(Err(Refused::NotLeader(why))) => return Err(Reject::new(ErrorCode::NotLeader, why)),
-            Ok(Err(Refused::ShuttingDown)) | Err(_) => {
-                return Err(Reject::new(
-                    ErrorCode::ShuttingDown,
-                    "the server is shutting down",
-                ))
-            }
-            Ok(Err(e)) => return Err(Reject::new(ErrorCode::StorageFailed, e.to_string())),
-        }
+        rx.await.unwrap_or(Err(Refused::ShuttingDown))?;
         if shared.durable.not_leader().is_some() {
             return Ok(Answer::Info(declared));
         }

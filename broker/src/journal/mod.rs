@@ -110,11 +110,9 @@ pub(crate) struct PublishOp {
     pub held: Option<OwnedSemaphorePermit>,
 }
 
-/// Called once an operation's commit is durable, or failed.
-pub(crate) type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
-
-/// Called once a declare's commit is durable (the queue runs then), or was refused.
-pub(crate) type Declared = Box<dyn FnOnce(Result<(), Refused>) + Send>;
+/// Called once an operation's commit is durable (a declared queue runs then), or with
+/// why it is not.
+pub(crate) type Done = Box<dyn FnOnce(Result<(), Refused>) + Send>;
 
 /// What queue tasks and the queue registry ask of the journal.
 pub(crate) enum Op {
@@ -144,7 +142,7 @@ pub(crate) enum Op {
         enqueued_ms: u64,
     },
     /// Create a queue (its task starts once the commit is applied).
-    PutQueue { def: QueueDef, done: Declared },
+    PutQueue { def: QueueDef, done: Done },
     /// Delete a queue and everything in it.
     DeleteQueue { queue: QueueId, done: Done },
     /// Answer once everything sent before it is committed.
@@ -208,22 +206,21 @@ impl Journal {
     }
 
     /// Waits until everything sent before is committed.
-    pub async fn barrier(&self) -> Result<(), String> {
+    pub async fn barrier(&self) -> Result<(), Refused> {
         self.wait(|done| Op::Barrier { done }).await
     }
 
     /// Commits everything sent before, flushes the store, and stops the journal.
-    pub async fn shutdown(&self) -> Result<(), String> {
+    pub async fn shutdown(&self) -> Result<(), Refused> {
         self.wait(|done| Op::Shutdown { done }).await
     }
 
-    async fn wait(&self, op: impl FnOnce(Done) -> Op) -> Result<(), String> {
+    async fn wait(&self, op: impl FnOnce(Done) -> Op) -> Result<(), Refused> {
         let (tx, rx) = oneshot::channel();
         self.send(op(Box::new(move |r| {
             let _ = tx.send(r);
         })));
-        rx.await
-            .unwrap_or_else(|_| Err("the journal has stopped".into()))
+        rx.await.unwrap_or(Err(Refused::ShuttingDown))
     }
 }
 
@@ -236,7 +233,6 @@ enum After {
         dedup: Option<DedupEntry>,
     },
     Done(Option<Done>),
-    Declared(Declared),
 }
 
 /// One group commit in the making.
@@ -262,7 +258,6 @@ impl Batch {
                 After::Nothing => false,
                 After::Publish { confirm, .. } => confirm.is_some(),
                 After::Done(done) => done.is_some(),
-                After::Declared(_) => true,
             })
     }
 
@@ -423,7 +418,11 @@ impl<L: Log> Writer<L> {
             Err(e) => Self::failed(&self.dedup, &e, batch),
         }
         if let Some(done) = shutdown {
-            done(self.log.compact().map_err(|e| e.to_string()));
+            done(
+                self.log
+                    .compact()
+                    .map_err(|e| Refused::Store(e.to_string())),
+            );
         }
     }
 
@@ -477,7 +476,7 @@ impl<L: Log> Writer<L> {
                 After::Nothing,
             ),
             Op::PutQueue { def, done } => {
-                batch.push(Command::Declare { def }, After::Declared(done));
+                batch.push(Command::Declare { def }, After::Done(Some(done)));
             }
             Op::DeleteQueue { queue, done } => {
                 batch.push(Command::Delete { queue }, After::Done(Some(done)));
@@ -551,12 +550,10 @@ impl<L: Log> Writer<L> {
                     }
                 }
                 After::Done(done) => {
-                    // Refused only in a cluster, by a node that lost the lead meanwhile.
                     if let Some(done) = done {
-                        done(answer.map(|_| ()).map_err(|e| e.to_string()));
+                        done(answer.map(|_| ()).map_err(Refused::from));
                     }
                 }
-                After::Declared(done) => done(answer.map(|_| ()).map_err(Refused::from)),
             }
         }
         wakes.wake_all();
@@ -590,15 +587,14 @@ impl<L: Log> Writer<L> {
                 }
                 After::Done(done) => {
                     if let Some(done) = done {
-                        done(Err(error.to_string()));
+                        done(Err(refused()));
                     }
                 }
-                After::Declared(done) => done(Err(refused())),
             }
         }
         wakes.wake_all();
         for done in batch.barriers {
-            done(Err(error.to_string()));
+            done(Err(refused()));
         }
     }
 }

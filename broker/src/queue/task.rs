@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tern_codec::{Cancel, Envelope, ErrorCode, ErrorFrame, Ok as OkFrame};
+use tern_codec::{Cancel, Envelope, ErrorFrame, Ok as OkFrame};
 use tern_storage::{QueueId, Store};
 use tokio::sync::mpsc;
 
@@ -13,7 +13,7 @@ use super::state::{Action, DeadReason, Entry, QueueState};
 use super::{QueueInput, Queues, ReplyTo};
 use crate::clock::now_ms;
 use crate::handler::Reject;
-use crate::journal::{Done, Journal, Op};
+use crate::journal::{Done, Journal, Op, Refused};
 use crate::outbound::Wakes;
 
 /// Everything a queue task uses besides its state.
@@ -349,13 +349,9 @@ fn dead_letter_envelope(
 
 /// What answers `reply` once the journal has committed the change it waits for.
 fn answer_when_durable(reply: ReplyTo) -> Done {
-    Box::new(move |result: Result<(), String>| {
+    Box::new(move |result: Result<(), Refused>| {
         let mut wakes = Wakes::default();
-        answer(
-            reply,
-            result.map_err(|e| Reject::new(ErrorCode::StorageFailed, e)),
-            &mut wakes,
-        );
+        answer(reply, result.map_err(Reject::from), &mut wakes);
         wakes.wake_all();
     })
 }
