@@ -525,6 +525,38 @@ async fn a_seed_list_client_publishes_exactly_once_and_consumes_across_leader_ki
     );
 }
 
+/// A client given one node learns the others from it (CLUSTER_QUERY on connecting) and,
+/// when that node dies, reconnects to another and goes on publishing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_given_one_node_learns_the_others_and_survives_its_death() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let c = cluster.client(follower).await;
+    let others: BTreeSet<String> = cluster
+        .running()
+        .into_iter()
+        .filter(|i| *i != follower)
+        .map(|i| cluster.nodes[i].as_ref().expect("running").url())
+        .collect();
+    eventually("the client to learn the other nodes", || async {
+        let known: BTreeSet<String> = c.servers().into_iter().collect();
+        known.is_superset(&others).then_some(())
+    })
+    .await;
+    within(
+        "declare",
+        c.declare_queue(&QueueConfig::new("learned").bind("learned")),
+    )
+    .await
+    .unwrap();
+    cluster.kill(follower).await;
+    let deadline = Instant::now() + FAILOVER;
+    publish_confirmed(&c, "learned", "after its node died".into(), deadline).await;
+    let got = drain(&cluster, leader, "learned", 1).await;
+    assert_eq!(got, ["after its node died"]);
+}
+
 /// A follower that was down a while and restarts does not unseat the leader: it
 /// campaigns 1.5 s after its start at the earliest (openraft), with a higher term that
 /// would make the leader step down once they talk, so the leader must reach it first —

@@ -10,6 +10,7 @@ use tern_codec::{
 };
 use tokio::sync::oneshot;
 
+use crate::client::Inner;
 use crate::state::{AdminKind, AdminReply, Request};
 use crate::{Client, Error};
 
@@ -119,16 +120,16 @@ impl QueueConfig {
     }
 }
 
-impl Client {
+impl Inner {
     /// Sends a queue request and waits for its answer. In a cluster a node that does
     /// not run the queues answers `not_leader`: the client moves to the node that does
     /// and the request is asked again there, within the request timeout.
-    async fn admin(
+    pub(crate) async fn admin(
         &self,
         kind: AdminKind,
         frame: impl Fn(u32) -> Result<tern_codec::Frame, Error>,
     ) -> Result<AdminReply, Error> {
-        let inner = &self.inner;
+        let inner = self;
         let deadline = tokio::time::Instant::now() + inner.options.request_timeout;
         loop {
             let mut moved = inner.generation.subscribe();
@@ -164,6 +165,46 @@ impl Client {
         }
     }
 
+    /// Learns the client addresses of the cluster's members (CLUSTER_QUERY), so that
+    /// a client given one node can reconnect to another when that one dies. A node
+    /// learns the others' addresses from them, so one that just started may not know
+    /// them all yet: then it is asked again, after 1 s, 2 s, ... up to 30 s, for as long
+    /// as this connection lasts. Nothing to learn from a node that runs alone, or from a
+    /// server older than the query.
+    pub(crate) async fn learn_cluster(&self) {
+        let connection = *self.generation.borrow();
+        let mut pause = Duration::from_secs(1);
+        loop {
+            let info = match self
+                .admin(AdminKind::Ok, |id| Ok(ClusterQuery { id }.into()))
+                .await
+            {
+                Ok(AdminReply::Cluster(info)) => info,
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot learn the cluster's nodes");
+                    return;
+                }
+            };
+            let known = info.members.iter().all(|m| m.client_addr.is_some());
+            let addrs = info.members.into_iter().filter_map(|m| m.client_addr);
+            self.servers().learn(addrs.map(|a| a.to_string()));
+            if known {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = self.closing.cancelled() => return,
+            }
+            if *self.generation.borrow() != connection {
+                return;
+            }
+            pause = (pause * 2).min(Duration::from_secs(30));
+        }
+    }
+}
+
+impl Client {
     /// Creates a queue, or checks that it exists with these bindings and options.
     ///
     /// # Errors
@@ -172,6 +213,7 @@ impl Client {
     /// for a bad name, pattern or option.
     pub async fn declare_queue(&self, config: &QueueConfig) -> Result<QueueInfo, Error> {
         match self
+            .inner
             .admin(AdminKind::Info, |id| config.frame(id).map(Into::into))
             .await?
         {
@@ -186,15 +228,16 @@ impl Client {
     ///
     /// `queue_not_found`.
     pub async fn delete_queue(&self, name: &str) -> Result<(), Error> {
-        self.admin(AdminKind::Ok, |id| {
-            Ok(QueueDelete {
-                id,
-                name: name.into(),
-            }
-            .into())
-        })
-        .await
-        .map(|_| ())
+        self.inner
+            .admin(AdminKind::Ok, |id| {
+                Ok(QueueDelete {
+                    id,
+                    name: name.into(),
+                }
+                .into())
+            })
+            .await
+            .map(|_| ())
     }
 
     /// A queue's options and counters.
@@ -207,6 +250,7 @@ impl Client {
             return Err(Error::Usage("a queue name is needed".into()));
         }
         match self
+            .inner
             .admin(AdminKind::Info, |id| {
                 Ok(QueueQuery {
                     id,
@@ -228,6 +272,7 @@ impl Client {
     /// The connection failed.
     pub async fn queues(&self) -> Result<Vec<QueueInfo>, Error> {
         match self
+            .inner
             .admin(AdminKind::List, |id| {
                 Ok(QueueQuery {
                     id,
@@ -290,6 +335,7 @@ impl Client {
     /// The connection failed.
     pub async fn server_info(&self) -> Result<ServerInfo, Error> {
         match self
+            .inner
             .admin(AdminKind::Ok, |id| Ok(ServerQuery { id }.into()))
             .await?
         {
@@ -307,6 +353,7 @@ impl Client {
     /// The connection failed, or the server predates clusters (`unknown_frame_type`).
     pub async fn cluster_info(&self) -> Result<ClusterInfo, Error> {
         match self
+            .inner
             .admin(AdminKind::Ok, |id| Ok(ClusterQuery { id }.into()))
             .await?
         {
@@ -344,15 +391,20 @@ impl Client {
     }
 
     async fn change_membership(&self, op: ClusterOp) -> Result<(), Error> {
-        self.admin(AdminKind::Ok, |id| {
-            Ok(ClusterChange { id, op: op.clone() }.into())
-        })
-        .await
-        .map(|_| ())
+        self.inner
+            .admin(AdminKind::Ok, |id| {
+                Ok(ClusterChange { id, op: op.clone() }.into())
+            })
+            .await
+            .map(|_| ())
     }
 
     async fn count(&self, frame: impl Fn(u32) -> tern_codec::Frame) -> Result<u64, Error> {
-        match self.admin(AdminKind::Count, |id| Ok(frame(id))).await? {
+        match self
+            .inner
+            .admin(AdminKind::Count, |id| Ok(frame(id)))
+            .await?
+        {
             AdminReply::Count(n) => Ok(n),
             other => Err(unexpected(&other)),
         }

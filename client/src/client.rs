@@ -467,4 +467,11 @@ impl Client {
     pub fn max_frame_size(&self) -> u32 {
         self.inner.max_frame_size()
     }
+
+    /// The servers this client may connect to, in the order it tries them: the seeds it
+    /// was given, then the cluster's nodes it learned (each connection asks its node
+    /// for the others, and a `not_leader` answer names one).
+    pub fn servers(&self) -> Vec<String> {
+        self.inner.servers().names()
+    }
 }

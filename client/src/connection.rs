@@ -71,7 +71,7 @@ pub(crate) async fn establish_any(inner: &Inner) -> Result<Established, Error> {
     }
     Err(match last {
         Some(Error::Connect { reason, .. }) if count > 1 => Error::Connect {
-            addr: inner.servers().names(),
+            addr: inner.servers().names().join(","),
             reason: format!("no server answered; the last said: {reason}"),
         },
         Some(e) => e,
@@ -164,6 +164,9 @@ pub(crate) async fn drive(inner: Arc<Inner>, mut conn: Established) {
     let mut resubscribe = BytesMut::new();
     loop {
         inner.connected(&conn.welcome);
+        // On every connection: the cluster may have changed while the client was away.
+        let learning = Arc::clone(&inner);
+        tokio::spawn(async move { learning.learn_cluster().await });
         let ended = run(&inner, conn, std::mem::take(&mut resubscribe)).await;
         inner.out.set_link(Link::Down);
         {

@@ -5,6 +5,9 @@
 //! In a cluster, a node that does not run the queues answers `not_leader` naming the
 //! node that does ("… connect to HOST:PORT"): the client learns that address and moves
 //! there ([`Servers::prefer`]), reached the way the seeds are (TLS when they use it).
+//! Each connection also asks its node for the others (CLUSTER_QUERY) and adds them to
+//! the list ([`Servers::learn`]), so that a client given one node can go on with
+//! another when that one dies.
 
 use crate::transport::{Connector, TlsOptions};
 use crate::Error;
@@ -92,15 +95,37 @@ impl Servers {
         self.list.len()
     }
 
-    /// Every server's name, for an error that says which were tried.
-    pub fn names(&self) -> String {
-        let names: Vec<&str> = self.list.iter().map(|s| s.name.as_str()).collect();
-        names.join(",")
+    /// Every server's name, in the order they are tried.
+    pub fn names(&self) -> Vec<String> {
+        self.list.iter().map(|s| s.name.clone()).collect()
     }
 
     /// Goes on with the next server (after the last, the first again).
     pub fn advance(&mut self) {
         self.current = (self.current + 1) % self.list.len().max(1);
+    }
+
+    /// Adds the servers of `addrs` (`host:port`) not on the list yet, after the others,
+    /// reached the way the seeds are. Nothing with a custom connector.
+    pub fn learn(&mut self, addrs: impl IntoIterator<Item = String>) {
+        let Some(tls) = &self.learned else {
+            return;
+        };
+        for addr in addrs {
+            if self.list.iter().any(|s| bare(&s.name) == addr) {
+                continue;
+            }
+            match connector(&addr, tls.as_ref()) {
+                Ok(connector) => {
+                    tracing::debug!(addr, "learned a node of the cluster");
+                    self.list.push(Server {
+                        name: addr,
+                        connector,
+                    });
+                }
+                Err(reason) => tracing::warn!(addr, reason, "cannot connect to a cluster node"),
+            }
+        }
     }
 
     /// Makes `addr` (`host:port`, as a `not_leader` error names it) the server to try
@@ -160,7 +185,7 @@ mod tests {
     #[test]
     fn a_seed_list_is_tried_in_turn_and_a_named_leader_first() {
         let mut s = Servers::parse(" a:1, tcp://b:2 ,,c:3", None, false).unwrap();
-        assert_eq!(s.names(), "a:1,tcp://b:2,c:3");
+        assert_eq!(s.names(), ["a:1", "tcp://b:2", "c:3"]);
         assert_eq!(s.current().name, "a:1");
         s.advance();
         assert_eq!(s.current().name, "tcp://b:2");
@@ -171,6 +196,9 @@ mod tests {
         assert_eq!(s.current().name, "tcp://b:2");
         assert!(s.prefer("d:4"), "learned");
         assert_eq!((s.current().name.as_str(), s.len()), ("d:4", 4));
+        s.learn(["c:3".to_string(), "b:2".to_string(), "e:5".to_string()]);
+        assert_eq!(s.names(), ["a:1", "tcp://b:2", "c:3", "d:4", "e:5"]);
+        assert_eq!(s.current().name, "d:4", "learning moves nothing");
     }
 
     #[test]
@@ -179,17 +207,13 @@ mod tests {
             Servers::parse(" , ", None, true),
             Err(Error::Connect { .. })
         ));
-        let mut names: Vec<String> = Servers::parse("a:1,b:2,c:3", None, true)
-            .unwrap()
-            .names()
-            .split(',')
-            .map(String::from)
-            .collect();
+        let mut names = Servers::parse("a:1,b:2,c:3", None, true).unwrap().names();
         names.sort();
         assert_eq!(names, ["a:1", "b:2", "c:3"], "shuffled, all there");
         let mut s = Servers::custom("pipe".into(), Connector::Tcp("x:1".into()));
         assert!(!s.prefer("d:4"));
-        assert_eq!(s.current().name, "pipe");
+        s.learn(["e:5".to_string()]);
+        assert_eq!(s.names(), ["pipe"]);
     }
 
     #[test]
