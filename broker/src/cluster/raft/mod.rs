@@ -247,6 +247,9 @@ where
                 }
             }
             let Ok(mine) = log.get_log_state().await.map(|s| s.last_log_id) else {
+                // The log cannot be read, and Raft stops on that too: openraft's own
+                // rules from here.
+                raft.runtime_config().elect(true);
                 return;
             };
             let now = tokio::time::Instant::now();
