@@ -255,6 +255,7 @@ async fn no_confirmed_message_is_lost_when_the_leader_is_killed() {
         "tern_raft_term",
         "tern_raft_leader_id",
         "tern_raft_is_leader",
+        "tern_raft_electable",
         "tern_raft_last_log_index",
         "tern_raft_last_applied_index",
         "tern_raft_leader_changes_total",
@@ -560,7 +561,8 @@ async fn a_client_given_one_node_learns_the_others_and_survives_its_death() {
 /// A follower that was down a while and restarts does not unseat the leader: it
 /// campaigns 1.5 s after its start at the earliest (openraft), with a higher term that
 /// would make the leader step down once they talk, so the leader must reach it first —
-/// its link redials a dead peer at most ~310 ms apart, however long it was down.
+/// its link redials a dead peer at most ~310 ms apart, however long it was down. Its
+/// `tern_raft_electable` says whether it could take over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_follower_does_not_unseat_the_leader() {
     let mut cluster = Cluster::start(3).await;
@@ -601,6 +603,19 @@ async fn a_restarted_follower_does_not_unseat_the_leader() {
         term,
         "a new term began"
     );
+
+    // Caught up, it could take over; left alone, it knows it could not win.
+    eventually("the restarted follower to be electable", || async {
+        (cluster.gauge(follower, "tern_raft_electable").await == 1).then_some(())
+    })
+    .await;
+    let other = 3 - leader - follower;
+    cluster.kill(leader).await;
+    cluster.kill(other).await;
+    eventually("a node left alone to stop campaigning", || async {
+        (cluster.gauge(follower, "tern_raft_electable").await == 0).then_some(())
+    })
+    .await;
 }
 
 /// An exactly-once consumer (a durable name) keeps its promise across a leader kill: the

@@ -101,6 +101,7 @@ pub(crate) async fn render(metrics: &Metrics, shared: &Shared) -> String {
         gauge(r, "tern_raft_term", &[]).set(st.term as f64);
         gauge(r, "tern_raft_leader_id", &[]).set(st.leader.unwrap_or(0) as f64);
         gauge(r, "tern_raft_is_leader", &[]).set(if st.leads { 1.0 } else { 0.0 });
+        gauge(r, "tern_raft_electable", &[]).set(if st.electable { 1.0 } else { 0.0 });
         gauge(r, "tern_raft_last_log_index", &[]).set(st.last_log_index as f64);
         gauge(r, "tern_raft_last_applied_index", &[]).set(st.last_applied_index as f64);
         counter(r, "tern_raft_leader_changes_total", &[]).absolute(st.leader_changes);

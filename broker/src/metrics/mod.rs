@@ -155,6 +155,10 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     ("tern_raft_is_leader", "In a cluster: 1 on the node that leads, else 0."),
     (
+        "tern_raft_electable",
+        "In a cluster: 1 while a majority of the voters would vote for this node's log, so that it may campaign.",
+    ),
+    (
         "tern_raft_last_log_index",
         "In a cluster: the index of the last entry in this node's Raft log.",
     ),

@@ -24,6 +24,7 @@ mod sim;
 mod state_machine;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -199,7 +200,8 @@ const ANSWER_FRESH: std::time::Duration = std::time::Duration::from_millis(750);
 /// Lets this node campaign only while a majority of the voters, itself included, would
 /// vote for it as far as logs go: each answered within [`ANSWER_FRESH`] and its last log
 /// id is not above this node's. A pre-vote, which openraft 0.9 lacks, by other means.
-/// `log` is this node's; `ask` gets a peer's last log id (`None`: no answer).
+/// `log` is this node's; `ask` gets a peer's last log id (`None`: no answer);
+/// `electable` tells the node's status what was decided.
 ///
 /// A node that cannot win campaigns anyway in openraft, and costs the others time:
 /// * Cut off from the others, it campaigns again and again with ever higher terms; when
@@ -213,8 +215,12 @@ const ANSWER_FRESH: std::time::Duration = std::time::Duration::from_millis(750);
 /// tests/chaos.rs saw 4–7 s elections from both. A node whose leader died still hears
 /// from the other survivors within ~1 s, before its election timeout (1.5 s at the
 /// earliest), and the one with the greatest log among a majority always may campaign.
-async fn campaign_only_when_electable<C, L, A, F>(raft: openraft::Raft<C>, mut log: L, ask: A)
-where
+async fn campaign_only_when_electable<C, L, A, F>(
+    raft: openraft::Raft<C>,
+    mut log: L,
+    ask: A,
+    electable: Arc<AtomicBool>,
+) where
     C: openraft::RaftTypeConfig,
     L: openraft::storage::RaftLogStorage<C>,
     A: Fn(C::NodeId) -> F,
@@ -250,6 +256,7 @@ where
                 // The log cannot be read, and Raft stops on that too: openraft's own
                 // rules from here.
                 raft.runtime_config().elect(true);
+                electable.store(true, Ordering::Relaxed);
                 return;
             };
             let now = tokio::time::Instant::now();
@@ -262,7 +269,9 @@ where
                             .is_some_and(|(at, last)| now - *at < ANSWER_FRESH && *last <= mine)
                 })
                 .count();
-            raft.runtime_config().elect(2 * would_vote > voters.len());
+            let may = 2 * would_vote > voters.len();
+            raft.runtime_config().elect(may);
+            electable.store(may, Ordering::Relaxed);
         }
         tokio::time::sleep(ASK_EVERY).await;
         if raft.metrics().has_changed().is_err() {
@@ -298,6 +307,9 @@ pub(crate) struct RaftStatus {
     pub lag: Vec<(NodeId, u64)>,
     /// Times this node saw the leader change (or go) since it started.
     pub leader_changes: u64,
+    /// Whether this node may campaign: a majority would vote for its log
+    /// ([`campaign_only_when_electable`]); on the leader, as last decided.
+    pub electable: bool,
 }
 
 /// Where clients find the leader: its id and client address, as last learned.
@@ -345,6 +357,8 @@ pub(crate) struct Replica {
     pub client_addr: ClientAddr,
     leader: LeaderHint,
     leader_changes: std::sync::atomic::AtomicU64,
+    /// Set by [`campaign_only_when_electable`].
+    electable: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -449,10 +463,11 @@ impl Replica {
             client_addr,
             leader: LeaderHint::default(),
             leader_changes: std::sync::atomic::AtomicU64::new(0),
+            electable: Arc::default(),
         });
         tokio::spawn(follow_leadership(Arc::clone(&replica), runtime, shutdown));
         let weak = Arc::downgrade(&replica);
-        tokio::spawn(campaign_only_when_electable(raft, log_store, move |node| {
+        let ask = move |node| {
             let peer = weak.upgrade().and_then(|r| r.peer(node));
             async move {
                 match network::call(&peer?, &Request::LastLog, ASK_TIMEOUT).await {
@@ -460,7 +475,11 @@ impl Replica {
                     _ => None,
                 }
             }
-        }));
+        };
+        let electable = Arc::clone(&replica.electable);
+        tokio::spawn(campaign_only_when_electable(
+            raft, log_store, ask, electable,
+        ));
         Ok((replica, answerer))
     }
 
@@ -494,6 +513,7 @@ impl Replica {
             leader_changes: self
                 .leader_changes
                 .load(std::sync::atomic::Ordering::Relaxed),
+            electable: self.electable.load(Ordering::Relaxed),
         }
     }
 

@@ -153,9 +153,13 @@ impl Sim {
         let raft = SimRaft::new(node.id, Arc::clone(&self.config), network, log, sm)
             .await
             .map_err(|e| format!("node {} cannot start: {e}", node.id))?;
-        tokio::spawn(campaign_only_when_electable(raft.clone(), own, move |to| {
-            prober.clone().last_log(to)
-        }));
+        let ask = move |to| prober.clone().last_log(to);
+        tokio::spawn(campaign_only_when_electable(
+            raft.clone(),
+            own,
+            ask,
+            Arc::default(),
+        ));
         if first_start {
             // Every node forms the group on its first start, as ternd's do.
             let members = (1..=size)
