@@ -174,6 +174,16 @@ impl Cluster {
     }
 }
 
+/// Declares queue `name`, bound to `pattern`, through `c`.
+async fn declare(c: &Client, name: &str, pattern: &str) {
+    within(
+        "declare",
+        c.declare_queue(&QueueConfig::new(name).bind(pattern)),
+    )
+    .await
+    .unwrap();
+}
+
 /// Publishes `payload` at QoS 1 through `c` until it is confirmed: a client connected
 /// to one node only, when that node cannot reach a leader, is refused (`not_leader`)
 /// and retries.
@@ -221,12 +231,7 @@ async fn no_confirmed_message_is_lost_when_the_leader_is_killed() {
 
     // Declared through whichever node: a follower forwards it to the leader.
     let admin = cluster.client(0).await;
-    within(
-        "declare",
-        admin.declare_queue(&QueueConfig::new("orders").bind("orders.>")),
-    )
-    .await
-    .unwrap();
+    declare(&admin, "orders", "orders.>").await;
     let leader = cluster.leader().await;
 
     // Confirmed publishes through every node.
@@ -329,12 +334,7 @@ async fn no_confirmed_message_is_lost_when_the_leader_is_killed() {
 async fn a_replica_that_missed_the_purged_log_catches_up_from_a_snapshot() {
     let mut cluster = Cluster::start(3).await;
     let admin = cluster.client(0).await;
-    within(
-        "declare",
-        admin.declare_queue(&QueueConfig::new("backlog").bind("backlog")),
-    )
-    .await
-    .unwrap();
+    declare(&admin, "backlog", "backlog").await;
     drop(admin);
     let leader = cluster.leader().await;
     let (behind, other) = match leader {
@@ -426,12 +426,7 @@ async fn a_seed_list_client_publishes_exactly_once_and_consumes_across_leader_ki
     let leader = cluster.leader().await;
     let follower = (leader + 1) % 3;
     let admin = cluster.seeded(follower).await;
-    within(
-        "declare",
-        admin.declare_queue(&QueueConfig::new("pay").bind("pay.>")),
-    )
-    .await
-    .unwrap();
+    declare(&admin, "pay", "pay.>").await;
 
     // The same (producer, sequence) through two nodes: the second node's own window
     // never saw it, and the replicated state machine still stores it once.
@@ -545,12 +540,7 @@ async fn a_client_given_one_node_learns_the_others_and_survives_its_death() {
         known.is_superset(&others).then_some(())
     })
     .await;
-    within(
-        "declare",
-        c.declare_queue(&QueueConfig::new("learned").bind("learned")),
-    )
-    .await
-    .unwrap();
+    declare(&c, "learned", "learned").await;
     cluster.kill(follower).await;
     let deadline = Instant::now() + FAILOVER;
     publish_confirmed(&c, "learned", "after its node died".into(), deadline).await;
@@ -569,12 +559,7 @@ async fn a_restarted_follower_does_not_unseat_the_leader() {
     let leader = cluster.leader().await;
     let term = cluster.gauge(leader, "tern_raft_term").await;
     let c = cluster.seeded(leader).await;
-    within(
-        "declare",
-        c.declare_queue(&QueueConfig::new("steady").bind("steady")),
-    )
-    .await
-    .unwrap();
+    declare(&c, "steady", "steady").await;
     let follower = (leader + 1) % 3;
     cluster.kill(follower).await;
     // What it misses, to catch up on.
@@ -630,25 +615,10 @@ async fn an_exactly_once_consumer_hands_out_each_message_once_across_a_leader_ki
     let mut cluster = Cluster::start(3).await;
     let leader = cluster.leader().await;
     let publisher = cluster.seeded(leader).await;
-    within(
-        "declare",
-        publisher.declare_queue(&QueueConfig::new("eo").bind("eo.>")),
-    )
-    .await
-    .unwrap();
-    let mut confirms = Vec::new();
+    declare(&publisher, "eo", "eo.>").await;
+    let deadline = Instant::now() + FAILOVER;
     for n in 0..MESSAGES {
-        confirms.push(
-            publisher
-                .publish("eo.job", format!("job-{n}"))
-                .qos(Qos::AtLeastOnce)
-                .send()
-                .await
-                .unwrap(),
-        );
-    }
-    for confirm in confirms {
-        within("a confirm", confirm).await.unwrap();
+        publish_confirmed(&publisher, "eo.job", format!("job-{n}"), deadline).await;
     }
     drop(publisher);
 
@@ -838,12 +808,7 @@ async fn pub_sub_request_reply_and_queue_groups_span_the_nodes() {
 async fn nodes_are_added_and_removed_and_a_dead_one_is_replaced() {
     let mut cluster = Cluster::start(3).await;
     let client = cluster.seeded(0).await;
-    within(
-        "declare",
-        client.declare_queue(&QueueConfig::new("ledger").bind("ledger")),
-    )
-    .await
-    .unwrap();
+    declare(&client, "ledger", "ledger").await;
     let forever = Instant::now() + Duration::from_secs(120);
     let mut sent = Vec::new();
     for n in 0..20 {

@@ -61,7 +61,7 @@ pub enum Seen {
 }
 
 /// A pair's copies: how many are on their way to the store, and whether one is in it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Copies {
     in_flight: u32,
     stored: bool,

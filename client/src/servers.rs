@@ -19,6 +19,10 @@ pub(crate) struct Server {
     pub connector: Connector,
 }
 
+/// Most servers a client keeps on its list, seeds included (a cluster has a handful of
+/// nodes).
+pub(crate) const MAX_SERVERS: usize = 64;
+
 /// The seed list and the addresses learned since, in the order they are tried.
 #[derive(Debug)]
 pub(crate) struct Servers {
@@ -106,12 +110,18 @@ impl Servers {
     }
 
     /// Adds the servers of `addrs` (`host:port`) not on the list yet, after the others,
-    /// reached the way the seeds are. Nothing with a custom connector.
+    /// reached the way the seeds are, up to [`MAX_SERVERS`] in all: a server lists
+    /// what it likes, and the list must not grow without bound. Nothing with a custom
+    /// connector.
     pub fn learn(&mut self, addrs: impl IntoIterator<Item = String>) {
         let Some(tls) = &self.learned else {
             return;
         };
         for addr in addrs {
+            if self.list.len() >= MAX_SERVERS {
+                tracing::warn!(max = MAX_SERVERS, "not learning more cluster nodes");
+                return;
+            }
             if self.list.iter().any(|s| bare(&s.name) == addr) {
                 continue;
             }
@@ -130,7 +140,8 @@ impl Servers {
 
     /// Makes `addr` (`host:port`, as a `not_leader` error names it) the server to try
     /// next, learning it if it is new. Returns false when it cannot be reached this
-    /// way (a custom connector, or a TLS address that no certificate can name).
+    /// way (a custom connector, or a TLS address that no certificate can name) or the
+    /// list is full ([`MAX_SERVERS`]).
     pub fn prefer(&mut self, addr: &str) -> bool {
         if let Some(i) = self.list.iter().position(|s| bare(&s.name) == addr) {
             self.current = i;
@@ -139,6 +150,10 @@ impl Servers {
         let Some(tls) = &self.learned else {
             return false;
         };
+        if self.list.len() >= MAX_SERVERS {
+            tracing::warn!(addr, max = MAX_SERVERS, "not learning more cluster nodes");
+            return false;
+        }
         match connector(addr, tls.as_ref()) {
             Ok(connector) => {
                 self.list.push(Server {
@@ -199,6 +214,10 @@ mod tests {
         s.learn(["c:3".to_string(), "b:2".to_string(), "e:5".to_string()]);
         assert_eq!(s.names(), ["a:1", "tcp://b:2", "c:3", "d:4", "e:5"]);
         assert_eq!(s.current().name, "d:4", "learning moves nothing");
+        s.learn((0..1000).map(|i| format!("h{i}:1")));
+        assert_eq!(s.len(), MAX_SERVERS, "a server's list grows it only so far");
+        assert!(!s.prefer("new:1"), "nor does a redirect");
+        assert!(s.prefer("c:3"), "a known server is still preferred");
     }
 
     #[test]
