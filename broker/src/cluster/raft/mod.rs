@@ -17,6 +17,7 @@
 // (hundreds of bytes), and only ever travel on failure.
 #![allow(clippy::result_large_err)]
 
+mod lease;
 mod log_store;
 mod network;
 #[cfg(test)]
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use tern_storage::{RaftLog, SledStore};
 use tokio_util::sync::CancellationToken;
 
+use self::lease::Lease;
 use self::log_store::LogStore;
 use self::network::{Answerer, Network, Request, Response, PROPOSE_TIMEOUT, WHOIS_TIMEOUT};
 pub(crate) use self::state_machine::Recovery;
@@ -788,6 +790,10 @@ impl Replica {
     /// What to tell a client that asked this node for what only the leader does.
     pub fn redirect(&self) -> String {
         match &*self.leader.lock().unwrap_or_else(|p| p.into_inner()) {
+            // Asked of the leader itself: just elected, or its lease lapsed.
+            Some((node, _)) if *node == self.node => {
+                format!("node {node} leads but does not run the queues yet; retry shortly")
+            }
             Some((node, Some(addr))) => {
                 format!("node {node} runs the queues now; connect to {addr}")
             }
@@ -852,9 +858,14 @@ impl Replica {
     }
 }
 
-/// Stops the queues' tasks as soon as this node no longer leads (they start in the
-/// state machine, at the blank entry of the node's own term), and learns where the
-/// leader is, for redirects.
+/// Runs the queues' tasks here only while this node leads *and* holds its lease
+/// (`lease`), and learns where the leader is, for redirects.
+///
+/// The tasks start in the state machine, at the blank entry of the node's own term.
+/// They stop as soon as this node no longer leads, or its lease lapses (a leader cut
+/// off from the others); a leader whose lease returns in the same term appends an
+/// empty entry, at whose applying the state machine starts them again — in the log's
+/// order, so that no entry applied meanwhile is missed.
 async fn follow_leadership(
     replica: Arc<Replica>,
     runtime: Arc<QueueRuntime>,
@@ -862,24 +873,56 @@ async fn follow_leadership(
 ) {
     let mut metrics = replica.raft.metrics();
     let mut known = None;
+    let mut lease = Lease::default();
+    let mut resuming: Option<tokio::task::JoinHandle<()>> = None;
     loop {
-        let (state, term, leader) = {
+        let (state, term, leader, applied_term) = {
             let m = metrics.borrow_and_update();
-            (m.state, m.current_term, m.current_leader)
+            lease.reported(m.millis_since_quorum_ack, tokio::time::Instant::now());
+            (
+                m.state,
+                m.current_term,
+                m.current_leader,
+                m.last_applied.map(|l| l.leader_id.term),
+            )
         };
-        if state != ServerState::Leader {
-            runtime.follow(term).await;
-        }
-        if leader != known {
-            known = leader;
-            replica
-                .leader_changes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            replica.learn_leader(leader).await;
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            changed = metrics.changed() => if changed.is_err() { return },
+        loop {
+            let holds = lease.holds(tokio::time::Instant::now());
+            if state != ServerState::Leader {
+                runtime.follow(term).await;
+            } else if !holds && runtime.runs_tasks() {
+                tracing::warn!(
+                    term,
+                    "no majority answered this leader for {:?}: the queues stop here until \
+                     one does",
+                    lease::LEASE
+                );
+                runtime.follow(term).await;
+            } else if holds
+                && !runtime.runs_tasks()
+                // Else the blank entry of the term, on its way, starts them.
+                && applied_term == Some(term)
+                && resuming.as_ref().is_none_or(|r| r.is_finished())
+            {
+                tracing::info!(term, "a majority answers again: the queues resume here");
+                let replica = Arc::clone(&replica);
+                resuming = Some(tokio::spawn(async move {
+                    let _ = replica.propose_here(Entry::default()).await;
+                }));
+            }
+            if leader != known {
+                known = leader;
+                replica
+                    .leader_changes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                replica.learn_leader(leader).await;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                changed = metrics.changed() => if changed.is_err() { return } else { break },
+                // Raft reports nothing while nothing happens: the lease is checked anyway.
+                () = tokio::time::sleep(lease::CHECK) => {}
+            }
         }
     }
 }

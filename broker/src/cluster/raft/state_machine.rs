@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tern_storage::{Commit, SledStore, Store};
 use tokio::sync::watch;
 
+use super::lease::Lease;
 use super::{Answers, Member, NodeId, TypeConfig};
 use crate::queue::machine::Machine;
 use crate::queue::recovery::{self, Recovered};
@@ -135,11 +136,18 @@ impl StateMachine {
         })
     }
 
-    /// Whether this node leads the term `term`, by its Raft's own account.
+    /// Whether this node leads the term `term`, by its Raft's own account, and holds
+    /// its lease (`super::lease`): a node that restarts on a vote it won before
+    /// says it leads until it hears of a later term, but no majority answered it.
     fn leads(&self, term: u64) -> bool {
         self.metrics.get().is_some_and(|m| {
             let m = m.borrow();
-            m.state == ServerState::Leader && m.current_term == term && m.id == self.node
+            let mut lease = Lease::default();
+            lease.reported(m.millis_since_quorum_ack, tokio::time::Instant::now());
+            m.state == ServerState::Leader
+                && m.current_term == term
+                && m.id == self.node
+                && lease.holds(tokio::time::Instant::now())
         })
     }
 
@@ -186,10 +194,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             state.last = Some(log_id);
             let mut applied = None;
             let mut opens_term = false;
+            // An empty entry: a leader whose lease returned asks to run the queues again
+            // (`follow_leadership`).
+            let mut resumes = false;
             let mut commit = Commit::default();
             let answers = match entry.payload {
                 EntryPayload::Blank => {
                     opens_term = true;
+                    Answers::default()
+                }
+                EntryPayload::Normal(e) if e.commands.is_empty() => {
+                    resumes = true;
                     Answers::default()
                 }
                 EntryPayload::Normal(e) => {
@@ -217,7 +232,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if let Some(applied) = applied {
                 self.runtime.apply(applied).await;
             }
-            if opens_term && self.leads(log_id.leader_id.term) {
+            let starts = opens_term || (resumes && !self.runtime.runs_tasks());
+            if starts && self.leads(log_id.leader_id.term) {
                 self.lead(log_id.leader_id.term).await?;
             }
             replies.push(answers);

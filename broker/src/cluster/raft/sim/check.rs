@@ -1,7 +1,8 @@
 //! The invariants, checked as the simulation goes: every node applies the same entry at
-//! each index (the same log id, the same commands, the same answers), and a node leads
-//! only on a committed vote for itself. It also keeps a digest of what happened when, by
-//! which a run is shown to replay the same from its seed.
+//! each index (the same log id, the same commands, the same answers), a node leads
+//! only on a committed vote for itself, and no two nodes hold a leader's lease at once.
+//! It also keeps a digest of what happened when, by which a run is shown to replay the
+//! same from its seed.
 //!
 //! A leader id is openraft's default, (term, node): a term may have several leaders,
 //! one after another (a node that votes for one may vote for a greater node id in the
@@ -32,6 +33,8 @@ pub(super) struct Checks {
     pub stored: BTreeMap<u64, Vec<Pair>>,
     /// Each (term, leader) seen.
     leaders: BTreeSet<(u64, NodeId)>,
+    /// Each node's last lease: from the majority's answer until it lapses.
+    leases: BTreeMap<NodeId, (Instant, Instant)>,
     pub violations: Vec<String>,
     pub trace: u64,
 }
@@ -46,6 +49,7 @@ impl Checker {
             applied: BTreeMap::new(),
             stored: BTreeMap::new(),
             leaders: BTreeSet::new(),
+            leases: BTreeMap::new(),
             violations: Vec::new(),
             trace: 0,
         })))
@@ -98,6 +102,31 @@ impl Checker {
         if checks.leaders.insert((term, node)) {
             checks.event(&(node, "leads", term));
         }
+    }
+
+    /// `node` holds a leader's lease (`lease::Lease`) from `since` until `until`: no
+    /// other node may hold one at any time in between, or two nodes would run the
+    /// queues at once.
+    pub fn holds_lease(&self, node: NodeId, since: Instant, until: Instant) {
+        let mut checks = self.lock();
+        let start = checks.start;
+        let overlapping: Vec<String> = checks
+            .leases
+            .iter()
+            .filter(|(other, (s, u))| **other != node && *s < until && since < *u)
+            .map(|(other, (s, u))| {
+                format!(
+                    "node {node} holds a lease for {:?}..{:?} while node {other} holds one \
+                     for {:?}..{:?}",
+                    since - start,
+                    until - start,
+                    *s - start,
+                    *u - start
+                )
+            })
+            .collect();
+        checks.violations.extend(overlapping);
+        checks.leases.insert(node, (since, until));
     }
 
     /// The log id the cluster applied at `index`, if any node did.

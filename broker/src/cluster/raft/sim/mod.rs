@@ -41,7 +41,8 @@ use self::machine::{SharedApplied, SimMachine};
 use self::net::{Net, NodeNet};
 use self::runtime::SimRuntime;
 use super::{
-    campaign_only_when_electable, form, raft_config, Answers, Member, NodeId, PROPOSE_TIMEOUT,
+    campaign_only_when_electable, form, lease::Lease, raft_config, Answers, Member, NodeId,
+    PROPOSE_TIMEOUT,
 };
 use crate::queue::machine::tests::{def, envelope};
 use crate::queue::machine::{Command, Entry};
@@ -169,6 +170,7 @@ impl Sim {
         }
         let (checker, mut metrics) = (self.checker.clone(), raft.metrics());
         tokio::spawn(async move {
+            let mut lease = Lease::default();
             loop {
                 {
                     let m = metrics.borrow_and_update();
@@ -180,6 +182,14 @@ impl Sim {
                             vote.leader_id().voted_for(),
                             vote.is_committed(),
                         );
+                    }
+                    // As `follow_leadership` reads it.
+                    let now = tokio::time::Instant::now();
+                    lease.reported(m.millis_since_quorum_ack, now);
+                    if let (true, Some(since), Some(until)) =
+                        (lease.holds(now), lease.since(), lease.until())
+                    {
+                        checker.holds_lease(m.id, since, until);
                     }
                 }
                 if metrics.changed().await.is_err() {
