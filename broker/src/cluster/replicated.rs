@@ -19,7 +19,7 @@ use tern_storage::Store;
 
 use super::raft::{ProposeError, Replica};
 use crate::filter::MessageView;
-use crate::journal::{Log, LogError};
+use crate::journal::{Appending, Log, LogError};
 use crate::queue::machine::{Command, Effects, Entry, Outcome, QueueError};
 use crate::router::Router;
 use crate::store_health::StoreHealth;
@@ -57,6 +57,9 @@ pub(crate) fn route(router: &Router, entry: &mut Entry) {
 /// `max_payload_entries` entries per call this bounds a call to a few MiB.
 const MAX_ENTRY_BYTES: usize = 1 << 20;
 
+/// Entries a leader keeps on their way at once (`Log::depth`).
+const DEPTH: usize = 4;
+
 /// The journal's log over the cluster's group.
 pub(crate) struct ReplicatedLog {
     pub replica: Arc<Replica>,
@@ -76,16 +79,41 @@ fn forwardable(command: &Command) -> bool {
 }
 
 impl Log for ReplicatedLog {
-    async fn append(&mut self, entry: &Entry, _awaited: bool) -> Result<Effects, LogError> {
+    async fn append(&mut self, entry: Entry, _awaited: bool) -> Appending {
         if entry.commands.is_empty() {
-            return Ok(Effects::answered(Vec::new()));
+            return Box::pin(std::future::ready(Ok(Effects::answered(Vec::new()))));
         }
         let started = Instant::now();
-        let applied = self.propose(entry).await;
-        if applied.is_ok() {
-            self.commit_latency.record(started.elapsed());
+        let latency = self.commit_latency.clone();
+        if self.replica.leads() {
+            // Raft keeps the order of what it took: the next entry need not wait.
+            let mut here = entry;
+            route(&self.router, &mut here);
+            let proposed = self.replica.submit(here).await;
+            let replica = Arc::clone(&self.replica);
+            return Box::pin(async move {
+                let answers = proposed.await.map_err(|e| refused(&replica, e))?;
+                latency.record(started.elapsed());
+                Ok(Effects::answered(answers.0))
+            });
         }
-        applied
+        // A follower forwards one entry at a time: the leader would not keep the order
+        // of several on their way over the link.
+        let forwarded = self.forward(entry).await;
+        if forwarded.is_ok() {
+            latency.record(started.elapsed());
+        }
+        Box::pin(std::future::ready(forwarded))
+    }
+
+    /// A leader keeps a few entries on their way: its log's fsync, its followers' and
+    /// its state machine's each work on another.
+    fn depth(&self) -> usize {
+        if self.replica.leads() {
+            DEPTH
+        } else {
+            1
+        }
     }
 
     fn refuses_new_messages(&self) -> Option<String> {
@@ -113,56 +141,57 @@ impl Log for ReplicatedLog {
     }
 }
 
+/// What a proposal's failure tells the journal.
+fn refused(replica: &Replica, e: ProposeError) -> LogError {
+    match e {
+        ProposeError::NoLeader { .. } => LogError::NoLeader(replica.redirect()),
+        ProposeError::Failed(why) => LogError::Refused(why),
+    }
+}
+
 impl ReplicatedLog {
-    /// Proposes `entry` here if this node leads, else forwards what it may.
-    async fn propose(&mut self, entry: &Entry) -> Result<Effects, LogError> {
-        let refused = |e: ProposeError| match e {
-            ProposeError::NoLeader { .. } => LogError::NoLeader(self.replica.redirect()),
-            ProposeError::Failed(why) => LogError::Refused(why),
-        };
-        let mut here = entry.clone();
-        if self.replica.leads() {
-            route(&self.router, &mut here);
-        }
-        match self.replica.propose_here(here).await {
-            Ok(answers) => Ok(Effects::answered(answers.0)),
-            Err(ProposeError::NoLeader {
-                leader: Some(leader),
-            }) if leader != self.replica.node() => {
-                // A follower forwards what it may.
-                let forwarded: Vec<Command> = entry
-                    .commands
-                    .iter()
-                    .filter(|c| forwardable(c))
-                    .cloned()
-                    .collect();
-                let mut got = if forwarded.is_empty() {
-                    Vec::new().into_iter()
-                } else {
-                    self.replica
-                        .forward(
-                            leader,
-                            Entry {
-                                commands: forwarded,
-                            },
-                        )
-                        .await
-                        .map_err(refused)?
-                        .0
-                        .into_iter()
-                };
-                let answers = entry
-                    .commands
-                    .iter()
-                    .map(|c| match c {
-                        c if forwardable(c) => got.next().unwrap_or(Err(QueueError::NotLeader)),
-                        Command::ForgetDedup { .. } => Ok(Outcome::default()),
-                        _ => Err(QueueError::NotLeader),
-                    })
-                    .collect();
-                Ok(Effects::answered(answers))
+    /// Has the leader append what a follower may forward of `entry`; the rest is
+    /// refused (`forwardable`).
+    async fn forward(&mut self, entry: Entry) -> Result<Effects, LogError> {
+        let leader = match self.replica.leader() {
+            Some(leader) if leader != self.replica.node() => leader,
+            _ => {
+                return Err(refused(
+                    &self.replica,
+                    ProposeError::NoLeader { leader: None },
+                ))
             }
-            Err(e) => Err(refused(e)),
-        }
+        };
+        let forwarded: Vec<Command> = entry
+            .commands
+            .iter()
+            .filter(|c| forwardable(c))
+            .cloned()
+            .collect();
+        let mut got = if forwarded.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            self.replica
+                .forward(
+                    leader,
+                    Entry {
+                        commands: forwarded,
+                    },
+                )
+                .await
+                .map_err(|e| refused(&self.replica, e))?
+                .0
+                .into_iter()
+        };
+        let answers = entry
+            .commands
+            .iter()
+            .map(|c| match c {
+                c if forwardable(c) => got.next().unwrap_or(Err(QueueError::NotLeader)),
+                Command::ForgetDedup { .. } => Ok(Outcome::default()),
+                _ => Err(QueueError::NotLeader),
+            })
+            .collect();
+        Ok(Effects::answered(answers))
     }
 }

@@ -8,7 +8,9 @@
 //! applies one once a majority holds it: the machine is deterministic, so every
 //! replica reaches the same state.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,16 +24,28 @@ use crate::store_health::StoreHealth;
 /// Where the durable queues' entries go. The log owns the state machine: a replicated
 /// log applies an entry only once a majority holds it, on every node.
 pub(crate) trait Log: Send + 'static {
-    /// Applies `entry` to the machine and makes it as durable as the sync policy asks;
-    /// returns what applying it did. With `awaited` false nobody waits for the entry
-    /// (settles whose acks were answered already): the log may sync it a little later,
-    /// with what follows ([`Log::sync_due`]). On an error the machine is as it was before, and
-    /// nothing of the entry may be confirmed.
+    /// Appends `entry`: returns once it is on its way, with what resolves once it is
+    /// applied to the machine and as durable as the sync policy asks — to what applying
+    /// it did. With `awaited` false nobody waits for the entry (settles whose acks were
+    /// answered already): the log may sync it a little later, with what follows
+    /// ([`Log::sync_due`]). On an error the machine is as it was before, and nothing of
+    /// the entry may be confirmed.
+    ///
+    /// The journal keeps up to [`Log::depth`] entries on their way, and takes their
+    /// results in the order it appended them.
     ///
     /// # Errors
     ///
     /// The entry could not be stored or synced ([`LogError`]).
-    async fn append(&mut self, entry: &Entry, awaited: bool) -> Result<Effects, LogError>;
+    async fn append(&mut self, entry: Entry, awaited: bool) -> Appending;
+
+    /// How many entries may be on their way at once. One, unless the log keeps the
+    /// order of the entries it took by itself and does its part of each elsewhere (a
+    /// Raft leader: its log, its followers and its state machine each work on a
+    /// different entry), so that gathering the next batch need not wait for the last.
+    fn depth(&self) -> usize {
+        1
+    }
 
     /// Why new messages must be refused now, if they must (the disk alarm: the store
     /// must never run out of space mid-write). Settles and acks still go through.
@@ -63,6 +77,9 @@ pub(crate) trait Log: Send + 'static {
     /// The checkpoint failed ([`LogError::SyncFailed`]).
     fn compact(&mut self) -> Result<(), LogError>;
 }
+
+/// An entry on its way ([`Log::append`]).
+pub(crate) type Appending = Pin<Box<dyn Future<Output = Result<Effects, LogError>> + Send>>;
 
 /// Why an entry is not durable.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -254,10 +271,10 @@ impl StoreLog {
             Err(e) => Err(self.fail(&e)),
         }
     }
-}
 
-impl Log for StoreLog {
-    async fn append(&mut self, entry: &Entry, awaited: bool) -> Result<Effects, LogError> {
+    /// Applies `entry` to the machine, writes its commit to the store and the
+    /// write-ahead log, and syncs as the policy asks ([`Log::append`]).
+    fn write_entry(&mut self, entry: &Entry, awaited: bool) -> Result<Effects, LogError> {
         if let Some(e) = &self.failed {
             return Err(LogError::SyncFailed(e.clone()));
         }
@@ -292,6 +309,12 @@ impl Log for StoreLog {
             return Err(e);
         }
         Ok(fx)
+    }
+}
+
+impl Log for StoreLog {
+    async fn append(&mut self, entry: Entry, awaited: bool) -> Appending {
+        Box::pin(std::future::ready(self.write_entry(&entry, awaited)))
     }
 
     fn refuses_new_messages(&self) -> Option<String> {

@@ -24,6 +24,7 @@ mod log;
 #[cfg(test)]
 mod tests;
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +32,7 @@ use bytes::Bytes;
 use tern_storage::{DedupEntry, MessageMeta, QueueId};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-pub(crate) use self::log::{Log, LogError, LogMetrics, StoreLog, WAL_BYTES};
+pub(crate) use self::log::{Appending, Log, LogError, LogMetrics, StoreLog, WAL_BYTES};
 use crate::clock::now_ms;
 use crate::dedup::DedupWindow;
 use crate::outbound::Wakes;
@@ -267,6 +268,12 @@ impl Batch {
     }
 }
 
+/// An entry on its way, and what its batch owes once it is answered.
+struct OnTheWay {
+    batch: Batch,
+    appending: Appending,
+}
+
 /// The journal thread's state.
 pub(crate) struct Writer<L> {
     log: L,
@@ -332,16 +339,35 @@ impl<L: Log> Writer<L> {
     ) {
         let mut last_expiry = Instant::now();
         let (mut publish_open, mut internal_open) = (true, true);
-        while (publish_open || internal_open) && !self.stopping {
+        // Appended, in order, and not yet answered (`Log::depth`).
+        let mut on_the_way: VecDeque<OnTheWay> = VecDeque::new();
+        loop {
+            let taking = (publish_open || internal_open)
+                && !self.stopping
+                && on_the_way.len() < self.log.depth();
+            if !taking && on_the_way.is_empty() {
+                break;
+            }
             let mut publishes = Vec::new();
             let mut ops = Vec::new();
             tokio::select! {
                 biased;
-                op = internal.recv(), if internal_open => match op {
+                result = async {
+                    match on_the_way.front_mut() {
+                        Some(first) => first.appending.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                }, if !on_the_way.is_empty() => {
+                    if let Some(done) = on_the_way.pop_front() {
+                        self.finish(done.batch, result).await;
+                    }
+                    continue;
+                }
+                op = internal.recv(), if internal_open && taking => match op {
                     Some(op) => ops.push(op),
                     None => internal_open = false,
                 },
-                op = publish.recv(), if publish_open => match op {
+                op = publish.recv(), if publish_open && taking => match op {
                     Some(op) => publishes.push(op),
                     None => publish_open = false,
                 },
@@ -351,6 +377,10 @@ impl<L: Log> Writer<L> {
                     self.report(&synced);
                     continue;
                 }
+            }
+            if ops.is_empty() && publishes.is_empty() {
+                // A channel closed.
+                continue;
             }
             let max_bytes = self.log.max_entry_bytes();
             let mut bytes: usize = publishes.iter().map(|p| p.envelope.len()).sum();
@@ -368,15 +398,20 @@ impl<L: Log> Writer<L> {
             if expire {
                 last_expiry = Instant::now();
             }
-            self.commit(publishes, ops, expire).await;
+            on_the_way.push_back(self.append(publishes, ops, expire).await);
         }
         if let Err(e) = self.log.compact() {
             tracing::error!(error = %e, "final flush of the store failed");
         }
     }
 
-    /// Turns one batch into an entry, appends it to the log, then settles what it owes.
-    async fn commit(&mut self, publishes: Vec<PublishOp>, ops: Vec<Op>, expire_dedup: bool) {
+    /// Turns one batch into an entry and appends it to the log.
+    async fn append(
+        &mut self,
+        publishes: Vec<PublishOp>,
+        ops: Vec<Op>,
+        expire_dedup: bool,
+    ) -> OnTheWay {
         let mut batch = Batch::default();
         for op in ops {
             self.stage_op(op, &mut batch);
@@ -410,7 +445,14 @@ impl<L: Log> Writer<L> {
             };
             batch.push(Command::ForgetDedup { before_ms, keep }, After::Nothing);
         }
-        let result = self.log.append(&batch.entry, batch.awaited()).await;
+        let awaited = batch.awaited();
+        let entry = std::mem::take(&mut batch.entry);
+        let appending = self.log.append(entry, awaited).await;
+        OnTheWay { batch, appending }
+    }
+
+    /// Settles what a batch owes once its entry is applied, or failed.
+    async fn finish(&mut self, mut batch: Batch, result: Result<Effects, LogError>) {
         self.report(&result);
         let shutdown = batch.shutdown.take();
         match result {

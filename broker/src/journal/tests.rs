@@ -352,13 +352,13 @@ struct Gate {
 }
 
 impl Log for Capped {
-    async fn append(&mut self, entry: &Entry, awaited: bool) -> Result<Effects, LogError> {
+    async fn append(&mut self, entry: Entry, awaited: bool) -> Appending {
         let gate = self.gate.lock().unwrap().take();
         if let Some(gate) = gate {
             gate.held.notify_one();
             gate.open.notified().await;
             if let Some(e) = gate.fail {
-                return Err(e);
+                return Box::pin(std::future::ready(Err(e)));
             }
         }
         let envelopes: Vec<usize> = entry
@@ -441,6 +441,99 @@ async fn a_batch_stops_at_the_logs_entry_size() {
         entries.iter().any(|(n, _)| *n > 1),
         "the publishes behind the gate were gathered: {entries:?}"
     );
+}
+
+/// A log that keeps `DEPTH` entries on their way, as a Raft leader does: each is
+/// written at once, and answered only when the test hands out a permit.
+struct Pipelined {
+    log: StoreLog,
+    appended: Arc<AtomicU64>,
+    answer: Arc<tokio::sync::Semaphore>,
+}
+
+impl Pipelined {
+    const DEPTH: usize = 2;
+}
+
+impl Log for Pipelined {
+    async fn append(&mut self, entry: Entry, awaited: bool) -> Appending {
+        let written = self.log.append(entry, awaited).await;
+        self.appended.fetch_add(1, Ordering::SeqCst);
+        let answer = Arc::clone(&self.answer);
+        Box::pin(async move {
+            answer.acquire().await.unwrap().forget();
+            written.await
+        })
+    }
+    fn depth(&self) -> usize {
+        Self::DEPTH
+    }
+    fn refuses_new_messages(&self) -> Option<String> {
+        self.log.refuses_new_messages()
+    }
+    fn sync_due(&self) -> Option<Instant> {
+        self.log.sync_due()
+    }
+    fn sync(&mut self) -> Result<(), LogError> {
+        self.log.sync()
+    }
+    fn compact(&mut self) -> Result<(), LogError> {
+        self.log.compact()
+    }
+}
+
+/// With a log that keeps entries on their way, the journal appends the next batch
+/// without waiting for the last one's answer — up to the log's depth — and answers
+/// the publishes in the order it appended them.
+#[tokio::test]
+async fn entries_on_their_way_together_are_answered_in_order() {
+    // One answer for the rig's queue declaration.
+    let (appended, answer) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(tokio::sync::Semaphore::new(1)),
+    );
+    let mut rig = Rig::with_log(|log| Pipelined {
+        log,
+        appended: Arc::clone(&appended),
+        answer: Arc::clone(&answer),
+    })
+    .await;
+    let declared = appended.load(Ordering::SeqCst);
+    let appended_at_least = |n: u64| {
+        let appended = Arc::clone(&appended);
+        async move {
+            // The journal runs on a thread of its own: polled, within a bound.
+            let reached = async {
+                while appended.load(Ordering::SeqCst) < declared + n {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), reached)
+                .await
+                .expect("the journal appends");
+        }
+    };
+    for id in 1..=3u32 {
+        rig.journal.publish(rig.op(id, b"m", None)).await.unwrap();
+        // Each publish is its own batch: the next comes once this one is appended,
+        // or (the third) while two are on their way.
+        if id < 3 {
+            appended_at_least(u64::from(id)).await;
+        }
+    }
+    assert_eq!(
+        appended.load(Ordering::SeqCst),
+        declared + Pipelined::DEPTH as u64
+    );
+    assert!(rig.answers.try_recv().is_err(), "nothing answered yet");
+
+    answer.add_permits(1);
+    assert_eq!(rig.answers.recv().await.unwrap(), (1, Ok(1)));
+    // The first answered, the third goes on its way.
+    appended_at_least(3).await;
+    answer.add_permits(2);
+    assert_eq!(rig.answers.recv().await.unwrap(), (2, Ok(1)));
+    assert_eq!(rig.answers.recv().await.unwrap(), (3, Ok(1)));
 }
 
 /// A client that resends a QoS 2 publish (after a reconnect, say) while the first copy
@@ -697,8 +790,8 @@ async fn a_restart_never_replays_records_from_before_the_last_checkpoint() {
     let declare = Entry {
         commands: vec![Command::Declare { def: def("q", 0) }],
     };
-    log.append(&declare, true).await.unwrap();
-    log.append(&publish("a"), true).await.unwrap();
+    log.append(declare, true).await.await.unwrap();
+    log.append(publish("a"), true).await.await.unwrap();
     log.compact().unwrap();
     // Nobody waits for these two: in the store, in the log, neither synced.
     let settle = Entry {
@@ -708,8 +801,8 @@ async fn a_restart_never_replays_records_from_before_the_last_checkpoint() {
             forget_meta: false,
         }],
     };
-    log.append(&settle, false).await.unwrap();
-    log.append(&publish("b"), false).await.unwrap();
+    log.append(settle, false).await.await.unwrap();
+    log.append(publish("b"), false).await.await.unwrap();
 
     let after = dir.path().join("after");
     let disk = Arc::new(store.after_power_loss(&after, usize::MAX));

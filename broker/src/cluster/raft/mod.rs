@@ -25,6 +25,8 @@ mod sim;
 mod state_machine;
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -101,25 +103,45 @@ pub(crate) fn request_round_trip(bytes: &[u8]) -> Option<bool> {
     Some(format!("{request:?}") == format!("{twice:?}"))
 }
 
-/// Appends `entry` on this node, if it leads.
+/// An entry this node's Raft took ([`submit`]), on its way to a majority: resolves
+/// with the answers once it is committed and applied.
+pub(crate) type Proposed = Pin<Box<dyn Future<Output = Result<Answers, ProposeError>> + Send>>;
+
+/// Appends `entry` on this node, if it leads: returns once Raft took it — entries
+/// submitted one after another are appended in that order — with what resolves once
+/// it is committed and applied.
 ///
 /// A leader cut off from the majority commits nothing until the partition heals (and
 /// then learns it leads no more): past [`PROPOSE_TIMEOUT`] the proposal is given up as
 /// if no leader took it, so that its publishers go to the other side. It may still be
 /// applied, if the entry reached a node that then leads: a resend of a QoS 2 publish is
 /// deduplicated; a QoS 1 one may be stored twice (at least once).
-pub(crate) async fn propose_here(raft: &Raft, entry: Entry) -> Result<Answers, ProposeError> {
-    let written = tokio::time::timeout(PROPOSE_TIMEOUT, raft.client_write(entry)).await;
-    match written {
-        Ok(Ok(response)) => Ok(response.data),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-            Err(ProposeError::NoLeader {
-                leader: f.leader_id,
-            })
+pub(crate) async fn submit(raft: &Raft, entry: Entry) -> Proposed {
+    let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+    let taken = match raft.client_write_ff(entry).await {
+        Ok(taken) => taken,
+        Err(fatal) => {
+            return Box::pin(std::future::ready(Err(ProposeError::Failed(
+                fatal.to_string(),
+            ))))
         }
-        Ok(Err(e)) => Err(ProposeError::Failed(e.to_string())),
-        Err(_) => Err(ProposeError::NoLeader { leader: None }),
-    }
+    };
+    Box::pin(async move {
+        match tokio::time::timeout_at(deadline, taken).await {
+            Ok(Ok(Ok(response))) => Ok(response.data),
+            Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => Err(ProposeError::NoLeader {
+                leader: f.leader_id,
+            }),
+            Ok(Ok(Err(e))) => Err(ProposeError::Failed(e.to_string())),
+            Ok(Err(_)) => Err(ProposeError::Failed("raft stopped".into())),
+            Err(_) => Err(ProposeError::NoLeader { leader: None }),
+        }
+    })
+}
+
+/// [`submit`], then waits for the answers.
+pub(crate) async fn propose_here(raft: &Raft, entry: Entry) -> Result<Answers, ProposeError> {
+    submit(raft, entry).await.await
 }
 
 /// Raft's timing. Each AppendEntries must come back within the heartbeat interval
@@ -519,6 +541,11 @@ impl Replica {
         }
     }
 
+    /// The leader, as this node's Raft knows it.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
     /// Whether this node leads, by its Raft's account.
     pub fn leads(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
@@ -533,6 +560,12 @@ impl Replica {
     /// known), or Raft failed.
     pub async fn propose_here(&self, entry: Entry) -> Result<Answers, ProposeError> {
         propose_here(&self.raft, entry).await
+    }
+
+    /// Appends `entry` if this node leads, as [`submit`]: entries submitted one after
+    /// another are appended in that order, and may be on their way together.
+    pub async fn submit(&self, entry: Entry) -> Proposed {
+        submit(&self.raft, entry).await
     }
 
     /// The link to `node`, at the address the membership gives it (made again if the
