@@ -30,6 +30,8 @@ pub enum StorageError {
     #[error("the message segment files failed: {0}")]
     Segments(#[source] std::io::Error),
     /// The write-ahead log could not be opened or read.
+    #[error("the raft log's files failed: {0}")]
+    RaftLog(#[source] std::io::Error),
     #[error("the write-ahead log failed: {0}")]
     Wal(#[source] std::io::Error),
     /// An `fsync`/`fdatasync` of the store's files failed: what it covered is not

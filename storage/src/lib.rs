@@ -29,9 +29,10 @@
 //! "w"                                   index of the last log entry applied: u64
 //! "i"                                   number of the next queue declared: u32
 //! "r"                                   a replicated log's applied state (opaque)
-//! "R" group:u64 index:u64               a Raft log entry (opaque), see `raft_log`
-//! "V" group:u64 / "K" group:u64 /       a Raft group's vote / committed entry id /
-//! "P" group:u64                         last purged entry id (opaque)
+//! "R" group:u64 index:u64               a Raft log entry, and a group's vote,
+//! "V" / "K" / "P" group:u64             committed id and last purged id: only in
+//!                                       directories of earlier versions, moved to
+//!                                       `raft-log/` at start (see `raft_log`)
 //! ```
 //!
 //! Chunk bytes (count:u32, then records) live in `segments/<n>`, appended; see

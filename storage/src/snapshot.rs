@@ -250,8 +250,7 @@ mod tests {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let from = Arc::new(SledStore::open(a.path()).unwrap());
         from.apply(&commit()).unwrap();
-        let from_log =
-            RaftLog::open(Arc::clone(&from), &a.path().join("raft-wal"), 1 << 20).unwrap();
+        let from_log = RaftLog::open(&from, a.path()).unwrap();
         from_log.append(1, vec![(1, b"entry".to_vec())]).unwrap();
         let mut snap = Vec::new();
         from.export(&mut snap).unwrap();
@@ -267,7 +266,7 @@ mod tests {
             ..Commit::default()
         })
         .unwrap();
-        let to_log = RaftLog::open(Arc::clone(&to), &b.path().join("raft-wal"), 1 << 20).unwrap();
+        let to_log = RaftLog::open(&to, b.path()).unwrap();
         to_log.append(1, vec![(5, b"mine".to_vec())]).unwrap();
         to.import(&mut snap.as_slice()).unwrap();
 

@@ -71,13 +71,6 @@ const GROUP: u64 = 1;
 /// The first byte of a Raft request on a peer link (see [`crate::cluster::Services`]).
 pub(crate) const SERVICE: u8 = 1;
 
-/// The Raft log's write-ahead file in the data directory, and its size. When it is full
-/// the store is checkpointed (flushed) before the file starts over, and appends wait for
-/// that: 64 MiB made one checkpoint of ~1.8 s that every confirm behind it waited out
-/// (`scripts/bench-cluster`); 8 MiB, as the single node's `wal`, makes them ~0.1 s.
-const RAFT_WAL: &str = "raft-wal";
-const RAFT_WAL_BYTES: u64 = 8 << 20;
-
 /// What applying an entry answered: one answer per command (none for Raft's own
 /// entries).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -426,10 +419,9 @@ impl Replica {
         router: Arc<crate::router::Router>,
         shutdown: CancellationToken,
     ) -> Result<(Arc<Self>, Arc<dyn Handler>), StartError> {
-        let wal = recovery.data_dir.join(RAFT_WAL);
         let log = {
-            let store = Arc::clone(&store);
-            tokio::task::spawn_blocking(move || RaftLog::open(store, &wal, RAFT_WAL_BYTES))
+            let (store, dir) = (Arc::clone(&store), recovery.data_dir.clone());
+            tokio::task::spawn_blocking(move || RaftLog::open(&store, &dir))
                 .await
                 .map_err(|e| StartError::Raft(e.to_string()))??
         };
