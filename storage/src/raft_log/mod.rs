@@ -432,7 +432,7 @@ impl Inner {
             if last && bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes) {
                 // Created, and cut off by a crash before its first record.
                 file.set_len(0).map_err(io)?;
-                (&*file).write_all(MAGIC).map_err(io)?;
+                file.write_all_at(MAGIC, 0).map_err(io)?;
                 return Ok(MAGIC.len() as u64);
             }
             return Err(corrupt("not a tern raft log file".into()));

@@ -181,3 +181,28 @@ fn a_file_that_is_not_a_raft_log_is_refused() {
         Err(StorageError::Corrupt { .. })
     ));
 }
+
+/// A crash right after a new file was created leaves it empty, or with part of its
+/// first line: it is started again.
+#[test]
+fn a_new_file_cut_short_is_started_again() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path(), FILE_BYTES);
+        log.append(1, entries(1..3, b'a')).unwrap();
+        log.sync().unwrap();
+    }
+    std::fs::write(file_name(dir.path(), 2), &MAGIC[..5]).unwrap();
+    {
+        let log = open(dir.path(), FILE_BYTES);
+        log.append(1, entries(3..4, b'b')).unwrap();
+        log.sync().unwrap();
+    }
+    let log = open(dir.path(), FILE_BYTES);
+    let got = log.entries(1, 0, 100, usize::MAX).unwrap();
+    assert_eq!(got.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        std::fs::read(file_name(dir.path(), 2)).unwrap()[..16],
+        MAGIC[..]
+    );
+}
