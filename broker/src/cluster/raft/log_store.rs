@@ -8,11 +8,13 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{LogId, StorageError, StorageIOError, Vote};
 use tern_storage::RaftLog;
 
+use super::entry_cache::{self, EntryCache};
 use super::{NodeId, TypeConfig};
 
 /// Most bytes of entries one read returns (one AppendEntries carries at most this much,
@@ -24,6 +26,8 @@ const MAX_READ_BYTES: usize = 8 << 20;
 pub(crate) struct LogStore {
     log: RaftLog,
     group: u64,
+    /// The newest entries, decoded: what the state machine and the replication read.
+    cache: Arc<Mutex<EntryCache>>,
 }
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -46,7 +50,16 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError<NodeId
 
 impl LogStore {
     pub fn new(log: RaftLog, group: u64) -> Self {
-        Self { log, group }
+        Self {
+            log,
+            group,
+            cache: Arc::new(Mutex::new(EntryCache::new(entry_cache::BUDGET))),
+        }
+    }
+
+    fn cache(&self) -> MutexGuard<'_, EntryCache> {
+        // Changed by whole calls that cannot panic halfway: a poisoned lock is fine.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs a blocking store call off the async threads.
@@ -80,6 +93,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => i,
             Bound::Unbounded => u64::MAX,
         };
+        if let Some(cached) = self.cache().read(from, to, usize::MAX) {
+            return Ok(cached);
+        }
         let mut out = Vec::new();
         let mut next = from;
         // openraft may ask for any range: read it all, a budget's worth at a time.
@@ -105,6 +121,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         end: u64,
     ) -> Result<Vec<Entry>, StorageError<NodeId>> {
         // A prefix within the byte budget: what one AppendEntries carries.
+        if let Some(cached) = self.cache().read(start, end, MAX_READ_BYTES) {
+            return Ok(cached);
+        }
         self.log
             .entries(self.group, start, end, MAX_READ_BYTES)
             .map_err(|e| read_err(&e))?
@@ -177,12 +196,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut encoded = Vec::new();
+        let mut kept = Vec::new();
         for e in entries {
-            encoded.push((e.log_id.index, encode(&e)?));
+            let bytes = encode(&e)?;
+            kept.push((e.clone(), bytes.len()));
+            encoded.push((e.log_id.index, bytes));
         }
         self.log
             .append(self.group, encoded)
             .map_err(|e| write_err(&e))?;
+        {
+            let mut cache = self.cache();
+            for (entry, size) in kept {
+                cache.appended(entry, size);
+            }
+        }
         // Readable now; durable once synced. openraft waits for the callback.
         let log = self.log.clone();
         tokio::task::spawn_blocking(move || {
@@ -194,13 +222,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.log
             .truncate(self.group, log_id.index)
-            .map_err(|e| write_err(&e))
+            .map_err(|e| write_err(&e))?;
+        self.cache().truncated(log_id.index);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let bytes = encode(&log_id)?;
         self.log
             .purge(self.group, log_id.index, bytes)
-            .map_err(|e| write_err(&e))
+            .map_err(|e| write_err(&e))?;
+        self.cache().purged(log_id.index);
+        Ok(())
     }
 }

@@ -17,6 +17,7 @@
 // (hundreds of bytes), and only ever travel on failure.
 #![allow(clippy::result_large_err)]
 
+mod entry_cache;
 mod lease;
 mod log_store;
 mod network;
