@@ -331,15 +331,40 @@ impl Rig {
     }
 }
 
-/// The store's log, with a cap on an entry's message bytes (as a replicated log has),
-/// that records what each entry carried and, once the test sets a [`Gate`], holds the
-/// next append until the test opens it, so that what comes behind it piles up.
-struct Capped {
+/// The store's log shaped like a replicated one: a cap on an entry's message bytes;
+/// what each entry carried, recorded; once the test sets a [`Gate`], the next append
+/// held until the test opens it, so that what comes behind it piles up; and with a
+/// [`Pipeline`], entries kept on their way.
+struct TestLog {
     log: StoreLog,
     max: usize,
     gate: Arc<StdMutex<Option<Gate>>>,
     /// Per entry: its publishes and their envelope bytes.
     entries: Arc<StdMutex<Vec<(usize, usize)>>>,
+    pipeline: Option<Pipeline>,
+}
+
+impl TestLog {
+    fn over(log: StoreLog) -> Self {
+        Self {
+            log,
+            max: usize::MAX,
+            gate: Arc::default(),
+            entries: Arc::default(),
+            pipeline: None,
+        }
+    }
+}
+
+/// Keeps `DEPTH` entries on their way, as a Raft leader does: each is written at
+/// once, and answered only when the test hands out a permit of `answer`.
+struct Pipeline {
+    appended: Arc<AtomicU64>,
+    answer: Arc<tokio::sync::Semaphore>,
+}
+
+impl Pipeline {
+    const DEPTH: usize = 2;
 }
 
 /// Holds an append: `held` is notified once it waits, `open` lets it go on, and then it
@@ -351,7 +376,7 @@ struct Gate {
     fail: Option<LogError>,
 }
 
-impl Log for Capped {
+impl Log for TestLog {
     async fn append(&mut self, entry: Entry, awaited: bool) -> Appending {
         let gate = self.gate.lock().unwrap().take();
         if let Some(gate) = gate {
@@ -373,7 +398,19 @@ impl Log for Capped {
             let carried = (envelopes.len(), envelopes.iter().sum());
             self.entries.lock().unwrap().push(carried);
         }
-        self.log.append(entry, awaited).await
+        let written = self.log.append(entry, awaited).await;
+        let Some(pipeline) = &self.pipeline else {
+            return written;
+        };
+        pipeline.appended.fetch_add(1, Ordering::SeqCst);
+        let answer = Arc::clone(&pipeline.answer);
+        Box::pin(async move {
+            answer.acquire().await.unwrap().forget();
+            written.await
+        })
+    }
+    fn depth(&self) -> usize {
+        self.pipeline.as_ref().map_or(1, |_| Pipeline::DEPTH)
     }
     fn refuses_new_messages(&self) -> Option<String> {
         self.log.refuses_new_messages()
@@ -398,11 +435,11 @@ async fn a_batch_stops_at_the_logs_entry_size() {
     const SIZE: usize = 256;
     const COUNT: u32 = 64;
     let (gate, entries): (Arc<StdMutex<_>>, Arc<StdMutex<_>>) = Default::default();
-    let mut rig = Rig::with_log(|log| Capped {
-        log,
+    let mut rig = Rig::with_log(|log| TestLog {
         max: MAX,
         gate: Arc::clone(&gate),
         entries: Arc::clone(&entries),
+        ..TestLog::over(log)
     })
     .await;
     let open = Arc::new(tokio::sync::Notify::new());
@@ -443,45 +480,6 @@ async fn a_batch_stops_at_the_logs_entry_size() {
     );
 }
 
-/// A log that keeps `DEPTH` entries on their way, as a Raft leader does: each is
-/// written at once, and answered only when the test hands out a permit.
-struct Pipelined {
-    log: StoreLog,
-    appended: Arc<AtomicU64>,
-    answer: Arc<tokio::sync::Semaphore>,
-}
-
-impl Pipelined {
-    const DEPTH: usize = 2;
-}
-
-impl Log for Pipelined {
-    async fn append(&mut self, entry: Entry, awaited: bool) -> Appending {
-        let written = self.log.append(entry, awaited).await;
-        self.appended.fetch_add(1, Ordering::SeqCst);
-        let answer = Arc::clone(&self.answer);
-        Box::pin(async move {
-            answer.acquire().await.unwrap().forget();
-            written.await
-        })
-    }
-    fn depth(&self) -> usize {
-        Self::DEPTH
-    }
-    fn refuses_new_messages(&self) -> Option<String> {
-        self.log.refuses_new_messages()
-    }
-    fn sync_due(&self) -> Option<Instant> {
-        self.log.sync_due()
-    }
-    fn sync(&mut self) -> Result<(), LogError> {
-        self.log.sync()
-    }
-    fn compact(&mut self) -> Result<(), LogError> {
-        self.log.compact()
-    }
-}
-
 /// With a log that keeps entries on their way, the journal appends the next batch
 /// without waiting for the last one's answer — up to the log's depth — and answers
 /// the publishes in the order it appended them.
@@ -492,10 +490,12 @@ async fn entries_on_their_way_together_are_answered_in_order() {
         Arc::new(AtomicU64::new(0)),
         Arc::new(tokio::sync::Semaphore::new(1)),
     );
-    let mut rig = Rig::with_log(|log| Pipelined {
-        log,
-        appended: Arc::clone(&appended),
-        answer: Arc::clone(&answer),
+    let mut rig = Rig::with_log(|log| TestLog {
+        pipeline: Some(Pipeline {
+            appended: Arc::clone(&appended),
+            answer: Arc::clone(&answer),
+        }),
+        ..TestLog::over(log)
     })
     .await;
     let declared = appended.load(Ordering::SeqCst);
@@ -523,7 +523,7 @@ async fn entries_on_their_way_together_are_answered_in_order() {
     }
     assert_eq!(
         appended.load(Ordering::SeqCst),
-        declared + Pipelined::DEPTH as u64
+        declared + Pipeline::DEPTH as u64
     );
     assert!(rig.answers.try_recv().is_err(), "nothing answered yet");
 
@@ -542,11 +542,9 @@ async fn entries_on_their_way_together_are_answered_in_order() {
 #[tokio::test]
 async fn a_resend_while_the_first_copy_is_on_its_way_is_stored_if_that_copy_fails() {
     let gate: Arc<StdMutex<_>> = Arc::default();
-    let mut rig = Rig::with_log(|log| Capped {
-        log,
-        max: usize::MAX,
+    let mut rig = Rig::with_log(|log| TestLog {
         gate: Arc::clone(&gate),
-        entries: Arc::default(),
+        ..TestLog::over(log)
     })
     .await;
     let held = Gate {

@@ -125,13 +125,10 @@ fn a_torn_last_record_is_dropped_and_the_log_goes_on() {
     }
     let file = last_file(dir.path());
     let len = std::fs::metadata(&file).unwrap().len();
-    // The last record loses its last bytes; then garbage where another would start.
-    OpenOptions::new()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_len(len - 3)
-        .unwrap();
+    // The last record loses its last bytes, and garbage follows where they were.
+    let torn = OpenOptions::new().write(true).open(&file).unwrap();
+    torn.set_len(len - 3).unwrap();
+    torn.write_all_at(b"\x05\0\0\0garbage", len - 3).unwrap();
     {
         let log = open(dir.path(), FILE_BYTES);
         let got = log.entries(1, 0, 100, usize::MAX).unwrap();
