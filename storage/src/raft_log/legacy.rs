@@ -39,7 +39,9 @@ fn index_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(9..17)?.try_into().ok()?))
 }
 
-/// One change to the log, as a write-ahead log record.
+/// One change to the log, as a write-ahead log record of the earlier layout: a frozen
+/// on-disk format, kept apart from the new log's `Record` (which has one entry per
+/// record) so that neither can change the other.
 #[derive(Debug, Serialize, Deserialize)]
 enum Op {
     Append {
