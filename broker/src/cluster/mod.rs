@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::link::{Handler, HandlerFuture, LinkConfig};
 use self::pubsub::PubSub;
-use self::raft::{Recovery, Replica, StartError};
+use self::raft::{Groups, Recovery, Replica, StartError};
 use crate::config::cluster::{ClusterConfig, NodeId};
 use crate::queue::runtime::QueueRuntime;
 use crate::router::Router;
@@ -77,9 +77,11 @@ pub(crate) async fn start(
             addr: config.listen,
             source,
         })?;
-    let (replica, raft) = Replica::start(
+    let groups = Arc::new(Groups::default());
+    let replica = Replica::start(
         config,
         Arc::clone(&link),
+        &groups,
         store,
         runtime,
         recovery,
@@ -94,7 +96,7 @@ pub(crate) async fn start(
         Arc::clone(&replica).follow_members(move |m| members.set_members(m), shutdown.clone()),
     );
     let services = Services {
-        raft,
+        raft: groups,
         pubsub: Arc::new(pubsub.handler()),
     };
     tokio::spawn(link::serve(listener, link, Arc::new(services), shutdown));

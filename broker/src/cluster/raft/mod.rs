@@ -11,7 +11,8 @@
 //! [`Replica`] is this node's member of the group: the journal hands it each group
 //! commit's entry ([`Replica::propose`]), which the leader appends and every node
 //! applies once a majority holds it durably. One group holds every durable queue for
-//! now (`GROUP`); the Raft log's keys already carry a group number.
+//! now (`GROUP`); the Raft log's records and the calls between nodes already carry a
+//! group number ([`GroupId`]), and [`Groups`] answers each call by its group.
 
 // openraft's traits fix the error types its storage and network return; they are large
 // (hundreds of bytes), and only ever travel on failure.
@@ -39,15 +40,19 @@ use tokio_util::sync::CancellationToken;
 
 use self::lease::Lease;
 use self::log_store::LogStore;
-use self::network::{Answerer, Network, Request, Response, PROPOSE_TIMEOUT, WHOIS_TIMEOUT};
+pub(crate) use self::network::Groups;
+use self::network::{Answerer, Call, Network, Request, Response, PROPOSE_TIMEOUT, WHOIS_TIMEOUT};
 pub(crate) use self::state_machine::Recovery;
 use self::state_machine::StateMachine;
-use crate::cluster::link::{Handler, LinkConfig, Peer};
+use crate::cluster::link::{LinkConfig, Peer};
 use crate::config::cluster::ClusterConfig;
 use crate::queue::machine::{Answer, Entry};
 use crate::queue::runtime::QueueRuntime;
 
 pub(crate) type NodeId = u64;
+
+/// A Raft group's number, the same on every node.
+pub(crate) type GroupId = u64;
 
 /// A member as Raft knows it: the address of its peer listener.
 pub(crate) type Member = BasicNode;
@@ -67,7 +72,7 @@ openraft::declare_raft_types!(
 pub(crate) type Raft = openraft::Raft<TypeConfig>;
 
 /// The group of every durable queue.
-const GROUP: u64 = 1;
+const GROUP: GroupId = 1;
 
 /// The first byte of a Raft request on a peer link (see [`crate::cluster::Services`]).
 pub(crate) const SERVICE: u8 = 1;
@@ -87,8 +92,8 @@ pub(crate) enum ProposeError {
     Failed(String),
 }
 
-/// Decodes `bytes` as a request from another node; when they decode, encodes the
-/// request again and decodes that: `Some(true)` when both decodings agree. For the
+/// Decodes `bytes` as a call from another node; when they decode, encodes the call
+/// again and decodes that: `Some(true)` when both decodings agree. For the
 /// `peer_request` fuzz target.
 pub(crate) fn request_round_trip(bytes: &[u8]) -> Option<bool> {
     let request = network::decode(bytes).ok()?;
@@ -362,6 +367,7 @@ const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(120);
 /// This node's member of the cluster's group.
 pub(crate) struct Replica {
     node: NodeId,
+    group: GroupId,
     raft: Raft,
     link: Arc<LinkConfig>,
     /// Links to the other nodes, for proposals forwarded to the leader.
@@ -405,21 +411,23 @@ pub enum StartError {
 
 impl Replica {
     /// Opens this node's Raft log and state machine in `store` and joins (or, on a
-    /// first start, forms) the group with the configured peers. Returns the replica
-    /// and what answers the other nodes' Raft requests.
+    /// first start, forms) the group with the configured peers; `groups` answers the
+    /// other nodes' calls to it from then on.
     ///
     /// # Errors
     ///
     /// The store or Raft could not start.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         config: &ClusterConfig,
         link: Arc<LinkConfig>,
+        groups: &Groups,
         store: Arc<SledStore>,
         runtime: Arc<QueueRuntime>,
         recovery: Recovery,
         router: Arc<crate::router::Router>,
         shutdown: CancellationToken,
-    ) -> Result<(Arc<Self>, Arc<dyn Handler>), StartError> {
+    ) -> Result<Arc<Self>, StartError> {
         let log = {
             let (store, dir) = (Arc::clone(&store), recovery.data_dir.clone());
             tokio::task::spawn_blocking(move || RaftLog::open(&store, &dir))
@@ -448,6 +456,7 @@ impl Replica {
             Arc::new(raft_config),
             Network {
                 link: Arc::clone(&link),
+                group: GROUP,
             },
             log_store.clone(),
             sm,
@@ -455,13 +464,14 @@ impl Replica {
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let _ = metrics.set(raft.metrics());
-        let client_addr = ClientAddr::default();
-        let answerer = Arc::new(Answerer {
-            raft: raft.clone(),
-            log: log_store.clone(),
-            router,
-            client_addr: client_addr.clone(),
-        });
+        groups.insert(
+            GROUP,
+            Arc::new(Answerer {
+                raft: raft.clone(),
+                log: log_store.clone(),
+                router,
+            }),
+        );
         if first_start && !config.join {
             let members = config
                 .peers
@@ -472,12 +482,13 @@ impl Replica {
         }
         let replica = Arc::new(Self {
             node: config.node_id,
+            group: GROUP,
             raft: raft.clone(),
             link,
             peers: Mutex::new(HashMap::new()),
             client_addrs: Mutex::new(HashMap::new()),
             spawner: tokio::runtime::Handle::current(),
-            client_addr,
+            client_addr: groups.client_addr.clone(),
             leader: LeaderHint::default(),
             leader_changes: std::sync::atomic::AtomicU64::new(0),
             electable: Arc::default(),
@@ -487,7 +498,8 @@ impl Replica {
         let ask = move |node| {
             let peer = weak.upgrade().and_then(|r| r.peer(node));
             async move {
-                match network::call(&peer?, &Request::LastLog, ASK_TIMEOUT).await {
+                let last_log = Call::Group(GROUP, Request::LastLog);
+                match network::call(&peer?, &last_log, ASK_TIMEOUT).await {
                     Ok(Response::LastLog(last)) => Some(last),
                     _ => None,
                 }
@@ -497,7 +509,7 @@ impl Replica {
         tokio::spawn(campaign_only_when_electable(
             raft, log_store, ask, electable,
         ));
-        Ok((replica, answerer))
+        Ok(replica)
     }
 
     /// This node's id.
@@ -686,7 +698,7 @@ impl Replica {
         let peer = self.peer(node)?;
         let call = self
             .spawner
-            .spawn(async move { network::call(&peer, &Request::Whois, WHOIS_TIMEOUT).await });
+            .spawn(async move { network::call(&peer, &Call::Whois, WHOIS_TIMEOUT).await });
         match call.await {
             Ok(Ok(Response::Whois(addr))) => addr,
             _ => None,
@@ -721,7 +733,7 @@ impl Replica {
         let probe = Peer::new(Arc::clone(&self.link), node, addr.clone());
         let reached = self
             .spawner
-            .spawn(async move { network::call(&probe, &Request::Whois, PROPOSE_TIMEOUT).await })
+            .spawn(async move { network::call(&probe, &Call::Whois, PROPOSE_TIMEOUT).await })
             .await;
         let unreached = match reached {
             Ok(Ok(_)) => None,
@@ -858,13 +870,12 @@ impl Replica {
                 leader: Some(leader),
             });
         };
-        let call =
-            self.spawner
-                .spawn(async move {
-                    network::call(&peer, &Request::Propose(entry), PROPOSE_TIMEOUT).await
-                })
-                .await
-                .map_err(|e| ProposeError::Failed(format!("forwarding failed: {e}")))?;
+        let propose = Call::Group(self.group, Request::Propose(entry));
+        let call = self
+            .spawner
+            .spawn(async move { network::call(&peer, &propose, PROPOSE_TIMEOUT).await })
+            .await
+            .map_err(|e| ProposeError::Failed(format!("forwarding failed: {e}")))?;
         match call {
             Ok(Response::Propose(answer)) => answer,
             Ok(_) => Err(ProposeError::Failed(format!(

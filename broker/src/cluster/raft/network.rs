@@ -2,12 +2,14 @@
 //! the calling side (openraft's network factory) and the answering side (a link
 //! handler that hands each request to the local Raft).
 //!
-//! Requests and responses are postcard-encoded [`Request`] / [`Response`] values. Besides
+//! Requests and responses are postcard-encoded [`Call`] / [`Response`] values. A call is
+//! for one of the node's Raft groups (by its [`GroupId`]) or for the node itself. Besides
 //! openraft's three RPCs, a follower sends the leader its journal's entries to propose
 //! ([`Request::Propose`]): every node accepts publishes and declares, only the leader
 //! appends to the log.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,11 +25,22 @@ use openraft::storage::RaftLogStorage;
 use openraft::LogId;
 use serde::{Deserialize, Serialize};
 
-use super::{Answers, Member, NodeId, ProposeError, Raft, TypeConfig};
+use super::{Answers, GroupId, Member, NodeId, ProposeError, Raft, TypeConfig};
 use crate::cluster::link::{self, LinkConfig, LinkError, Peer};
 use crate::queue::machine::Entry;
 
-/// A message for another node's Raft.
+/// What one node asks another over the Raft service.
+// Built for one call and encoded at once: never kept, so its size costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Call {
+    /// For the other node's member of a group.
+    Group(GroupId, Request),
+    /// The address this node's clients connect to, to redirect clients to it.
+    Whois,
+}
+
+/// A message for another node's member of a group.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Request {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
@@ -35,14 +48,12 @@ pub(crate) enum Request {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// An entry for the leader to append, from a follower's journal.
     Propose(Entry),
-    /// The address this node's clients connect to, to redirect clients to it.
-    Whois,
     /// This node's last log id: whether it would vote for the asker, as far as logs go
     /// (`raft::campaign_only_when_electable`).
     LastLog,
 }
 
-/// The answer to a [`Request`], of the same kind.
+/// The answer to a [`Call`], of the same kind.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Response {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
@@ -66,34 +77,35 @@ pub(crate) const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a node may take to say its client address.
 pub(crate) const WHOIS_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A request as another node sent it: outside input, postcard-decoded (the
+/// A call as another node sent it: outside input, postcard-decoded (the
 /// `peer_request` fuzz target drives this).
 ///
 /// # Errors
 ///
-/// The bytes are not a request of this version.
-pub(crate) fn decode(bytes: &[u8]) -> Result<Request, String> {
+/// The bytes are not a call of this version.
+pub(crate) fn decode(bytes: &[u8]) -> Result<Call, String> {
     postcard::from_bytes(bytes).map_err(|e| format!("undecodable raft request: {e}"))
 }
 
-/// Sends `request` to `peer` and decodes the answer.
+/// Sends `call` to `peer` and decodes the answer.
 pub(crate) async fn call(
     peer: &Peer,
-    request: &Request,
+    call: &Call,
     timeout: Duration,
 ) -> Result<Response, LinkError> {
     let bytes = vec![super::SERVICE];
-    let bytes = postcard::to_extend(request, bytes)
+    let bytes = postcard::to_extend(call, bytes)
         .map_err(|e| LinkError::Remote(format!("cannot encode a raft request: {e}")))?;
     let answer = peer.call(Bytes::from(bytes), timeout).await?;
     postcard::from_bytes(&answer)
         .map_err(|e| LinkError::Remote(format!("undecodable raft response: {e}")))
 }
 
-/// openraft's way to the other nodes.
+/// One group's openraft way to the other nodes.
 #[derive(Debug, Clone)]
 pub(crate) struct Network {
     pub link: Arc<LinkConfig>,
+    pub group: GroupId,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -103,33 +115,39 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Connection {
             peer: Peer::new(Arc::clone(&self.link), target, node.addr.clone()),
             target,
+            group: self.group,
         }
     }
 }
 
-/// openraft's way to one node.
+/// One group's openraft way to one node.
 pub(crate) struct Connection {
     peer: Peer,
     target: NodeId,
+    group: GroupId,
 }
 
 impl Connection {
     async fn call<E: std::error::Error>(
         &self,
-        request: &Request,
+        request: Request,
         option: &RPCOption,
     ) -> Result<Response, RPCError<NodeId, Member, E>> {
-        call(&self.peer, request, option.hard_ttl())
-            .await
-            .map_err(|e| match e {
-                // Down, or refusing us: openraft backs off before trying again.
-                LinkError::Unreachable(_) | LinkError::Refused(_) => {
-                    RPCError::Unreachable(Unreachable::new(&e))
-                }
-                LinkError::Timeout | LinkError::Remote(_) | LinkError::TooLarge { .. } => {
-                    RPCError::Network(NetworkError::new(&e))
-                }
-            })
+        call(
+            &self.peer,
+            &Call::Group(self.group, request),
+            option.hard_ttl(),
+        )
+        .await
+        .map_err(|e| match e {
+            // Down, or refusing us: openraft backs off before trying again.
+            LinkError::Unreachable(_) | LinkError::Refused(_) => {
+                RPCError::Unreachable(Unreachable::new(&e))
+            }
+            LinkError::Timeout | LinkError::Remote(_) | LinkError::TooLarge { .. } => {
+                RPCError::Network(NetworkError::new(&e))
+            }
+        })
     }
 
     fn unexpected<E: std::error::Error>(&self, what: &str) -> RPCError<NodeId, Member, E> {
@@ -151,7 +169,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        match self.call(&Request::AppendEntries(rpc), &option).await? {
+        match self.call(Request::AppendEntries(rpc), &option).await? {
             Response::AppendEntries(r) => r.map_err(|e| self.remote(e)),
             _ => Err(self.unexpected("append-entries")),
         }
@@ -165,7 +183,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        match self.call(&Request::InstallSnapshot(rpc), &option).await? {
+        match self.call(Request::InstallSnapshot(rpc), &option).await? {
             Response::InstallSnapshot(r) => r.map_err(|e| self.remote(e)),
             _ => Err(self.unexpected("install-snapshot")),
         }
@@ -176,47 +194,91 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        match self.call(&Request::Vote(rpc), &option).await? {
+        match self.call(Request::Vote(rpc), &option).await? {
             Response::Vote(r) => r.map_err(|e| self.remote(e)),
             _ => Err(self.unexpected("vote")),
         }
     }
 }
 
-/// Answers other nodes' requests with the local Raft.
+/// Answers other nodes' requests to one group with this node's member of it.
 pub(crate) struct Answerer {
     pub raft: Raft,
     /// This node's Raft log, for [`Request::LastLog`].
     pub log: super::log_store::LogStore,
     /// Picks the queues of forwarded publishes (`replicated::route`).
     pub router: Arc<crate::router::Router>,
+}
+
+impl Answerer {
+    async fn answer(&self, request: Request) -> Result<Response, String> {
+        Ok(match request {
+            Request::AppendEntries(rpc) => {
+                Response::AppendEntries(self.raft.append_entries(rpc).await)
+            }
+            Request::Vote(rpc) => Response::Vote(self.raft.vote(rpc).await),
+            Request::InstallSnapshot(rpc) => {
+                Response::InstallSnapshot(self.raft.install_snapshot(rpc).await)
+            }
+            Request::Propose(mut entry) => {
+                crate::cluster::replicated::route(&self.router, &mut entry);
+                Response::Propose(super::propose_here(&self.raft, entry).await)
+            }
+            Request::LastLog => {
+                let state = self
+                    .log
+                    .clone()
+                    .get_log_state()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Response::LastLog(state.last_log_id)
+            }
+        })
+    }
+}
+
+/// Answers other nodes' calls: each group's by this node's member of it, and the
+/// node's own.
+#[derive(Default)]
+pub(crate) struct Groups {
+    members: RwLock<HashMap<GroupId, Arc<Answerer>>>,
     pub client_addr: super::ClientAddr,
 }
 
-impl link::Handler for Answerer {
+impl Groups {
+    /// Has `answerer` answer for `group` from now on.
+    pub fn insert(&self, group: GroupId, answerer: Arc<Answerer>) {
+        self.members
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group, answerer);
+    }
+
+    fn member(&self, group: GroupId) -> Option<Arc<Answerer>> {
+        self.members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group)
+            .cloned()
+    }
+}
+
+impl link::Handler for Groups {
     fn handle(&self, _from: NodeId, request: Bytes) -> link::HandlerFuture {
-        let raft = self.raft.clone();
-        let mut log = self.log.clone();
-        let router = Arc::clone(&self.router);
+        let call = decode(&request);
         let client_addr = self.client_addr.get();
+        let member = match &call {
+            Ok(Call::Group(group, _)) => self.member(*group),
+            _ => None,
+        };
         Box::pin(async move {
-            let request = decode(&request)?;
-            let response = match request {
-                Request::AppendEntries(rpc) => {
-                    Response::AppendEntries(raft.append_entries(rpc).await)
-                }
-                Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await),
-                Request::InstallSnapshot(rpc) => {
-                    Response::InstallSnapshot(raft.install_snapshot(rpc).await)
-                }
-                Request::Propose(mut entry) => {
-                    crate::cluster::replicated::route(&router, &mut entry);
-                    Response::Propose(super::propose_here(&raft, entry).await)
-                }
-                Request::Whois => Response::Whois(client_addr),
-                Request::LastLog => {
-                    let state = log.get_log_state().await.map_err(|e| e.to_string())?;
-                    Response::LastLog(state.last_log_id)
+            let response = match call? {
+                Call::Whois => Response::Whois(client_addr),
+                Call::Group(group, request) => {
+                    let Some(member) = member else {
+                        return Err(format!("this node has no member of group {group}"));
+                    };
+                    member.answer(request).await?
                 }
             };
             postcard::to_stdvec(&response)
@@ -235,10 +297,10 @@ mod tests {
     #[test]
     fn requests_survive_encoding_and_garbage_is_refused() {
         let requests = [
-            Request::Whois,
-            Request::LastLog,
-            Request::Vote(VoteRequest::new(Vote::new(3, 2), None)),
-            Request::Propose(Entry::default()),
+            Call::Whois,
+            Call::Group(1, Request::LastLog),
+            Call::Group(0, Request::Vote(VoteRequest::new(Vote::new(3, 2), None))),
+            Call::Group(7, Request::Propose(Entry::default())),
         ];
         for r in &requests {
             let bytes = postcard::to_stdvec(r).unwrap();
