@@ -3,7 +3,9 @@
 //!
 //! Each change is a record appended to the current file: a length, a CRC-32 and the
 //! postcard-encoded [`Record`]. One `fdatasync` ([`RaftLog::sync`]) covers whatever
-//! every group wrote since the last one. An entry is written once, where it stays until
+//! every group wrote since the last one: it runs outside the log's lock, so the groups
+//! go on appending meanwhile, and a caller whose writes an earlier sync covered returns
+//! at once — the node's groups share each sync, as RabbitMQ's Ra shares its WAL's. An entry is written once, where it stays until
 //! it is purged or truncated: memory holds where each entry is (file and offset), and
 //! reads go to the file. Entries of up to a MiB in sled cost a blob file each, written,
 //! synced and deleted again, and sled's own log rewrote their bytes: on a follower,
@@ -91,6 +93,9 @@ pub struct RaftLogState {
 #[derive(Debug, Clone)]
 pub struct RaftLog {
     inner: Arc<Mutex<Inner>>,
+    /// Held through an `fdatasync`: one at a time, and whoever waited for it finds
+    /// its writes covered.
+    syncing: Arc<Mutex<()>>,
 }
 
 /// Where an entry's record is.
@@ -135,6 +140,11 @@ struct Inner {
     /// Set by a failed write or sync: nothing written after it may be called durable,
     /// so every later write fails too, until the node restarts.
     failed: Option<String>,
+    /// Writes made, and how many of the first ones are durable.
+    written: u64,
+    synced: u64,
+    /// `fdatasync`s of the log's files.
+    syncs: u64,
 }
 
 fn io(e: std::io::Error) -> StorageError {
@@ -184,6 +194,9 @@ impl RaftLog {
             created: false,
             dead: Vec::new(),
             failed: None,
+            written: 0,
+            synced: 0,
+            syncs: 0,
         };
         let last = numbers.last().copied();
         for n in numbers {
@@ -211,6 +224,7 @@ impl RaftLog {
         }
         Ok(Self {
             inner: Arc::new(Mutex::new(inner)),
+            syncing: Arc::default(),
         })
     }
 
@@ -278,10 +292,37 @@ impl RaftLog {
     /// The sync failed (and the log refuses every write from now on: what the sync
     /// covered may or may not be on disk), or an earlier write did.
     pub fn sync(&self) -> Result<(), StorageError> {
+        let target = {
+            let inner = self.lock();
+            inner.check()?;
+            inner.written
+        };
+        let _syncing = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
+        let (file, created, dead, upto) = {
+            let mut inner = self.lock();
+            inner.check()?;
+            if inner.synced >= target {
+                return Ok(());
+            }
+            // Files nothing lives in since a record up to `upto`: deleted once it is
+            // durable.
+            let dead = std::mem::take(&mut inner.dead);
+            let created = std::mem::take(&mut inner.created).then(|| inner.dir.clone());
+            (inner.file(inner.current)?, created, dead, inner.written)
+        };
+        // Outside the lock: writes go on meanwhile. Those before `upto` are in this
+        // file, or in one before it, synced when this one started.
+        let synced = file.sync_data().and_then(|()| match created {
+            // A file was created: its directory entry must be durable too.
+            Some(dir) => File::open(dir)?.sync_all(),
+            None => Ok(()),
+        });
         let mut inner = self.lock();
-        inner.check()?;
-        let synced = inner.sync();
-        inner.fail_on(synced)
+        inner.syncs += 1;
+        inner.fail_on(synced.map_err(StorageError::Sync))?;
+        inner.synced = inner.synced.max(upto);
+        inner.delete(dead);
+        Ok(())
     }
 
     /// What `group`'s log holds.
@@ -570,6 +611,7 @@ impl Inner {
         let file = self.file(self.current)?;
         file.write_all_at(&buf, self.len).map_err(io)?;
         self.len += buf.len() as u64;
+        self.written += 1;
         for (record, at) in placed {
             self.apply(record, at);
         }
@@ -637,13 +679,22 @@ impl Inner {
         self.file(self.current)?
             .sync_data()
             .map_err(StorageError::Sync)?;
+        self.syncs += 1;
         if self.created {
             File::open(&self.dir)
                 .and_then(|d| d.sync_all())
                 .map_err(StorageError::Sync)?;
             self.created = false;
         }
-        let mut dead = std::mem::take(&mut self.dead);
+        self.synced = self.written;
+        let dead = std::mem::take(&mut self.dead);
+        self.delete(dead);
+        Ok(())
+    }
+
+    /// Deletes the files of `dead` that nothing of the log is in (once the records
+    /// that emptied them are durable).
+    fn delete(&mut self, mut dead: Vec<u64>) {
         dead.sort_unstable();
         dead.dedup();
         for n in dead {
@@ -655,7 +706,6 @@ impl Inner {
                 }
             }
         }
-        Ok(())
     }
 }
 
@@ -675,6 +725,14 @@ fn parse(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {
 impl RaftLog {
     fn files(&self) -> Vec<u64> {
         self.lock().files.keys().copied().collect()
+    }
+
+    fn syncs(&self) -> u64 {
+        self.lock().syncs
+    }
+
+    fn written(&self) -> u64 {
+        self.lock().written
     }
 }
 

@@ -203,3 +203,40 @@ fn a_new_file_cut_short_is_started_again() {
         MAGIC[..]
     );
 }
+
+/// Groups that append while another group's sync is under way share the next sync:
+/// one `fdatasync` makes all their writes durable, and a sync with nothing new to
+/// cover does none.
+#[test]
+fn one_sync_covers_every_group_that_wrote_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), FILE_BYTES);
+    let before = log.syncs();
+    let written = log.written();
+    // As if a sync were under way: the groups' syncs wait for it.
+    let under_way = log.syncing.lock().unwrap();
+    let waiting: Vec<_> = (1..=3)
+        .map(|group| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                log.append(group, entries(1..3, group as u8)).unwrap();
+                log.sync().unwrap();
+            })
+        })
+        .collect();
+    while log.written() < written + 3 {
+        std::thread::yield_now();
+    }
+    drop(under_way);
+    for w in waiting {
+        w.join().unwrap();
+    }
+    assert_eq!(log.syncs(), before + 1);
+    log.sync().unwrap();
+    assert_eq!(log.syncs(), before + 1, "nothing new: no sync");
+    drop(log);
+    let log = open(dir.path(), FILE_BYTES);
+    for group in 1..=3 {
+        assert_eq!(log.entries(group, 1, 3, usize::MAX).unwrap().len(), 2);
+    }
+}
