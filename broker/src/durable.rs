@@ -249,7 +249,7 @@ impl Durable {
     /// give clients they redirect here.
     pub fn advertise(&self, addr: std::net::SocketAddr) {
         if let Some(replica) = &self.replica {
-            replica.client_addr.set(addr.to_string());
+            replica.nodes.client_addr.set(addr.to_string());
         }
     }
 

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::link::{Handler, HandlerFuture, LinkConfig};
 use self::pubsub::PubSub;
-use self::raft::{Groups, Recovery, Replica, StartError};
+use self::raft::{Groups, Nodes, Recovery, Replica, StartError};
 use crate::config::cluster::{ClusterConfig, NodeId};
 use crate::queue::runtime::QueueRuntime;
 use crate::router::Router;
@@ -78,9 +78,14 @@ pub(crate) async fn start(
             source,
         })?;
     let groups = Arc::new(Groups::default());
+    let nodes = Arc::new(Nodes::new(
+        config.node_id,
+        Arc::clone(&link),
+        groups.client_addr.clone(),
+    ));
     let replica = Replica::start(
         config,
-        Arc::clone(&link),
+        nodes,
         &groups,
         store,
         runtime,

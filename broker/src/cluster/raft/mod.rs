@@ -22,11 +22,12 @@ mod entry_cache;
 mod lease;
 mod log_store;
 mod network;
+mod nodes;
 #[cfg(test)]
 mod sim;
 mod state_machine;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,10 +42,11 @@ use tokio_util::sync::CancellationToken;
 use self::lease::Lease;
 use self::log_store::LogStore;
 pub(crate) use self::network::Groups;
-use self::network::{Answerer, Call, Network, Request, Response, PROPOSE_TIMEOUT, WHOIS_TIMEOUT};
+use self::network::{Answerer, Call, Network, Request, Response, PROPOSE_TIMEOUT};
+pub(crate) use self::nodes::{ClientAddr, Nodes};
 pub(crate) use self::state_machine::Recovery;
 use self::state_machine::StateMachine;
-use crate::cluster::link::{LinkConfig, Peer};
+use crate::cluster::link::Peer;
 use crate::config::cluster::ClusterConfig;
 use crate::queue::machine::{Answer, Entry};
 use crate::queue::runtime::QueueRuntime;
@@ -303,20 +305,6 @@ async fn campaign_only_when_electable<C, L, A, F>(
     }
 }
 
-/// The address this node's clients connect to, once its listener is bound.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct ClientAddr(Arc<Mutex<Option<String>>>);
-
-impl ClientAddr {
-    pub fn set(&self, addr: String) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
-    }
-
-    pub fn get(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
 /// This node's view of the group, for metrics and server info.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RaftStatus {
@@ -369,16 +357,8 @@ pub(crate) struct Replica {
     node: NodeId,
     group: GroupId,
     raft: Raft,
-    link: Arc<LinkConfig>,
-    /// Links to the other nodes, for proposals forwarded to the leader.
-    peers: Mutex<HashMap<NodeId, Peer>>,
-    /// The other members' client addresses, as they answered (for redirects and
-    /// cluster info).
-    client_addrs: Mutex<HashMap<NodeId, String>>,
-    /// The server's runtime, where links run: proposals come from the journal's thread,
-    /// whose runtime does no I/O.
-    spawner: tokio::runtime::Handle,
-    pub client_addr: ClientAddr,
+    /// The other nodes: for proposals forwarded to the leader, redirects and info.
+    pub nodes: Arc<Nodes>,
     leader: LeaderHint,
     leader_changes: std::sync::atomic::AtomicU64,
     /// Set by [`campaign_only_when_electable`].
@@ -420,7 +400,7 @@ impl Replica {
     #[allow(clippy::too_many_arguments)]
     pub async fn start(
         config: &ClusterConfig,
-        link: Arc<LinkConfig>,
+        nodes: Arc<Nodes>,
         groups: &Groups,
         store: Arc<SledStore>,
         runtime: Arc<QueueRuntime>,
@@ -455,7 +435,7 @@ impl Replica {
             config.node_id,
             Arc::new(raft_config),
             Network {
-                link: Arc::clone(&link),
+                link: nodes.link(),
                 group: GROUP,
             },
             log_store.clone(),
@@ -484,11 +464,7 @@ impl Replica {
             node: config.node_id,
             group: GROUP,
             raft: raft.clone(),
-            link,
-            peers: Mutex::new(HashMap::new()),
-            client_addrs: Mutex::new(HashMap::new()),
-            spawner: tokio::runtime::Handle::current(),
-            client_addr: groups.client_addr.clone(),
+            nodes,
             leader: LeaderHint::default(),
             leader_changes: std::sync::atomic::AtomicU64::new(0),
             electable: Arc::default(),
@@ -573,18 +549,9 @@ impl Replica {
         submit(&self.raft, entry).await
     }
 
-    /// The link to `node`, at the address the membership gives it (made again if the
-    /// address changed).
+    /// The link to `node`, at the address the membership gives it.
     fn peer(&self, node: NodeId) -> Option<Peer> {
-        let addr = self.member_addr(node)?;
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        let peer = peers
-            .entry(node)
-            .or_insert_with(|| Peer::new(Arc::clone(&self.link), node, addr.clone()));
-        if peer.addr() != addr {
-            *peer = Peer::new(Arc::clone(&self.link), node, addr);
-        }
-        Some(peer.clone())
+        Some(self.nodes.peer(node, self.member_addr(node)?))
     }
 
     fn member_addr(&self, node: NodeId) -> Option<String> {
@@ -622,20 +589,11 @@ impl Replica {
                     .collect(),
             )
         };
-        let known = self
-            .client_addrs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
         nodes
             .into_iter()
             .map(|(node, peer_addr)| MemberInfo {
                 node,
-                client_addr: if node == self.node {
-                    self.client_addr.get()
-                } else {
-                    known.get(&node).cloned()
-                },
+                client_addr: self.nodes.known_client_addr(node),
                 peer_addr,
                 voter: voters.contains(&node),
                 lag: status
@@ -677,31 +635,8 @@ impl Replica {
     /// Asks the other members whose client address is not known yet, keeping what
     /// they answer.
     async fn learn_client_addrs(&self) {
-        let unknown: Vec<NodeId> = {
-            let known = self.client_addrs.lock().unwrap_or_else(|p| p.into_inner());
-            self.member_addrs()
-                .into_keys()
-                .filter(|n| *n != self.node && !known.contains_key(n))
-                .collect()
-        };
-        for node in unknown {
-            if let Some(addr) = self.ask_client_addr(node).await {
-                self.client_addrs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(node, addr);
-            }
-        }
-    }
-
-    async fn ask_client_addr(&self, node: NodeId) -> Option<String> {
-        let peer = self.peer(node)?;
-        let call = self
-            .spawner
-            .spawn(async move { network::call(&peer, &Call::Whois, WHOIS_TIMEOUT).await });
-        match call.await {
-            Ok(Ok(Response::Whois(addr))) => addr,
-            _ => None,
+        for (node, addr) in self.member_addrs() {
+            self.nodes.client_addr_of(node, addr).await;
         }
     }
 
@@ -730,17 +665,8 @@ impl Replica {
             }
         }
         // The link's handshake checks that the node at `addr` is `node`.
-        let probe = Peer::new(Arc::clone(&self.link), node, addr.clone());
-        let reached = self
-            .spawner
-            .spawn(async move { network::call(&probe, &Call::Whois, PROPOSE_TIMEOUT).await })
-            .await;
-        let unreached = match reached {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(e) = unreached {
+        let reached = self.nodes.probe(node, addr.clone(), PROPOSE_TIMEOUT).await;
+        if let Err(e) = reached {
             return Err(MembershipError::Refused(format!(
                 "node {node} cannot be reached at {addr}: {e}"
             )));
@@ -844,16 +770,14 @@ impl Replica {
     async fn learn_leader(&self, leader: Option<NodeId>) {
         let hint = match leader {
             None => None,
-            Some(node) if node == self.node => Some((node, self.client_addr.get())),
+            Some(node) if node == self.node => Some((node, self.nodes.client_addr.get())),
             Some(node) => {
-                let addr = self.ask_client_addr(node).await;
-                if let Some(addr) = &addr {
-                    self.client_addrs
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(node, addr.clone());
-                }
-                Some((node, addr))
+                // Asked again at each change: a restarted node may serve elsewhere.
+                let addr = match self.member_addr(node) {
+                    Some(peer_addr) => self.nodes.ask_client_addr(node, peer_addr).await,
+                    None => None,
+                };
+                Some((node, addr.or_else(|| self.nodes.known_client_addr(node))))
             }
         };
         *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = hint;
@@ -871,12 +795,7 @@ impl Replica {
             });
         };
         let propose = Call::Group(self.group, Request::Propose(entry));
-        let call = self
-            .spawner
-            .spawn(async move { network::call(&peer, &propose, PROPOSE_TIMEOUT).await })
-            .await
-            .map_err(|e| ProposeError::Failed(format!("forwarding failed: {e}")))?;
-        match call {
+        match self.nodes.call(peer, propose, PROPOSE_TIMEOUT).await {
             Ok(Response::Propose(answer)) => answer,
             Ok(_) => Err(ProposeError::Failed(format!(
                 "node {leader} answered a proposal with another kind"

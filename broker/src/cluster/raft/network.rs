@@ -74,9 +74,6 @@ pub(crate) enum Response {
 /// have been applied after all).
 pub(crate) const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// How long a node may take to say its client address.
-pub(crate) const WHOIS_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// A call as another node sent it: outside input, postcard-decoded (the
 /// `peer_request` fuzz target drives this).
 ///
