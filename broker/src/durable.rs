@@ -25,7 +25,7 @@ use crate::dedup::DedupWindow;
 use crate::journal::{Journal, Log, LogMetrics, Op, StoreLog, Writer, WAL_BYTES};
 use crate::queue::recovery;
 use crate::queue::runtime::QueueRuntime;
-use crate::queue::Queues;
+use crate::queue::{GroupId, Queues, FIRST_GROUP};
 use crate::router::Router;
 use crate::store_health::StoreHealth;
 use crate::Error;
@@ -138,7 +138,7 @@ impl Durable {
             None,
         )?;
         let found = recovered.queues.len();
-        durable.runtime.reset(recovered.queues).await;
+        durable.runtime.reset(FIRST_GROUP, recovered.queues).await;
         if found > 0 {
             tracing::info!(queues = found, "recovered queues from the store");
         }
@@ -253,11 +253,20 @@ impl Durable {
         }
     }
 
-    /// In a cluster, when this node does not run the queues: what to tell a client that
-    /// asked it for what only the leader does (consume, queue info, purge, move).
-    pub fn not_leader(&self) -> Option<String> {
+    /// In a cluster, when this node does not run `group`'s queues: what to tell a
+    /// client that asked it for what only their leader does (consume, queue info,
+    /// purge, move).
+    pub fn not_leader(&self, group: GroupId) -> Option<String> {
         let replica = self.replica.as_ref()?;
-        (!self.runtime.runs_tasks()).then(|| replica.redirect())
+        (!self.runtime.runs_tasks(group)).then(|| replica.redirect())
+    }
+
+    /// [`Durable::not_leader`] for the queue named `name`: its group's, or, when no
+    /// queue has that name here, the first group's, whose leader knows every queue
+    /// (this node may not have applied a declare yet).
+    pub fn not_leader_of(&self, name: &str) -> Option<String> {
+        let group = self.queues.get(name).map_or(FIRST_GROUP, |q| q.group);
+        self.not_leader(group)
     }
 
     /// Stops every queue task, then the journal (which commits what it was sent and

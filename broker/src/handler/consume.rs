@@ -24,7 +24,7 @@ pub(crate) fn consume(session: &mut Session, c: Consume) -> Result<(), Reject> {
     if !session.principal.permissions.consume.allows(&c.queue) {
         return Err(Reject::denied("consume from", &c.queue));
     }
-    Reject::unless_leader(session)?;
+    Reject::unless_leader(session, &c.queue)?;
     let queue = session
         .shared
         .durable

@@ -48,10 +48,10 @@ impl Reject {
         }
     }
 
-    /// In a cluster, what only the node running the queues does is refused elsewhere,
-    /// with where to go (`not_leader`).
-    pub fn unless_leader(session: &crate::session::state::Session) -> Result<(), Self> {
-        match session.shared.durable.not_leader() {
+    /// In a cluster, what only the node running queue `name` does is refused
+    /// elsewhere, with where to go (`not_leader`).
+    pub fn unless_leader(session: &crate::session::state::Session, name: &str) -> Result<(), Self> {
+        match session.shared.durable.not_leader_of(name) {
             Some(redirect) => Err(Self::new(ErrorCode::NotLeader, redirect)),
             None => Ok(()),
         }

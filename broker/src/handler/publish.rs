@@ -17,6 +17,7 @@ use tern_storage::DedupEntry;
 
 use super::Reject;
 use crate::queue::machine::Outcome;
+use crate::queue::FIRST_GROUP;
 
 use crate::clock::now_ms;
 use crate::dedup::{ProducerKey, Seen, MAX_PRODUCER_LEN};
@@ -136,7 +137,7 @@ pub(crate) fn handle(session: &mut Session, publish: Publish) -> Result<(), Reje
     // In a cluster, a node that does not run the queues may not have applied the
     // latest declares yet: the leader picks the queues of a confirmed publish, so that
     // a stale view can never confirm a message into no queue.
-    let route_on_leader = confirmed && session.shared.durable.not_leader().is_some();
+    let route_on_leader = confirmed && session.shared.durable.not_leader(FIRST_GROUP).is_some();
     if publish.mandatory && queues.is_empty() && !interest.has_taker(&view) {
         if let Some(d) = &dedup {
             journal::lock(&session.shared.durable.dedup).failed(&d.producer, d.sequence);

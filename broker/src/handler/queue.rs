@@ -150,7 +150,7 @@ pub(crate) fn declare(session: &mut Session, d: QueueDeclare) -> Result<(), Reje
             }),
         });
         rx.await.unwrap_or(Err(Refused::ShuttingDown))?;
-        if shared.durable.not_leader().is_some() {
+        if shared.durable.not_leader_of(&name).is_some() {
             return Ok(Answer::Info(declared));
         }
         let queue = shared
@@ -190,7 +190,8 @@ pub(crate) fn delete(session: &mut Session, d: QueueDelete) -> Result<(), Reject
 ///
 /// Never at once; an unknown name is answered later.
 pub(crate) fn query(session: &mut Session, q: QueueQuery) -> Result<(), Reject> {
-    Reject::unless_leader(session)?;
+    // A list is the first group's leader's, which knows every queue.
+    Reject::unless_leader(session, &q.name)?;
     let permissions = Arc::clone(&session.principal.permissions);
     let visible = move |name: &str| permissions.admin || permissions.consume.allows(name);
     run(session, q.id, move |shared| async move {
@@ -220,13 +221,15 @@ pub(crate) fn query(session: &mut Session, q: QueueQuery) -> Result<(), Reject> 
             Ok(i) => Ok(Answer::Info(i)),
             // In a cluster the queues' tasks move when the leader changes: this node
             // stopped leading, or started (and replaced the queue's task) meanwhile.
-            Err(_) if shared.durable.replica.is_some() => match shared.durable.not_leader() {
-                Some(redirect) => Err(Reject::new(ErrorCode::NotLeader, redirect)),
-                None => {
-                    let queue = find()?;
-                    info(q.id, &queue).await.map(Answer::Info)
+            Err(_) if shared.durable.replica.is_some() => {
+                match shared.durable.not_leader_of(&q.name) {
+                    Some(redirect) => Err(Reject::new(ErrorCode::NotLeader, redirect)),
+                    None => {
+                        let queue = find()?;
+                        info(q.id, &queue).await.map(Answer::Info)
+                    }
                 }
-            },
+            }
             Err(e) => Err(e),
         }
     });
@@ -238,7 +241,7 @@ pub(crate) fn query(session: &mut Session, q: QueueQuery) -> Result<(), Reject> 
 /// Never at once; an unknown name is answered later.
 pub(crate) fn purge(session: &mut Session, p: QueuePurge) -> Result<(), Reject> {
     require_admin(session, "purge queue", &p.name)?;
-    Reject::unless_leader(session)?;
+    Reject::unless_leader(session, &p.name)?;
     run(session, p.id, move |shared| async move {
         let queue = shared
             .durable
@@ -255,7 +258,7 @@ pub(crate) fn purge(session: &mut Session, p: QueuePurge) -> Result<(), Reject> 
 /// Invalid names, or moving a queue into itself.
 pub(crate) fn move_messages(session: &mut Session, m: QueueMove) -> Result<(), Reject> {
     require_admin(session, "move messages from queue", &m.from)?;
-    Reject::unless_leader(session)?;
+    Reject::unless_leader(session, &m.from)?;
     for name in [&m.from, &m.to] {
         validate_name(name).map_err(|e| Reject::new(ErrorCode::InvalidQueue, e))?;
     }

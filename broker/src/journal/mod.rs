@@ -39,6 +39,7 @@ use crate::outbound::Wakes;
 use crate::queue::def::QueueDef;
 use crate::queue::machine::{Command, Effects, Entry, Outcome, QueueError};
 use crate::queue::runtime::{Applied, QueueRuntime};
+use crate::queue::FIRST_GROUP;
 use crate::store_health::StoreHealth;
 
 /// Most operations taken into one commit, to bound its latency.
@@ -560,12 +561,17 @@ impl<L: Log> Writer<L> {
         // The queues first: a client that has its confirm (or its declare answered) and
         // then asks the queue (info, consume) is served after the queue task took the
         // message in, as its inputs are handled in order.
+        // (Effects only come from the local log, whose queues are all in the first
+        // group; in a cluster each group's state machine hands over its own.)
         self.runtime
-            .apply(Applied {
-                deleted: fx.deleted,
-                declared: fx.declared,
-                appended: fx.appended.into_iter().collect(),
-            })
+            .apply(
+                FIRST_GROUP,
+                Applied {
+                    deleted: fx.deleted,
+                    declared: fx.declared,
+                    appended: fx.appended.into_iter().collect(),
+                },
+            )
             .await;
         let after = batch.after;
         // The window learns which copies were stored before any answer goes out: the

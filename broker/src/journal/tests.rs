@@ -256,6 +256,7 @@ impl Rig {
         assert_eq!(queue.id, 1);
         runtime.queues.insert(Arc::new(QueueHandle {
             id: queue.id,
+            group: queue.group,
             def: Arc::clone(&queue.def),
             filters: Vec::new(),
             tx: tasks,

@@ -34,6 +34,13 @@ use crate::outbound::Outbound;
 
 pub(crate) use task::{spawn, QueueTask};
 
+/// The replica group whose log holds a queue, in a cluster (`cluster::raft`).
+pub(crate) type GroupId = u64;
+
+/// The group of a single node's queues; in a cluster, the group of every voter, which
+/// held all the queues before the cluster had several groups.
+pub(crate) const FIRST_GROUP: GroupId = 1;
+
 /// Each binding's compiled content filter, in the order of the definition's bindings.
 pub(crate) type BindingFilters = Vec<Option<Filter>>;
 
@@ -137,6 +144,8 @@ impl QueueInput {
 #[derive(Debug)]
 pub(crate) struct QueueHandle {
     pub id: QueueId,
+    /// Whose log holds it: the node runs its task only while it leads that group.
+    pub group: GroupId,
     pub def: Arc<QueueDef>,
     /// Each binding's compiled filter, in the order of `def.bindings`.
     pub filters: BindingFilters,
@@ -184,6 +193,13 @@ impl Queues {
     pub fn all(&self) -> Vec<Arc<QueueHandle>> {
         let mut all: Vec<_> = self.read().by_name.values().cloned().collect();
         all.sort_by(|a, b| a.def.name.cmp(&b.def.name));
+        all
+    }
+
+    /// Every queue of `group`, ordered by name.
+    pub fn of_group(&self, group: GroupId) -> Vec<Arc<QueueHandle>> {
+        let mut all = self.all();
+        all.retain(|q| q.group == group);
         all
     }
 

@@ -8,13 +8,15 @@
 //! here, so that a queue declared or a message published through any path reaches the
 //! queue's task the same way.
 //!
-//! In a cluster every node applies every entry, but only the leader runs the queues'
-//! tasks (their consumers, acks and redeliveries): a replica keeps the registry and the
-//! router's bindings — so that its sessions route publishes to the right queues — with
-//! *passive* handles whose task does not exist. [`QueueRuntime::lead`] starts the tasks
-//! from what the store holds, at a point in the log the replica chose (the blank entry
-//! of its own term); [`QueueRuntime::follow`] stops them again.
+//! In a cluster every member of a group applies every entry of its log, but only the
+//! group's leader runs its queues' tasks (their consumers, acks and redeliveries): a
+//! replica keeps the registry and the router's bindings — so that its sessions route
+//! publishes to the right queues — with *passive* handles whose task does not exist.
+//! [`QueueRuntime::lead`] starts a group's tasks from what the store holds, at a point in
+//! the log the replica chose (the blank entry of its own term); [`QueueRuntime::follow`]
+//! stops them again. Each group's queues follow their own group only.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tern_storage::{QueueId, Store};
@@ -24,7 +26,7 @@ use super::machine::NewMessage;
 use super::recovery::RecoveredQueue;
 use super::state::QueueState;
 use super::task::ReadBack;
-use super::{Appended, BindingFilters, QueueHandle, QueueInput, QueueTask, Queues};
+use super::{Appended, BindingFilters, GroupId, QueueHandle, QueueInput, QueueTask, Queues};
 use crate::filter::FilterLimits;
 use crate::journal::Journal;
 use crate::router::Router;
@@ -52,9 +54,11 @@ pub(crate) struct QueueRuntime {
     delivery_latency: metrics::Histogram,
     /// Queue tasks, to wait for at shutdown.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// Whether queues run their tasks here: always for a single node; in a cluster,
-    /// the term this node leads since, while it does.
-    leading: Mutex<Leading>,
+    /// A replica of a cluster's groups, whose queues run their tasks only where it
+    /// leads; else a single node, whose queues always run them.
+    replica: bool,
+    /// Per group, in a cluster: the term this node leads it since, while it does.
+    leading: Mutex<HashMap<GroupId, u64>>,
     /// The server's runtime, where queue tasks run: entries are applied on the
     /// journal's thread (or a replica's), whose runtime must not carry them.
     spawner: tokio::runtime::Handle,
@@ -84,11 +88,8 @@ impl QueueRuntime {
             filter_limits,
             delivery_latency,
             tasks: Mutex::new(Vec::new()),
-            leading: Mutex::new(if replica {
-                Leading::No
-            } else {
-                Leading::Always
-            }),
+            replica,
+            leading: Mutex::new(HashMap::new()),
             spawner: tokio::runtime::Handle::current(),
         }
     }
@@ -98,22 +99,22 @@ impl QueueRuntime {
         let _ = self.journal.set(journal);
     }
 
-    /// Replaces every queue with `found`, as recovered from the store: at start, and
-    /// when a replica's state was replaced by a snapshot.
+    /// Replaces every queue of `group` with `found`, as recovered from its store: at
+    /// start, and when a replica's state was replaced by a snapshot.
     ///
     /// Each queue's new handle replaces the old one in place, so that a session looking
     /// a queue up meanwhile finds the one or the other, never none.
-    pub async fn reset(&self, found: Vec<RecoveredQueue>) {
-        let active = self.runs_tasks();
-        self.replace_all(found, active).await;
+    pub async fn reset(&self, group: GroupId, found: Vec<RecoveredQueue>) {
+        let active = self.runs_tasks(group);
+        self.replace_group(group, found, active).await;
     }
 
-    /// Replaces every queue with `found`, running their tasks when `active`.
-    async fn replace_all(&self, found: Vec<RecoveredQueue>, active: bool) {
-        let old = self.queues.all();
+    /// Replaces every queue of `group` with `found`, running their tasks when `active`.
+    async fn replace_group(&self, group: GroupId, found: Vec<RecoveredQueue>, active: bool) {
+        let old = self.queues.of_group(group);
         let kept: std::collections::HashSet<QueueId> = found.iter().map(|q| q.id).collect();
         for q in found {
-            self.start(q.id, q.def, q.filters, q.state, active);
+            self.start(q.id, group, q.def, q.filters, q.state, active);
         }
         for queue in old {
             self.router.unbind_queue(&queue);
@@ -124,32 +125,33 @@ impl QueueRuntime {
         }
     }
 
-    /// This node leads `term` from here on: the queues, as the store holds them now,
-    /// run their tasks here.
-    pub async fn lead(&self, term: u64, found: Vec<RecoveredQueue>) {
+    /// This node leads `group` in `term` from here on: its queues, as the store holds
+    /// them now, run their tasks here.
+    pub async fn lead(&self, group: GroupId, term: u64, found: Vec<RecoveredQueue>) {
         // Every task runs before this node says it leads: a session that asks it meanwhile
         // is told `not_leader`, never handed a queue whose task is not there yet.
-        self.replace_all(found, true).await;
-        *lock(&self.leading) = Leading::Since(term);
+        self.replace_group(group, found, true).await;
+        lock(&self.leading).insert(group, term);
     }
 
-    /// This node does not lead (as of `term`): the queues' tasks stop, their consumers
-    /// are cancelled (a cluster-aware client consumes from the new leader), and the
-    /// handles stay, passive. Leading since a later term (a stale report) changes
-    /// nothing.
-    pub async fn follow(&self, term: u64) {
+    /// This node does not lead `group` (as of `term`): its queues' tasks stop, their
+    /// consumers are cancelled (a cluster-aware client consumes from the new leader),
+    /// and the handles stay, passive. Leading since a later term (a stale report)
+    /// changes nothing.
+    pub async fn follow(&self, group: GroupId, term: u64) {
         {
             let mut leading = lock(&self.leading);
-            match *leading {
-                Leading::Since(since) if since <= term => *leading = Leading::No,
+            match leading.get(&group) {
+                Some(since) if *since <= term => leading.remove(&group),
                 _ => return,
-            }
+            };
         }
-        for queue in self.queues.all() {
+        for queue in self.queues.of_group(group) {
             let _ = queue.tx.send(QueueInput::Stop).await;
             let (tx, _) = super::channel();
             let passive = Arc::new(QueueHandle {
                 id: queue.id,
+                group,
                 def: Arc::clone(&queue.def),
                 filters: queue.filters.clone(),
                 tx,
@@ -158,19 +160,20 @@ impl QueueRuntime {
             self.router.unbind_queue(&queue);
             self.router.bind_queue(&passive);
         }
-        tracing::info!("following: the queues run on the leader");
+        tracing::info!(group, "following: the group's queues run on its leader");
     }
 
-    /// Whether the queues' tasks run on this node.
-    pub fn runs_tasks(&self) -> bool {
-        !matches!(*lock(&self.leading), Leading::No)
+    /// Whether the tasks of `group`'s queues run on this node.
+    pub fn runs_tasks(&self, group: GroupId) -> bool {
+        !self.replica || lock(&self.leading).contains_key(&group)
     }
 
     /// Carries out what an applied entry did to the queues: deleted ones stop (before
     /// a queue declared in the same entry may take the number), declared ones start,
     /// new messages go to their queues' tasks — waiting while a task is behind, which
     /// slows the writer down without ever deadlocking it: tasks never wait on it.
-    pub async fn apply(&self, applied: Applied) {
+    /// The entry is of `group`'s log.
+    pub async fn apply(&self, group: GroupId, applied: Applied) {
         for id in applied.deleted {
             self.stop(id).await;
         }
@@ -181,7 +184,8 @@ impl QueueRuntime {
                 Ok(filters) => {
                     let def = Arc::new(def);
                     let state = QueueState::new(Arc::clone(&def), self.memory);
-                    let handle = self.start(id, def, filters, state, self.runs_tasks());
+                    let active = self.runs_tasks(group);
+                    let handle = self.start(id, group, def, filters, state, active);
                     tracing::info!(queue = %handle.def.name, "queue created");
                 }
                 Err(e) => {
@@ -214,6 +218,7 @@ impl QueueRuntime {
     fn start(
         &self,
         id: QueueId,
+        group: GroupId,
         def: Arc<QueueDef>,
         filters: BindingFilters,
         state: QueueState,
@@ -222,6 +227,7 @@ impl QueueRuntime {
         let (tx, rx) = super::channel();
         let handle = Arc::new(QueueHandle {
             id,
+            group,
             def,
             filters,
             tx,
@@ -271,16 +277,6 @@ impl QueueRuntime {
             let _ = task.await;
         }
     }
-}
-
-/// Whether this node runs the queues' tasks.
-#[derive(Debug, Clone, Copy)]
-enum Leading {
-    /// A single node.
-    Always,
-    /// A replica that leads since this term.
-    Since(u64),
-    No,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -53,8 +53,7 @@ use crate::queue::runtime::QueueRuntime;
 
 pub(crate) type NodeId = u64;
 
-/// A Raft group's number, the same on every node.
-pub(crate) type GroupId = u64;
+pub(crate) use crate::queue::GroupId;
 
 /// A member as Raft knows it: the address of its peer listener.
 pub(crate) type Member = BasicNode;
@@ -73,8 +72,8 @@ openraft::declare_raft_types!(
 
 pub(crate) type Raft = openraft::Raft<TypeConfig>;
 
-/// The group of every durable queue.
-const GROUP: GroupId = 1;
+/// The group of every durable queue, for now.
+const GROUP: GroupId = crate::queue::FIRST_GROUP;
 
 /// The first byte of a Raft request on a peer link (see [`crate::cluster::Services`]).
 pub(crate) const SERVICE: u8 = 1;
@@ -424,6 +423,7 @@ impl Replica {
         let metrics = Arc::new(OnceLock::new());
         let sm = StateMachine::open(
             config.node_id,
+            GROUP,
             Arc::clone(&store),
             Arc::clone(&runtime),
             recovery,
@@ -845,17 +845,17 @@ async fn follow_leadership(
         loop {
             let holds = lease.holds(tokio::time::Instant::now());
             if state != ServerState::Leader {
-                runtime.follow(term).await;
-            } else if !holds && runtime.runs_tasks() {
+                runtime.follow(replica.group, term).await;
+            } else if !holds && runtime.runs_tasks(replica.group) {
                 tracing::warn!(
                     term,
                     "no majority answered this leader for {:?}: the queues stop here until \
                      one does",
                     lease::LEASE
                 );
-                runtime.follow(term).await;
+                runtime.follow(replica.group, term).await;
             } else if holds
-                && !runtime.runs_tasks()
+                && !runtime.runs_tasks(replica.group)
                 // Else the blank entry of the term, on its way, starts them.
                 && applied_term == Some(term)
                 && resuming.as_ref().is_none_or(|r| r.is_finished())

@@ -30,7 +30,7 @@ use tern_storage::{Commit, SledStore, Store};
 use tokio::sync::watch;
 
 use super::lease::Lease;
-use super::{Answers, Member, NodeId, TypeConfig};
+use super::{Answers, GroupId, Member, NodeId, TypeConfig};
 use crate::queue::machine::Machine;
 use crate::queue::recovery::{self, Recovered};
 use crate::queue::runtime::{Applied, QueueRuntime};
@@ -63,6 +63,8 @@ impl Recovery {
 /// The state machine openraft drives.
 pub(crate) struct StateMachine {
     node: NodeId,
+    /// The group whose log this machine applies.
+    group: GroupId,
     store: Arc<SledStore>,
     machine: Machine,
     state: Arc<Mutex<AppliedState>>,
@@ -102,8 +104,10 @@ impl StateMachine {
     /// # Errors
     ///
     /// The store cannot be read.
+    #[allow(clippy::too_many_arguments)]
     pub async fn open(
         node: NodeId,
+        group: GroupId,
         store: Arc<SledStore>,
         runtime: Arc<QueueRuntime>,
         recovery: Recovery,
@@ -122,9 +126,10 @@ impl StateMachine {
             }
             None => AppliedState::default(),
         };
-        runtime.reset(recovered.queues).await;
+        runtime.reset(group, recovered.queues).await;
         Ok(Self {
             node,
+            group,
             store,
             machine: recovered.machine,
             state: Arc::new(Mutex::new(state)),
@@ -158,7 +163,7 @@ impl StateMachine {
             .run(&self.store)
             .await
             .map_err(|e| sm_err(&e))?;
-        self.runtime.lead(term, recovered.queues).await;
+        self.runtime.lead(self.group, term, recovered.queues).await;
         tracing::info!(node = self.node, "leading: the queues run on this node");
         Ok(())
     }
@@ -230,9 +235,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| StorageError::from(StorageIOError::apply(log_id, &e)))?;
             *lock(&self.state) = state;
             if let Some(applied) = applied {
-                self.runtime.apply(applied).await;
+                self.runtime.apply(self.group, applied).await;
             }
-            let starts = opens_term || (resumes && !self.runtime.runs_tasks());
+            let starts = opens_term || (resumes && !self.runtime.runs_tasks(self.group));
             if starts && self.leads(log_id.leader_id.term) {
                 self.lead(log_id.leader_id.term).await?;
             }
@@ -304,7 +309,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| sm_err(&e))?;
         self.machine = recovered.machine;
         *lock(&self.state) = state;
-        self.runtime.reset(recovered.queues).await;
+        self.runtime.reset(self.group, recovered.queues).await;
         tracing::info!(last = ?meta.last_log_id, "installed a snapshot from the leader");
         Ok(())
     }
