@@ -15,15 +15,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tern_codec::subject::SubjectLimits;
-use tern_storage::SledStore;
+use tern_storage::{RaftLog, SledStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use self::link::{Handler, HandlerFuture, LinkConfig};
 use self::pubsub::PubSub;
-use self::raft::{Groups, Nodes, Recovery, Replica, StartError};
+use self::raft::{Groups, Host, Nodes, Recovery, Replica, StartError};
 use crate::config::cluster::{ClusterConfig, NodeId};
 use crate::queue::runtime::QueueRuntime;
+use crate::queue::FIRST_GROUP;
 use crate::router::Router;
 
 /// Decodes `bytes` as a request another node sends over a peer link (what its handler
@@ -83,17 +84,23 @@ pub(crate) async fn start(
         Arc::clone(&link),
         groups.client_addr.clone(),
     ));
-    let replica = Replica::start(
-        config,
+    let log = {
+        let (store, dir) = (Arc::clone(&store), recovery.data_dir.clone());
+        tokio::task::spawn_blocking(move || RaftLog::open(&store, &dir))
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))??
+    };
+    let host = Host {
         nodes,
-        &groups,
-        store,
+        groups: Arc::clone(&groups),
+        log,
         runtime,
-        recovery,
-        Arc::clone(&router),
-        shutdown.clone(),
-    )
-    .await?;
+        router: Arc::clone(&router),
+        shutdown: shutdown.clone(),
+    };
+    // Every durable queue is in the first group, of every voter, for now.
+    let form = (!config.join).then(|| config.peers.clone().into_iter().collect());
+    let replica = Replica::start(&host, FIRST_GROUP, form, store, recovery).await?;
     let pubsub = Arc::new(PubSub::start(config, &link, router, limits, &shutdown));
     // Pub/sub talks to whoever the membership lists, as nodes are added and removed.
     let members = Arc::clone(&pubsub);

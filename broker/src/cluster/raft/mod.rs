@@ -2,17 +2,17 @@
 //! `=`): the only module of tern that names openraft, so an upgrade touches this
 //! directory and nothing else.
 //!
-//! * `log_store`: the Raft log, over the store's `RaftLog` (one `fdatasync` per
-//!   append, for every group of the node).
-//! * `state_machine`: the queues' `Machine` over the store, and snapshots.
-//! * `network`: Raft's messages over the cluster's links, and proposals forwarded from
-//!   followers to the leader.
+//! * `log_store`: one group's Raft log, over the node's `RaftLog` (whose `fdatasync`s
+//!   every group of the node shares).
+//! * `state_machine`: the queues' `Machine` over a group's store, and snapshots.
+//! * `network`: Raft's messages over the cluster's links, each naming its group, and
+//!   proposals forwarded from followers to the leader.
+//! * `nodes`: the other nodes, as every group reaches them.
 //!
-//! [`Replica`] is this node's member of the group: the journal hands it each group
-//! commit's entry ([`Replica::propose`]), which the leader appends and every node
-//! applies once a majority holds it durably. One group holds every durable queue for
-//! now (`GROUP`); the Raft log's records and the calls between nodes already carry a
-//! group number ([`GroupId`]), and [`Groups`] answers each call by its group.
+//! [`Replica`] is this node's member of a group: the journal hands it each group
+//! commit's entry ([`Replica::submit`]), which the leader appends and every member
+//! applies once a majority holds it durably. What the groups of a node share is its
+//! [`Host`]. One group (`FIRST_GROUP`, every voter) holds every durable queue for now.
 
 // openraft's traits fix the error types its storage and network return; they are large
 // (hundreds of bytes), and only ever travel on failure.
@@ -47,7 +47,6 @@ pub(crate) use self::nodes::{ClientAddr, Nodes};
 pub(crate) use self::state_machine::Recovery;
 use self::state_machine::StateMachine;
 use crate::cluster::link::Peer;
-use crate::config::cluster::ClusterConfig;
 use crate::queue::machine::{Answer, Entry};
 use crate::queue::runtime::QueueRuntime;
 
@@ -71,9 +70,6 @@ openraft::declare_raft_types!(
 );
 
 pub(crate) type Raft = openraft::Raft<TypeConfig>;
-
-/// The group of every durable queue, for now.
-const GROUP: GroupId = crate::queue::FIRST_GROUP;
 
 /// The first byte of a Raft request on a peer link (see [`crate::cluster::Services`]).
 pub(crate) const SERVICE: u8 = 1;
@@ -348,6 +344,19 @@ pub(crate) enum MembershipError {
     Refused(String),
 }
 
+/// What every group of a node shares.
+pub(crate) struct Host {
+    pub nodes: Arc<Nodes>,
+    /// Answers the other nodes' calls, by group.
+    pub groups: Arc<Groups>,
+    /// The node's Raft log, every group's.
+    pub log: RaftLog,
+    pub runtime: Arc<QueueRuntime>,
+    /// Picks the queues of publishes forwarded to a leader here.
+    pub router: Arc<crate::router::Router>,
+    pub shutdown: CancellationToken,
+}
+
 /// How long a node being added may take to catch up before it becomes a voter.
 const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(120);
 
@@ -389,54 +398,47 @@ pub enum StartError {
 }
 
 impl Replica {
-    /// Opens this node's Raft log and state machine in `store` and joins (or, on a
-    /// first start, forms) the group with the configured peers; `groups` answers the
-    /// other nodes' calls to it from then on.
+    /// Starts this node's member of `group`: its state machine over `store`, its log in
+    /// the node's Raft log, answering the other nodes' calls to it from then on. On
+    /// the group's first start here (no vote yet), a node with `form` forms it with
+    /// those members ([`form`]); without, it waits to be added.
     ///
     /// # Errors
     ///
     /// The store or Raft could not start.
-    #[allow(clippy::too_many_arguments)]
     pub async fn start(
-        config: &ClusterConfig,
-        nodes: Arc<Nodes>,
-        groups: &Groups,
+        host: &Host,
+        group: GroupId,
+        form: Option<BTreeMap<NodeId, String>>,
         store: Arc<SledStore>,
-        runtime: Arc<QueueRuntime>,
         recovery: Recovery,
-        router: Arc<crate::router::Router>,
-        shutdown: CancellationToken,
     ) -> Result<Arc<Self>, StartError> {
-        let log = {
-            let (store, dir) = (Arc::clone(&store), recovery.data_dir.clone());
-            tokio::task::spawn_blocking(move || RaftLog::open(&store, &dir))
-                .await
-                .map_err(|e| StartError::Raft(e.to_string()))??
-        };
-        // No vote yet: this node never took part in an election.
-        let first_start = log
-            .state(GROUP)
+        let node = host.nodes.me();
+        // No vote yet: this node never took part in an election of the group.
+        let first_start = host
+            .log
+            .state(group)
             .map_err(|e| StartError::Raft(e.to_string()))?
             .vote
             .is_none();
-        let log_store = LogStore::new(log, GROUP);
+        let log_store = LogStore::new(host.log.clone(), group);
         let metrics = Arc::new(OnceLock::new());
         let sm = StateMachine::open(
-            config.node_id,
-            GROUP,
-            Arc::clone(&store),
-            Arc::clone(&runtime),
+            node,
+            group,
+            store,
+            Arc::clone(&host.runtime),
             recovery,
             Arc::clone(&metrics),
         )
         .await?;
         let raft_config = raft_config().map_err(|e| StartError::Raft(e.to_string()))?;
         let raft = Raft::new(
-            config.node_id,
+            node,
             Arc::new(raft_config),
             Network {
-                link: nodes.link(),
-                group: GROUP,
+                link: host.nodes.link(),
+                group,
             },
             log_store.clone(),
             sm,
@@ -444,37 +446,40 @@ impl Replica {
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let _ = metrics.set(raft.metrics());
-        groups.insert(
-            GROUP,
+        host.groups.insert(
+            group,
             Arc::new(Answerer {
                 raft: raft.clone(),
                 log: log_store.clone(),
-                router,
+                router: Arc::clone(&host.router),
             }),
         );
-        if first_start && !config.join {
-            let members = config
-                .peers
-                .iter()
-                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+        if let Some(members) = form.filter(|_| first_start) {
+            let members = members
+                .into_iter()
+                .map(|(id, addr)| (id, BasicNode { addr }))
                 .collect();
-            tokio::spawn(form(raft.clone(), members));
+            tokio::spawn(self::form(raft.clone(), members));
         }
         let replica = Arc::new(Self {
-            node: config.node_id,
-            group: GROUP,
+            node,
+            group,
             raft: raft.clone(),
-            nodes,
+            nodes: Arc::clone(&host.nodes),
             leader: LeaderHint::default(),
             leader_changes: std::sync::atomic::AtomicU64::new(0),
             electable: Arc::default(),
         });
-        tokio::spawn(follow_leadership(Arc::clone(&replica), runtime, shutdown));
+        tokio::spawn(follow_leadership(
+            Arc::clone(&replica),
+            Arc::clone(&host.runtime),
+            host.shutdown.clone(),
+        ));
         let weak = Arc::downgrade(&replica);
         let ask = move |node| {
             let peer = weak.upgrade().and_then(|r| r.peer(node));
             async move {
-                let last_log = Call::Group(GROUP, Request::LastLog);
+                let last_log = Call::Group(group, Request::LastLog);
                 match network::call(&peer?, &last_log, ASK_TIMEOUT).await {
                     Ok(Response::LastLog(last)) => Some(last),
                     _ => None,

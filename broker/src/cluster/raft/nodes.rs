@@ -64,6 +64,11 @@ impl Nodes {
         }
     }
 
+    /// This node's id.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
     /// How this node links to the others.
     pub fn link(&self) -> Arc<LinkConfig> {
         Arc::clone(&self.link)
