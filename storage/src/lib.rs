@@ -105,6 +105,11 @@ pub struct Commit {
     /// What a replicated log records with the state it applied (the last applied
     /// entry's id and the membership, opaque here), written atomically with it.
     pub applied: Option<Vec<u8>>,
+    /// In a cluster: queues of `put_queues` whose messages another replica group holds
+    /// (by group number). Deleted with their queue.
+    pub placements: Vec<(QueueId, u64)>,
+    /// In a cluster: replica groups (`None`: the group is gone).
+    pub groups: Vec<(u64, Option<GroupRecord>)>,
 }
 
 impl Commit {
@@ -119,7 +124,18 @@ impl Commit {
             && self.dedup_forget_before.is_none()
             && self.next_queue_id.is_none()
             && self.applied.is_none()
+            && self.placements.is_empty()
+            && self.groups.is_empty()
     }
+}
+
+/// A replica group of a cluster: its members' node ids, and those that formed it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct GroupRecord {
+    pub members: Vec<u64>,
+    /// Only these form the group (on their first start with it); a member added later
+    /// is added by the group's leader.
+    pub founders: Vec<u64>,
 }
 
 /// One chunk as found at recovery.
@@ -147,6 +163,10 @@ pub trait Recover {
     /// The index of the last log entry whose commit the store holds, if any was
     /// recorded.
     fn log_index(&mut self, index: u64);
+    /// Queue `queue`'s messages are in replica group `group` (a cluster's directory).
+    fn placement(&mut self, _queue: QueueId, _group: u64) {}
+    /// Replica group `group` (a cluster's directory).
+    fn group(&mut self, _group: u64, _record: GroupRecord) {}
 }
 
 /// What the broker needs from a store. Every method blocks on I/O: call them from a

@@ -10,7 +10,8 @@ use crate::file_sync::FileSync;
 use crate::record::{self, Corrupt};
 use crate::segments::{Pointer, Segments};
 use crate::{
-    Commit, QueueId, Recover, RecoveredChunk, StorageError, Store, StoredMessage, FORMAT_VERSION,
+    Commit, GroupRecord, QueueId, Recover, RecoveredChunk, StorageError, Store, StoredMessage,
+    FORMAT_VERSION,
 };
 
 /// Key of the format marker in sled's default tree.
@@ -27,6 +28,10 @@ pub(crate) const CHUNK: u8 = b'c';
 const SETTLED: u8 = b'a';
 const META: u8 = b'm';
 const DEDUP: u8 = b'd';
+/// A queue's replica group, when another group holds its messages.
+const PLACEMENT: u8 = b'p';
+/// A replica group's members.
+const GROUP: u8 = b'g';
 /// The index of the last log entry whose commit the store holds.
 const LOG_INDEX: &[u8] = b"w";
 /// The number the next declared queue gets.
@@ -40,6 +45,26 @@ fn key5(prefix: u8, queue: QueueId) -> [u8; 5] {
     let mut k = [prefix, 0, 0, 0, 0];
     k[1..].copy_from_slice(&queue.to_be_bytes());
     k
+}
+
+fn key9(prefix: u8, n: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// The `u64`s of `bytes`, if it is made of whole ones.
+fn u64s(bytes: &[u8]) -> Option<Vec<u64>> {
+    let words = bytes.chunks_exact(8);
+    if !words.remainder().is_empty() {
+        return None;
+    }
+    Some(
+        words
+            .map(|w| u64::from_be_bytes(w.try_into().unwrap_or_default()))
+            .collect(),
+    )
 }
 
 fn key13(prefix: u8, a: u32, b: u64) -> [u8; 13] {
@@ -269,6 +294,7 @@ impl SledStore {
         for &id in &commit.delete_queues {
             batch.remove(&key5(QUEUE, id));
             batch.remove(&key5(NEXT_SEQ, id));
+            batch.remove(&key5(PLACEMENT, id));
             for prefix in [CHUNK, SETTLED, META] {
                 for item in self.db.scan_prefix(key5(prefix, id)) {
                     let (key, value) = item?;
@@ -351,6 +377,24 @@ impl SledStore {
         if let Some(applied) = &commit.applied {
             batch.insert(APPLIED, applied.as_slice());
         }
+        for (queue, group) in &commit.placements {
+            batch.insert(&key5(PLACEMENT, *queue), &group.to_be_bytes());
+        }
+        for (group, record) in &commit.groups {
+            let key = key9(GROUP, *group);
+            match record {
+                // The number of members, the members, the founders.
+                Some(r) => {
+                    let value: Vec<u8> = std::iter::once(r.members.len() as u64)
+                        .chain(r.members.iter().copied())
+                        .chain(r.founders.iter().copied())
+                        .flat_map(u64::to_be_bytes)
+                        .collect();
+                    batch.insert(&key, value);
+                }
+                None => batch.remove(&key),
+            }
+        }
         if self.sync_bodies && !appended.is_empty() {
             // The pointers must never reach the disk before the bytes they point at.
             self.segments.sync().map_err(StorageError::Sync)?;
@@ -392,6 +436,39 @@ impl Store for SledStore {
                 .ok_or_else(|| self.corrupt(k, "short key".into()))?;
             let q = record::decode_queue(id, v).map_err(|e| self.corrupt(k, e))?;
             into.queue(q);
+            Ok(())
+        })?;
+        self.scan(PLACEMENT, |k, v| {
+            let id = k
+                .get(1..5)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(|| self.corrupt(k, "short key".into()))?;
+            let group = match u64s(v.as_ref()).as_deref() {
+                Some([group]) => *group,
+                _ => return Err(self.corrupt(k, format!("{} bytes, expected 8", v.len()))),
+            };
+            into.placement(id, group);
+            Ok(())
+        })?;
+        self.scan(GROUP, |k, v| {
+            let group = k
+                .get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| self.corrupt(k, "short key".into()))?;
+            let words = u64s(v.as_ref()).unwrap_or_default();
+            let record = match words.split_first() {
+                Some((n, rest)) if usize::try_from(*n).is_ok_and(|n| n <= rest.len()) => {
+                    let (members, founders) = rest.split_at(*n as usize);
+                    GroupRecord {
+                        members: members.to_vec(),
+                        founders: founders.to_vec(),
+                    }
+                }
+                _ => return Err(self.corrupt(k, format!("{} bytes, not a group", v.len()))),
+            };
+            into.group(group, record);
             Ok(())
         })?;
         self.scan(NEXT_SEQ, |k, v| {
@@ -604,6 +681,8 @@ pub(crate) mod tests {
         chunks: Vec<RecoveredChunk>,
         metas: Vec<(QueueId, u64, MessageMeta)>,
         dedup: Vec<DedupEntry>,
+        placements: Vec<(QueueId, u64)>,
+        groups: Vec<(u64, GroupRecord)>,
     }
 
     impl Recover for Collected {
@@ -624,6 +703,58 @@ pub(crate) mod tests {
         }
         fn log_index(&mut self, _: u64) {}
         fn next_queue_id(&mut self, _: QueueId) {}
+        fn placement(&mut self, queue: QueueId, group: u64) {
+            self.placements.push((queue, group));
+        }
+        fn group(&mut self, group: u64, record: GroupRecord) {
+            self.groups.push((group, record));
+        }
+    }
+
+    fn group(members: &[u64], founders: &[u64]) -> GroupRecord {
+        GroupRecord {
+            members: members.to_vec(),
+            founders: founders.to_vec(),
+        }
+    }
+
+    /// A cluster's directory: where queues are placed and who is in each group, kept
+    /// across a restart, gone with the queue or the group.
+    #[test]
+    fn placements_and_groups_survive_and_go_with_their_queue_or_group() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store
+                .apply(&Commit {
+                    put_queues: vec![queue(1, "a"), queue(2, "b")],
+                    placements: vec![(1, 7), (2, 8)],
+                    groups: vec![
+                        (7, Some(group(&[1, 2, 4], &[1, 2, 3]))),
+                        (8, Some(group(&[2], &[2]))),
+                    ],
+                    ..Commit::default()
+                })
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = reopen(dir.path()).unwrap();
+        let c = recovered(&store);
+        assert_eq!(c.placements, vec![(1, 7), (2, 8)]);
+        assert_eq!(
+            c.groups,
+            vec![(7, group(&[1, 2, 4], &[1, 2, 3])), (8, group(&[2], &[2]))]
+        );
+        store
+            .apply(&Commit {
+                delete_queues: vec![2],
+                groups: vec![(8, None)],
+                ..Commit::default()
+            })
+            .unwrap();
+        let c = recovered(&store);
+        assert_eq!(c.placements, vec![(1, 7)]);
+        assert_eq!(c.groups, vec![(7, group(&[1, 2, 4], &[1, 2, 3]))]);
     }
 
     fn recovered(store: &SledStore) -> Collected {

@@ -24,9 +24,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tern_storage::{Commit, DedupEntry, MessageMeta, QueueId, QueueRecord, StoredMessage};
+use tern_storage::{
+    Commit, DedupEntry, GroupRecord, MessageMeta, QueueId, QueueRecord, StoredMessage,
+};
 
 use super::def::{OverflowDef, QueueDef};
+use super::GroupId;
 use crate::dedup::{Forgotten, StoredPairs};
 
 /// One change to the durable queues.
@@ -86,6 +89,21 @@ pub(crate) enum Command {
     /// then the oldest until at most `keep` are left: the dedup window's bounds, stamped
     /// by the leader, so that every node forgets the same pairs.
     ForgetDedup { before_ms: u64, keep: u64 },
+    /// In a cluster's first group, the directory: a queue whose messages replica group
+    /// `group` holds, numbered here as by `Declare` (so numbers are unique across
+    /// groups). The same definition and group again does nothing; anything else under
+    /// the name is refused.
+    Place { def: QueueDef, group: GroupId },
+    /// In a replica group: create queue `id` as the directory numbered it. The same
+    /// definition and number again does nothing; anything else under the name is
+    /// refused.
+    DeclareAs { def: QueueDef, id: QueueId },
+    /// In a cluster's first group: replica group `group` has these members (node ids;
+    /// `None`: it is gone). Those it is first given form it.
+    SetGroup {
+        group: GroupId,
+        members: Option<Vec<u64>>,
+    },
 }
 
 /// The commands of one group commit, applied and made durable together.
@@ -125,6 +143,10 @@ pub(crate) enum QueueError {
     /// In a cluster: the queues' tasks moved to another node while this was asked.
     #[error("this node no longer leads the queues; the client should retry on the leader")]
     NotLeader,
+    /// In a cluster: the directory placed the queue in this group, which has not
+    /// created it yet.
+    #[error("queue {0} is being created; retry shortly")]
+    Creating(QueueId),
 }
 
 /// What applying an entry did, and what the journal must carry out once it is durable.
@@ -138,6 +160,10 @@ pub(crate) struct Effects {
     pub appended: HashMap<QueueId, Vec<NewMessage>>,
     /// Queues created, with their numbers.
     pub declared: Vec<(QueueId, QueueDef)>,
+    /// Of `declared`, those whose messages another replica group holds.
+    pub placed: Vec<(QueueId, GroupId)>,
+    /// Replica groups whose members changed (`None`: gone).
+    pub groups: Vec<(GroupId, Option<GroupRecord>)>,
     /// Queues deleted.
     pub deleted: Vec<QueueId>,
     /// What [`Machine::undo`] takes back if the entry cannot be made durable.
@@ -191,6 +217,15 @@ enum Undo {
     Declared {
         queue: QueueId,
     },
+    /// A queue created with the number it was given.
+    DeclaredAs {
+        queue: QueueId,
+        next_queue_id: QueueId,
+    },
+    Group {
+        group: GroupId,
+        was: Option<GroupRecord>,
+    },
     Deleted {
         queue: QueueId,
         ledger: Ledger,
@@ -213,6 +248,8 @@ pub(crate) struct Machine {
     next_queue_id: QueueId,
     /// The exactly-once pairs of stored messages.
     pairs: StoredPairs,
+    /// In a cluster's first group: the replica groups.
+    groups: BTreeMap<GroupId, GroupRecord>,
 }
 
 impl Default for Machine {
@@ -222,6 +259,7 @@ impl Default for Machine {
             // Queue numbers start at 1, as the broker's always have.
             next_queue_id: 1,
             pairs: StoredPairs::default(),
+            groups: BTreeMap::new(),
         }
     }
 }
@@ -230,6 +268,9 @@ impl Default for Machine {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Ledger {
     def: QueueDef,
+    /// The replica group that holds its messages, when not this machine's: it takes
+    /// none here.
+    placed: Option<GroupId>,
     next_seq: u64,
     /// Chunks by first sequence number.
     chunks: BTreeMap<u64, Chunk>,
@@ -298,6 +339,7 @@ impl Ledger {
     fn new(def: QueueDef, next_seq: u64) -> Self {
         Self {
             def,
+            placed: None,
             next_seq,
             chunks: BTreeMap::new(),
             live: 0,
@@ -369,6 +411,18 @@ impl Machine {
     /// did not: the queues found then decide, [`Machine::recover_queue`]).
     pub fn recover_next_queue_id(&mut self, id: QueueId) {
         self.next_queue_id = self.next_queue_id.max(id);
+    }
+
+    /// Queue `id`, found at start, is placed in replica group `group`.
+    pub fn recover_placement(&mut self, id: QueueId, group: GroupId) {
+        if let Some(q) = self.queues.get_mut(&id) {
+            q.placed = Some(group);
+        }
+    }
+
+    /// A replica group found in the store at start.
+    pub fn recover_group(&mut self, group: GroupId, record: GroupRecord) {
+        self.groups.insert(group, record);
     }
 
     /// An exactly-once pair found in the store at start, with the time of its key.
@@ -491,6 +545,21 @@ impl Machine {
                     self.queues.remove(&queue);
                     self.next_queue_id = queue;
                 }
+                Undo::DeclaredAs {
+                    queue,
+                    next_queue_id,
+                } => {
+                    self.queues.remove(&queue);
+                    self.next_queue_id = next_queue_id;
+                }
+                Undo::Group { group, was } => match was {
+                    Some(record) => {
+                        self.groups.insert(group, record);
+                    }
+                    None => {
+                        self.groups.remove(&group);
+                    }
+                },
                 Undo::Deleted { queue, ledger } => {
                     self.queues.insert(queue, ledger);
                 }
@@ -540,8 +609,16 @@ impl Machine {
                 }
                 let mut stored = 0u16;
                 let mut full = None;
+                if let Some(q) = queues
+                    .iter()
+                    .find(|q| !self.queues.contains_key(q) && **q >= self.next_queue_id)
+                {
+                    // Numbered by the directory, not created here yet (a queue deleted
+                    // here was numbered below `next_queue_id`: it is skipped).
+                    return Err(QueueError::Creating(*q));
+                }
                 for queue in queues {
-                    let Some(q) = self.queues.get_mut(queue) else {
+                    let Some(q) = self.queues.get_mut(queue).filter(|q| q.placed.is_none()) else {
                         continue;
                     };
                     let pending = staged.appended.get(queue).map_or(0, Vec::len) as u64;
@@ -598,7 +675,7 @@ impl Machine {
                 enqueued_ms,
             } => {
                 self.settle(*from, *seq, *forget_meta, fx, staged);
-                if let Some(q) = self.queues.get_mut(to) {
+                if let Some(q) = self.queues.get_mut(to).filter(|q| q.placed.is_none()) {
                     let message = StoredMessage {
                         seq: q.next_seq,
                         enqueued_ms: *enqueued_ms,
@@ -618,26 +695,48 @@ impl Machine {
                 }
                 Ok(Outcome::default())
             }
-            Command::Declare { def } => {
-                if let Some(existing) = self.queues.values().find(|q| q.def.name == def.name) {
-                    return if existing.def == *def {
+            Command::Declare { def } => self.declare(def, None, fx),
+            Command::Place { def, group } => self.declare(def, Some(*group), fx),
+            Command::DeclareAs { def, id } => {
+                let taken = self.queues.get(id).map(|q| (*id, q));
+                if let Some((existing, q)) = taken.or_else(|| {
+                    self.queues
+                        .iter()
+                        .find(|(_, q)| q.def.name == def.name)
+                        .map(|(i, q)| (*i, q))
+                }) {
+                    return if existing == *id && q.def == *def && q.placed.is_none() {
                         Ok(Outcome::default())
                     } else {
                         Err(QueueError::Exists(def.name.clone()))
                     };
                 }
-                let id = self.next_queue_id;
-                self.next_queue_id = id.saturating_add(1);
-                fx.commit.next_queue_id = Some(self.next_queue_id);
-                fx.commit.put_queues.push(QueueRecord {
-                    id,
-                    name: def.name.clone(),
-                    definition: def.to_bytes(),
+                self.create(*id, def, None, fx);
+                fx.undo.push(Undo::DeclaredAs {
+                    queue: *id,
+                    next_queue_id: self.next_queue_id,
                 });
-                fx.commit.next_seqs.push((id, 0));
-                self.queues.insert(id, Ledger::new(def.clone(), 0));
-                fx.undo.push(Undo::Declared { queue: id });
-                fx.declared.push((id, def.clone()));
+                // Numbers up to it are taken: a publish to an unknown one is to a queue
+                // deleted here, not one still to come.
+                self.next_queue_id = self.next_queue_id.max(id.saturating_add(1));
+                fx.commit.next_queue_id = Some(self.next_queue_id);
+                Ok(Outcome::default())
+            }
+            Command::SetGroup { group, members } => {
+                let record = members.as_ref().map(|m| GroupRecord {
+                    members: m.clone(),
+                    founders: self
+                        .groups
+                        .get(group)
+                        .map_or_else(|| m.clone(), |g| g.founders.clone()),
+                });
+                let was = match &record {
+                    Some(r) => self.groups.insert(*group, r.clone()),
+                    None => self.groups.remove(group),
+                };
+                fx.undo.push(Undo::Group { group: *group, was });
+                fx.commit.groups.push((*group, record.clone()));
+                fx.groups.push((*group, record));
                 Ok(Outcome::default())
             }
             Command::Delete { queue } => {
@@ -653,6 +752,8 @@ impl Machine {
                     fx.deleted.push(*queue);
                 }
                 fx.declared.retain(|(q, _)| q != queue);
+                fx.placed.retain(|(q, _)| q != queue);
+                fx.commit.placements.retain(|(q, _)| q != queue);
                 staged.touched.remove(queue);
                 staged.appended.remove(queue);
                 fx.commit.delete_queues.push(*queue);
@@ -664,6 +765,42 @@ impl Machine {
                 *most = (*most).min(*keep);
                 Ok(Outcome::default())
             }
+        }
+    }
+
+    /// Declares a queue numbered here; its messages are in replica group `placed`
+    /// when given.
+    fn declare(&mut self, def: &QueueDef, placed: Option<GroupId>, fx: &mut Effects) -> Answer {
+        if let Some(existing) = self.queues.values().find(|q| q.def.name == def.name) {
+            return if existing.def == *def && existing.placed == placed {
+                Ok(Outcome::default())
+            } else {
+                Err(QueueError::Exists(def.name.clone()))
+            };
+        }
+        let id = self.next_queue_id;
+        self.next_queue_id = id.saturating_add(1);
+        fx.commit.next_queue_id = Some(self.next_queue_id);
+        self.create(id, def, placed, fx);
+        fx.undo.push(Undo::Declared { queue: id });
+        Ok(Outcome::default())
+    }
+
+    /// Creates queue `id` (its undo is the caller's).
+    fn create(&mut self, id: QueueId, def: &QueueDef, placed: Option<GroupId>, fx: &mut Effects) {
+        fx.commit.put_queues.push(QueueRecord {
+            id,
+            name: def.name.clone(),
+            definition: def.to_bytes(),
+        });
+        fx.commit.next_seqs.push((id, 0));
+        let mut ledger = Ledger::new(def.clone(), 0);
+        ledger.placed = placed;
+        self.queues.insert(id, ledger);
+        fx.declared.push((id, def.clone()));
+        if let Some(group) = placed {
+            fx.commit.placements.push((id, group));
+            fx.placed.push((id, group));
         }
     }
 
@@ -891,6 +1028,76 @@ pub(crate) mod tests {
         assert_eq!(fx.declared[0].0, 4);
     }
 
+    /// The directory's commands: a queue placed in another group is numbered here and
+    /// takes no message here; a group's queue is created with the number it was given,
+    /// and a publish to a number not created yet is refused until it is.
+    #[test]
+    fn placed_queues_are_numbered_here_and_created_in_their_group() {
+        let mut directory = Machine::default();
+        let fx = directory.apply(&entry(vec![
+            Command::SetGroup {
+                group: 2,
+                members: Some(vec![1, 2, 3]),
+            },
+            Command::Place {
+                def: def("orders", 0),
+                group: 2,
+            },
+        ]));
+        assert_eq!(fx.declared[0].0, 1);
+        assert_eq!(fx.placed, [(1, 2)]);
+        let founded = GroupRecord {
+            members: vec![1, 2, 3],
+            founders: vec![1, 2, 3],
+        };
+        assert_eq!(fx.groups, [(2, Some(founded))]);
+        assert_eq!(fx.commit.placements, [(1, 2)]);
+        // Placed again: nothing; declared as a queue of this group's: refused.
+        let fx = directory.apply(&entry(vec![
+            Command::Place {
+                def: def("orders", 0),
+                group: 2,
+            },
+            Command::Declare {
+                def: def("orders", 0),
+            },
+            publish(&[1], "a", None),
+        ]));
+        assert_eq!(
+            fx.answers,
+            [
+                Ok(Outcome::default()),
+                Err(QueueError::Exists("orders".into())),
+                Ok(Outcome::stored(0)),
+            ]
+        );
+
+        let mut group = Machine::default();
+        let fx = group.apply(&entry(vec![publish(&[5], "early", None)]));
+        assert_eq!(fx.answers, [Err(QueueError::Creating(5))]);
+        let before = group.clone();
+        let fx = group.apply(&entry(vec![Command::DeclareAs {
+            def: def("orders", 0),
+            id: 5,
+        }]));
+        assert_eq!(fx.declared[0].0, 5);
+        assert_eq!(fx.commit.next_queue_id, Some(6));
+        group.undo(fx);
+        assert_eq!(group, before);
+        group.apply(&entry(vec![Command::DeclareAs {
+            def: def("orders", 0),
+            id: 5,
+        }]));
+        let fx = group.apply(&entry(vec![
+            publish(&[5], "a", None),
+            Command::Delete { queue: 5 },
+        ]));
+        assert_eq!(fx.answers[0], Ok(Outcome::stored(1)));
+        // Deleted: a late publish to it is dropped, not refused.
+        let fx = group.apply(&entry(vec![publish(&[5], "late", None)]));
+        assert_eq!(fx.answers, [Ok(Outcome::stored(0))]);
+    }
+
     /// A random command over queues 1 and 2 (and an unknown 9).
     fn command() -> impl Strategy<Value = Command> {
         let queue = prop_oneof![Just(1u32), Just(2), Just(9)];
@@ -907,6 +1114,9 @@ pub(crate) mod tests {
             1 => (3u32..6).prop_map(|id| Command::Declare { def: def(&format!("q{id}"), 4) }),
             1 => (3u32..6).prop_map(|queue| Command::Delete { queue }),
             1 => (900u64..1_300, 0u64..6).prop_map(|(before_ms, keep)| Command::ForgetDedup { before_ms, keep }),
+            1 => (6u32..8, 2u64..4).prop_map(|(id, group)| Command::Place { def: def(&format!("p{id}"), 0), group }),
+            1 => (10u32..12).prop_map(|id| Command::DeclareAs { def: def(&format!("g{id}"), 0), id }),
+            1 => (2u64..4, prop::option::of(prop::collection::vec(1u64..4, 1..4))).prop_map(|(group, members)| Command::SetGroup { group, members }),
         ]
     }
 

@@ -6,13 +6,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tern_storage::{
-    DedupEntry, MessageMeta, QueueId, QueueRecord, Recover, RecoveredChunk, StorageError, Store,
+    DedupEntry, GroupRecord, MessageMeta, QueueId, QueueRecord, Recover, RecoveredChunk,
+    StorageError, Store,
 };
 
 use super::def::QueueDef;
 use super::machine::{Chunk, Machine};
 use super::state::QueueState;
-use super::BindingFilters;
+use super::{BindingFilters, GroupId};
 use crate::filter::FilterLimits;
 
 /// Everything the store held.
@@ -25,6 +26,8 @@ pub(crate) struct Recovered {
     pub dedup: Vec<DedupEntry>,
     /// The index of the last log entry the store holds (0: none).
     pub log_index: u64,
+    /// In a cluster's first group: the replica groups.
+    pub groups: Vec<(GroupId, GroupRecord)>,
 }
 
 /// One queue, ready for its task.
@@ -34,6 +37,9 @@ pub(crate) struct RecoveredQueue {
     pub filters: BindingFilters,
     /// Its live messages, each with its delivery count and hold.
     pub state: QueueState,
+    /// The replica group that holds its messages, when another group's store does (in
+    /// a cluster's directory); then `state` is empty.
+    pub placed: Option<GroupId>,
 }
 
 /// Reads the whole store, chunk by chunk.
@@ -58,6 +64,8 @@ pub(crate) fn recover(
         dedup: Vec::new(),
         log_index: 0,
         next_queue_id: None,
+        placements: HashMap::new(),
+        groups: Vec::new(),
         errors: Vec::new(),
     };
     store.recover(&mut r)?;
@@ -79,12 +87,20 @@ pub(crate) fn recover(
         let next_seq = r.next_seqs.get(&id).copied().unwrap_or(0);
         let chunks = r.chunks.remove(&id).unwrap_or_default();
         machine.recover_queue(id, (*def).clone(), next_seq, chunks);
+        let placed = r.placements.get(&id).copied();
+        if let Some(group) = placed {
+            machine.recover_placement(id, group);
+        }
         queues.push(RecoveredQueue {
             id,
             def,
             filters,
             state,
+            placed,
         });
+    }
+    for (group, record) in &r.groups {
+        machine.recover_group(*group, record.clone());
     }
     queues.sort_by_key(|q| q.id);
     Ok(Recovered {
@@ -93,6 +109,7 @@ pub(crate) fn recover(
         stale_metas: r.metas.into_keys().collect(),
         dedup: r.dedup,
         log_index: r.log_index,
+        groups: r.groups,
     })
 }
 
@@ -107,6 +124,8 @@ struct Reader {
     dedup: Vec<DedupEntry>,
     log_index: u64,
     next_queue_id: Option<QueueId>,
+    placements: HashMap<QueueId, GroupId>,
+    groups: Vec<(GroupId, GroupRecord)>,
     errors: Vec<String>,
 }
 
@@ -176,5 +195,13 @@ impl Recover for Reader {
 
     fn next_queue_id(&mut self, id: QueueId) {
         self.next_queue_id = Some(id);
+    }
+
+    fn placement(&mut self, queue: QueueId, group: u64) {
+        self.placements.insert(queue, group);
+    }
+
+    fn group(&mut self, group: u64, record: GroupRecord) {
+        self.groups.push((group, record));
     }
 }
