@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use tern_codec::names::validate_name;
 use tern_codec::{
-    Binding, ClusterChange, ClusterInfo, ClusterOp, ClusterQuery, ErrorCode, Overflow,
-    QueueDeclare, QueueDelete, QueueInfo, QueueMove, QueueOptions, QueuePurge, QueueQuery,
-    ServerInfo, ServerQuery,
+    Binding, ClusterChange, ClusterInfo, ClusterOp, ClusterQuery, ErrorCode, GroupInfo,
+    GroupsQuery, Overflow, QueueDeclare, QueueDelete, QueueInfo, QueueMove, QueueOptions,
+    QueuePurge, QueueQuery, ServerInfo, ServerQuery,
 };
 use tokio::sync::oneshot;
 
@@ -358,6 +358,24 @@ impl Client {
             .await?
         {
             AdminReply::Cluster(info) => Ok(info),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The cluster's Raft groups as the connected node knows them: each one's leader,
+    /// members (the nodes holding a replica of its queues) and queues. Group 1 holds
+    /// the membership and the queue directory. A server that runs alone has none.
+    ///
+    /// # Errors
+    ///
+    /// The connection failed, or the server predates groups (`unknown_frame_type`).
+    pub async fn cluster_groups(&self) -> Result<Vec<GroupInfo>, Error> {
+        match self
+            .inner
+            .admin(AdminKind::Ok, |id| Ok(GroupsQuery { id }.into()))
+            .await?
+        {
+            AdminReply::Groups(info) => Ok(info.groups),
             other => Err(unexpected(&other)),
         }
     }

@@ -58,7 +58,7 @@ pub use request::{
 pub use state::Confirmation;
 pub use subscription::{SubscribeBuilder, Subscription};
 pub use tern_codec::{
-    Binding, ClusterInfo, ErrorCode, Headers, Member, MemberRole, Overflow, Pattern, Qos,
-    QueueInfo, QueueOptions, QueueStats, ServerInfo, Subject,
+    Binding, ClusterInfo, ErrorCode, GroupInfo, Headers, Member, MemberRole, Overflow, Pattern,
+    Qos, QueueInfo, QueueOptions, QueueStats, ServerInfo, Subject,
 };
 pub use transport::{AsyncStream, TlsOptions};

@@ -31,7 +31,7 @@ use bytestring::ByteString;
 use rustc_hash::FxHashMap;
 use tern_codec::{
     AckMode, ClusterInfo, Confirm, Consume, Delivery as DeliveryFrame, ErrorCode, ErrorFrame,
-    Frame, FrameType, Message as MessageFrame, QueueInfo, ServerInfo, Subscribe,
+    Frame, FrameType, GroupsInfo, Message as MessageFrame, QueueInfo, ServerInfo, Subscribe,
 };
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
@@ -54,6 +54,7 @@ pub(crate) enum AdminReply {
     Info(QueueInfo),
     Server(ServerInfo),
     Cluster(ClusterInfo),
+    Groups(GroupsInfo),
     List(Vec<QueueInfo>),
     Count(u64),
 }
@@ -288,6 +289,12 @@ impl State {
             Frame::ClusterInfo(info) => {
                 if let Some(Request::Admin { reply, .. }) = self.requests.remove(&info.id) {
                     let _ = reply.send(Ok(AdminReply::Cluster(info)));
+                }
+                Ok(Handled::default())
+            }
+            Frame::GroupsInfo(info) => {
+                if let Some(Request::Admin { reply, .. }) = self.requests.remove(&info.id) {
+                    let _ = reply.send(Ok(AdminReply::Groups(info)));
                 }
                 Ok(Handled::default())
             }

@@ -42,6 +42,8 @@ pub enum FrameType {
     ClusterQuery = 0x48,
     ClusterInfo = 0x49,
     ClusterChange = 0x4A,
+    GroupsQuery = 0x4B,
+    GroupsInfo = 0x4C,
 }
 
 /// `(code, name)` for every frame type, for logs and the specification.
@@ -76,6 +78,8 @@ pub const FRAME_TYPES: &[(FrameType, &str)] = &[
     (FrameType::ClusterQuery, "CLUSTER_QUERY"),
     (FrameType::ClusterInfo, "CLUSTER_INFO"),
     (FrameType::ClusterChange, "CLUSTER_CHANGE"),
+    (FrameType::GroupsQuery, "GROUPS_QUERY"),
+    (FrameType::GroupsInfo, "GROUPS_INFO"),
 ];
 
 impl FrameType {

@@ -192,6 +192,8 @@ fn frame_examples_are_the_golden_frames() {
             "CLUSTER_QUERY",
             "CLUSTER_INFO",
             "CLUSTER_CHANGE",
+            "GROUPS_QUERY",
+            "GROUPS_INFO",
         ]
     );
 }

@@ -1,4 +1,5 @@
-//! CLUSTER_QUERY and CLUSTER_CHANGE (client → server), CLUSTER_INFO (server → client).
+//! CLUSTER_QUERY, CLUSTER_CHANGE and GROUPS_QUERY (client → server), CLUSTER_INFO and
+//! GROUPS_INFO (server → client).
 //!
 //! ```text
 //! CLUSTER_QUERY  id: u32
@@ -7,6 +8,10 @@
 //!   member       node_id: u64 | peer_addr: string | client_addr: optional string
 //!                | role: u8 (0 voter, 1 learner) | lag: u64
 //! CLUSTER_CHANGE id: u32 | op: u8 (1 add, 2 remove) | node_id: u64 | peer_addr: string
+//! GROUPS_QUERY   id: u32
+//! GROUPS_INFO    id: u32 | groups: u16 count, then count × group
+//!   group        group: u64 | leader: u64 | members: u16 count × u64
+//!                | queues: u16 count × string
 //! ```
 //!
 //! A server that is not part of a cluster answers CLUSTER_INFO with `node_id` 0 and no
@@ -192,5 +197,98 @@ impl Body for ClusterChange {
             other => return Err(r.invalid("op", u64::from(other))),
         };
         Ok(Self { id, op })
+    }
+}
+
+id_frame!(
+    /// Asks for the server's GROUPS_INFO.
+    GroupsQuery
+);
+
+/// A Raft group of the cluster and the queues it holds, as the answering node knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub group: u64,
+    /// Its leader, which runs its queues; 0 while the answering node knows none.
+    pub leader: u64,
+    /// The nodes that hold a replica of its queues, ascending.
+    pub members: Vec<u64>,
+    /// Its queues, by name.
+    pub queues: Vec<ByteString>,
+}
+
+/// The cluster's groups as the answering node knows them; none when it runs alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupsInfo {
+    pub id: u32,
+    pub groups: Vec<GroupInfo>,
+}
+
+fn count(what: &'static str, n: usize) -> Result<u16, EncodeError> {
+    u16::try_from(n).map_err(|_| EncodeError::TooMany { what, count: n })
+}
+
+impl Body for GroupsInfo {
+    const TYPE: FrameType = FrameType::GroupsInfo;
+
+    fn body_len(&self) -> usize {
+        4 + 2
+            + self
+                .groups
+                .iter()
+                .map(|g| {
+                    8 + 8
+                        + 2
+                        + 8 * g.members.len()
+                        + 2
+                        + g.queues.iter().map(|q| wire::string_len(q)).sum::<usize>()
+                })
+                .sum::<usize>()
+    }
+
+    fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        dst.put_u32(self.id);
+        dst.put_u16(count("groups", self.groups.len())?);
+        for g in &self.groups {
+            dst.put_u64(g.group);
+            dst.put_u64(g.leader);
+            dst.put_u16(count("group members", g.members.len())?);
+            for m in &g.members {
+                dst.put_u64(*m);
+            }
+            dst.put_u16(count("group queues", g.queues.len())?);
+            for q in &g.queues {
+                wire::put_string(dst, q, "queue")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        let id = r.u32("id")?;
+        let n = r.u16("group count")?;
+        // Each count is bounded by what the frame holds, which the decoder accepted.
+        let mut groups = Vec::with_capacity(usize::from(n).min(16));
+        for _ in 0..n {
+            let group = r.u64("group")?;
+            let leader = r.u64("leader")?;
+            let members_n = r.u16("group member count")?;
+            let mut members = Vec::with_capacity(usize::from(members_n).min(16));
+            for _ in 0..members_n {
+                members.push(r.u64("group member")?);
+            }
+            let queues_n = r.u16("group queue count")?;
+            let mut queues = Vec::with_capacity(usize::from(queues_n).min(64));
+            for _ in 0..queues_n {
+                queues.push(r.string("queue")?);
+            }
+            groups.push(GroupInfo {
+                group,
+                leader,
+                members,
+                queues,
+            });
+        }
+        Ok(Self { id, groups })
     }
 }

@@ -58,7 +58,10 @@ mod subscribe;
 
 use bytes::{Buf, BufMut, BytesMut};
 
-pub use cluster::{ClusterChange, ClusterInfo, ClusterOp, ClusterQuery, Member, MemberRole};
+pub use cluster::{
+    ClusterChange, ClusterInfo, ClusterOp, ClusterQuery, GroupInfo, GroupsInfo, GroupsQuery,
+    Member, MemberRole,
+};
 pub use consume::{Ack, AckMode, Cancel, Consume, Credit, Delivery, DeliveryHead, Nack, Received};
 pub use control::{Done, Ok, Ping, Pong};
 pub use error::ErrorFrame;
@@ -176,6 +179,8 @@ pub enum Frame {
     ClusterQuery(ClusterQuery),
     ClusterInfo(ClusterInfo),
     ClusterChange(ClusterChange),
+    GroupsQuery(GroupsQuery),
+    GroupsInfo(GroupsInfo),
 }
 
 macro_rules! each_frame {
@@ -211,6 +216,8 @@ macro_rules! each_frame {
             Frame::ClusterQuery($f) => $e,
             Frame::ClusterInfo($f) => $e,
             Frame::ClusterChange($f) => $e,
+            Frame::GroupsQuery($f) => $e,
+            Frame::GroupsInfo($f) => $e,
         }
     };
 }
@@ -294,6 +301,8 @@ impl Frame {
             FrameType::ClusterQuery => Frame::ClusterQuery(Body::decode_body(&mut r)?),
             FrameType::ClusterInfo => Frame::ClusterInfo(Body::decode_body(&mut r)?),
             FrameType::ClusterChange => Frame::ClusterChange(Body::decode_body(&mut r)?),
+            FrameType::GroupsQuery => Frame::GroupsQuery(Body::decode_body(&mut r)?),
+            FrameType::GroupsInfo => Frame::GroupsInfo(Body::decode_body(&mut r)?),
         };
         r.finish()?;
         Result::Ok(Some(frame))
@@ -357,7 +366,9 @@ into_frame!(
     ServerInfo,
     ClusterQuery,
     ClusterInfo,
-    ClusterChange
+    ClusterChange,
+    GroupsQuery,
+    GroupsInfo
 );
 
 impl From<ErrorFrame> for Frame {

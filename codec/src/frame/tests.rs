@@ -562,6 +562,30 @@ pub(crate) fn samples() -> Vec<Frame> {
             id: 22,
             op: ClusterOp::Remove { node_id: 3 },
         }),
+        // GROUPS_QUERY, GROUPS_INFO (alone: none; two groups, one without a leader
+        // known and with no queue).
+        Frame::GroupsQuery(GroupsQuery { id: 23 }),
+        Frame::GroupsInfo(GroupsInfo {
+            id: 23,
+            groups: Vec::new(),
+        }),
+        Frame::GroupsInfo(GroupsInfo {
+            id: u32::MAX,
+            groups: vec![
+                GroupInfo {
+                    group: 1,
+                    leader: 0,
+                    members: vec![1, 2, 3, 4, 5],
+                    queues: Vec::new(),
+                },
+                GroupInfo {
+                    group: u64::MAX,
+                    leader: 3,
+                    members: vec![3, 4, 5],
+                    queues: vec![s("orders"), s("orders.dlq")],
+                },
+            ],
+        }),
     ]
 }
 
@@ -751,6 +775,8 @@ fn inner_types_encode_like_the_frame() {
             Frame::ClusterQuery(f) => inner!(f),
             Frame::ClusterInfo(f) => inner!(f),
             Frame::ClusterChange(f) => inner!(f),
+            Frame::GroupsQuery(f) => inner!(f),
+            Frame::GroupsInfo(f) => inner!(f),
         };
         assert_eq!(inner, whole, "{frame:?}");
         assert_eq!(inner_len.unwrap(), whole.len());
@@ -1368,6 +1394,29 @@ pub(crate) const GOLDEN_CLUSTER_CHANGE: &[u8] = &[
     b'4', // "127.0.0.1:7504"
 ];
 
+/// GROUPS_QUERY id 22.
+pub(crate) const GOLDEN_GROUPS_QUERY: &[u8] = &[
+    0x00, 0x00, 0x00, 0x05, // length 5
+    0x4b, // GROUPS_QUERY
+    0x00, 0x00, 0x00, 0x16, // id 22
+];
+
+/// GROUPS_INFO id 22: group 2, led by node 1, on nodes 1, 2 and 3, holding `orders`.
+pub(crate) const GOLDEN_GROUPS_INFO: &[u8] = &[
+    0x00, 0x00, 0x00, 0x3b, // length 59
+    0x4c, // GROUPS_INFO
+    0x00, 0x00, 0x00, 0x16, // id 22
+    0x00, 0x01, // 1 group
+    0, 0, 0, 0, 0, 0, 0, 2, // group 2
+    0, 0, 0, 0, 0, 0, 0, 1, // leader 1
+    0x00, 0x03, // 3 members
+    0, 0, 0, 0, 0, 0, 0, 1, // node 1
+    0, 0, 0, 0, 0, 0, 0, 2, // node 2
+    0, 0, 0, 0, 0, 0, 0, 3, // node 3
+    0x00, 0x01, // 1 queue
+    0x00, 0x06, b'o', b'r', b'd', b'e', b'r', b's', // "orders"
+];
+
 /// The durable-queue goldens as one session, in the order a client would see them
 /// (the frames of both directions interleaved; a fuzz seed, not a specified exchange).
 pub(crate) const GOLDEN_QUEUE_SESSION: &[&[u8]] = &[
@@ -1686,6 +1735,24 @@ fn goldens() -> Vec<(&'static str, &'static [u8], Frame)> {
                     node_id: 4,
                     peer_addr: s("127.0.0.1:7504"),
                 },
+            }),
+        ),
+        (
+            "groups_query",
+            GOLDEN_GROUPS_QUERY,
+            Frame::GroupsQuery(GroupsQuery { id: 22 }),
+        ),
+        (
+            "groups_info",
+            GOLDEN_GROUPS_INFO,
+            Frame::GroupsInfo(GroupsInfo {
+                id: 22,
+                groups: vec![GroupInfo {
+                    group: 2,
+                    leader: 1,
+                    members: vec![1, 2, 3],
+                    queues: vec![s("orders")],
+                }],
             }),
         ),
     ]

@@ -3,11 +3,11 @@
 use std::io::Write;
 
 use serde_json::{json, Value};
-use tern_client::{Client, ClusterInfo, MemberRole};
+use tern_client::{Client, ClusterInfo, GroupInfo, MemberRole};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Show the members, their roles and addresses, and which node leads
+    /// Show the members, their roles and addresses, and each group's leader, replicas and queues
     Status {
         /// One JSON object
         #[arg(long)]
@@ -33,12 +33,13 @@ pub async fn run(client: Client, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Status { json } => {
             let info = client.cluster_info().await?;
+            let groups = groups(&client).await;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             if json {
-                writeln!(out, "{}", to_json(&info))?;
+                writeln!(out, "{}", to_json(&info, &groups))?;
             } else {
-                print(&mut out, &info)?;
+                print(&mut out, &info, &groups)?;
             }
             out.flush()?;
         }
@@ -55,12 +56,23 @@ pub async fn run(client: Client, command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cluster's groups (none from a server older than groups, or alone).
+pub async fn groups(client: &Client) -> Vec<GroupInfo> {
+    client.cluster_groups().await.unwrap_or_default()
+}
+
 /// The cluster as JSON (`null` members and leader when the server runs alone).
-pub fn to_json(info: &ClusterInfo) -> Value {
+pub fn to_json(info: &ClusterInfo, groups: &[GroupInfo]) -> Value {
     if info.node_id == 0 {
         return json!({ "node_id": 0, "members": [] });
     }
     json!({
+        "groups": groups.iter().map(|g| json!({
+            "group": g.group,
+            "leader": (g.leader != 0).then_some(g.leader),
+            "replicas": &g.members,
+            "queues": g.queues.iter().map(|q| &**q).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
         "node_id": info.node_id,
         "term": info.term,
         "leader": (info.leader != 0).then_some(info.leader),
@@ -76,7 +88,11 @@ pub fn to_json(info: &ClusterInfo) -> Value {
 }
 
 /// The cluster as lines of text.
-pub fn print(out: &mut impl Write, info: &ClusterInfo) -> std::io::Result<()> {
+pub fn print(
+    out: &mut impl Write,
+    info: &ClusterInfo,
+    groups: &[GroupInfo],
+) -> std::io::Result<()> {
     if info.node_id == 0 {
         return writeln!(out, "cluster       none (this server runs alone)");
     }
@@ -90,10 +106,6 @@ pub fn print(out: &mut impl Write, info: &ClusterInfo) -> std::io::Result<()> {
         info.node_id,
         info.members.len(),
         info.term
-    )?;
-    writeln!(
-        out,
-        "queues        every queue led by the leader, replicated on every voter"
     )?;
     for m in &info.members {
         let mut notes = vec![role(m.role).to_string()];
@@ -113,6 +125,30 @@ pub fn print(out: &mut impl Write, info: &ClusterInfo) -> std::io::Result<()> {
             &*m.peer_addr,
             m.client_addr.as_deref().unwrap_or("?"),
             notes.join(", ")
+        )?;
+    }
+    for g in groups {
+        let leader = match g.leader {
+            0 => "none known".to_string(),
+            n => format!("node {n}"),
+        };
+        let replicas: Vec<String> = g.members.iter().map(u64::to_string).collect();
+        let queues: Vec<&str> = g.queues.iter().map(|q| &**q).collect();
+        let what = if g.group == 1 {
+            "membership and directory; "
+        } else {
+            ""
+        };
+        writeln!(
+            out,
+            "  group {:<3} leader {leader}, replicas on {}; {what}queues: {}",
+            g.group,
+            replicas.join(", "),
+            if queues.is_empty() {
+                "none".to_string()
+            } else {
+                queues.join(", ")
+            }
         )?;
     }
     Ok(())

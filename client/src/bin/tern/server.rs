@@ -21,6 +21,7 @@ pub async fn run(client: Client, command: Command) -> anyhow::Result<()> {
     let i = client.server_info().await?;
     // A server older than clusters does not know the question: it is alone.
     let cluster = client.cluster_info().await.ok();
+    let groups = crate::cluster::groups(&client).await;
     let value = json!({
         "server_id": &*i.server_id,
         "version": &*i.version,
@@ -33,7 +34,7 @@ pub async fn run(client: Client, command: Command) -> anyhow::Result<()> {
         "sync": &*i.sync,
         "messages_in": i.messages_in,
         "messages_out": i.messages_out,
-        "cluster": cluster.as_ref().map(crate::cluster::to_json),
+        "cluster": cluster.as_ref().map(|c| crate::cluster::to_json(c, &groups)),
     });
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -60,7 +61,7 @@ pub async fn run(client: Client, command: Command) -> anyhow::Result<()> {
             i.messages_in, i.messages_out
         )?;
         if let Some(cluster) = &cluster {
-            crate::cluster::print(&mut out, cluster)?;
+            crate::cluster::print(&mut out, cluster, &groups)?;
         }
     }
     out.flush()?;
