@@ -125,6 +125,19 @@ impl Cluster {
         .await
     }
 
+    /// The group of queue `queue`, once node `i` knows its leader, as node `i` sees it:
+    /// where a member, its Raft's voters.
+    async fn group_of(&self, i: usize, queue: &str) -> tern::GroupInfo {
+        let client = self.client(i).await;
+        eventually("the queue's group to have a leader", || async {
+            let groups = client.cluster_groups().await.ok()?;
+            groups
+                .into_iter()
+                .find(|g| g.queues.iter().any(|q| &**q == queue) && g.leader != 0)
+        })
+        .await
+    }
+
     /// A client with every running node as its seed list, `first` at its head.
     async fn seeded(&self, first: usize) -> Client {
         let mut seeds = vec![self.nodes[first].as_ref().expect("running").url()];
@@ -884,11 +897,80 @@ async fn nodes_are_added_and_removed_and_a_dead_one_is_replaced() {
     assert!(status.success(), "{err}");
     assert!(out.contains("cluster       node "), "{out}");
 
-    // With the replacement voting, any one more node may die: kill node 4 (the first
-    // newcomer), and everything confirmed is still there, once.
-    cluster.kill(four).await;
+    // The queue's group replaces the dead node too (with the newcomer in fewest
+    // groups, node 4): once its voters are live nodes only, any one more node may die.
+    // Kill one that held the queue from the start, and everything confirmed is still
+    // there, once.
+    let holder = cluster
+        .running()
+        .into_iter()
+        .find(|i| *i != four && *i != five)
+        .expect("an original node runs");
+    let group = eventually("the queue's group to replace the dead node", || async {
+        let g = cluster.group_of(holder, "ledger").await;
+        (!g.members.contains(&dead) && g.members.len() == 3).then_some(g)
+    })
+    .await;
+    assert!(group.members.contains(&((four + 1) as u64)), "{group:?}");
+    cluster.kill(holder).await;
     let got = drain(&cluster, cluster.leader().await, "ledger", sent.len()).await;
     let got_set: BTreeSet<_> = got.iter().cloned().collect();
     assert_eq!(got.len(), got_set.len(), "no message delivered twice");
     assert_eq!(got_set, sent.iter().cloned().collect::<BTreeSet<_>>());
+}
+
+/// Queues go to groups of their own, led by different nodes; a publish into queues of
+/// two groups is stored by both, and messages move between queues of two groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_spread_over_groups_and_messages_cross_them() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.seeded(1).await;
+    declare(&client, "left", "both.>").await;
+    declare(&client, "right", "both.>").await;
+    let (left, right) = (
+        cluster.group_of(0, "left").await,
+        cluster.group_of(0, "right").await,
+    );
+    assert_ne!(left.group, right.group, "{left:?} {right:?}");
+    assert_ne!(left.leader, right.leader, "the first leaders are spread");
+    assert_eq!(left.members, [1, 2, 3]);
+
+    let forever = Instant::now() + Duration::from_secs(60);
+    let mut sent = Vec::new();
+    for n in 0..10 {
+        let payload = format!("m-{n}");
+        let confirmed = within(
+            "a confirm",
+            client
+                .publish("both.x", payload.clone())
+                .qos(Qos::AtLeastOnce)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(confirmed.queues, 2, "both groups stored '{payload}'");
+        sent.push(payload);
+    }
+    assert!(Instant::now() < forever);
+
+    let moved = within("move", client.move_messages("left", "right", None))
+        .await
+        .unwrap();
+    assert_eq!(moved, 10);
+    let got = drain(&cluster, 0, "right", 20).await;
+    let mut want: Vec<String> = sent.iter().chain(&sent).cloned().collect();
+    let mut got_sorted = got.clone();
+    want.sort();
+    got_sorted.sort();
+    assert_eq!(got_sorted, want, "its own ten and the ten moved");
+    let info = within("queue info", client.queue_info("left"))
+        .await
+        .unwrap();
+    assert_eq!(
+        info.stats.ready + info.stats.unacked,
+        0,
+        "moved out of left"
+    );
 }

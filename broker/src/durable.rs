@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tern_storage::{SledStore, StorageError, Store, Wal};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::hosting::Replicas;
 use crate::cluster::pubsub::PubSub;
 use crate::cluster::raft::{Recovery, Replica};
-use crate::cluster::replicated::ReplicatedLog;
+use crate::cluster::replicated::{Proposer, ReplicatedLog};
 use crate::cluster::Node;
 use crate::config::cluster::ClusterConfig;
 use crate::config::{Config, SyncPolicy};
@@ -48,8 +49,12 @@ pub(crate) struct Durable {
     pub dedup: Arc<Mutex<DedupWindow>>,
     /// The journal thread, joined at shutdown.
     journal_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// This node's member of the cluster's group, in a cluster.
+    /// This node's member of the cluster's first group, in a cluster.
     pub replica: Option<Arc<Replica>>,
+    /// Its members of every group.
+    replicas: Option<Arc<Replicas>>,
+    /// How its entries reach the groups (and where the others' leaders are).
+    pub proposer: Option<Arc<Proposer>>,
     /// In a cluster: pub/sub across the nodes. Not durable, but started with the
     /// replica, whose peer listener it shares.
     pub pubsub: Option<Arc<PubSub>>,
@@ -182,6 +187,7 @@ impl Durable {
         let node = crate::cluster::start(
             cluster,
             sled,
+            store_config.cache_bytes,
             Arc::clone(&runtime),
             Recovery {
                 data_dir: config.data_dir.clone(),
@@ -195,9 +201,9 @@ impl Durable {
         .await
         .map_err(|e| Error::Cluster(e.to_string()))?;
         let log = ReplicatedLog {
+            proposer: Arc::clone(&node.proposer),
             commit_latency: metrics.raft_commit,
-            replica: Arc::clone(&node.replica),
-            router,
+            runtime: Arc::clone(&runtime),
             store: Arc::clone(&store),
             health: Arc::clone(&health),
         };
@@ -241,6 +247,8 @@ impl Durable {
             dedup,
             journal_thread: Mutex::new(Some(journal_thread)),
             replica: cluster.as_ref().map(|n| Arc::clone(&n.replica)),
+            replicas: cluster.as_ref().map(|n| Arc::clone(&n.replicas)),
+            proposer: cluster.as_ref().map(|n| Arc::clone(&n.proposer)),
             pubsub: cluster.map(|n| n.pubsub),
         })
     }
@@ -257,8 +265,17 @@ impl Durable {
     /// client that asked it for what only their leader does (consume, queue info,
     /// purge, move).
     pub fn not_leader(&self, group: GroupId) -> Option<String> {
-        let replica = self.replica.as_ref()?;
-        (!self.runtime.runs_tasks(group)).then(|| replica.redirect())
+        let first = self.replica.as_ref()?;
+        if self.runtime.runs_tasks(group) {
+            return None;
+        }
+        match self.replicas.as_ref().and_then(|r| r.get(group)) {
+            Some(replica) => Some(replica.redirect()),
+            None => Some(match &self.proposer {
+                Some(proposer) => proposer.redirect_to(group),
+                None => first.redirect(),
+            }),
+        }
     }
 
     /// [`Durable::not_leader`] for the queue named `name`: its group's, or, when no
@@ -282,8 +299,10 @@ impl Durable {
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
-        if let Some(replica) = &self.replica {
-            replica.stop().await;
+        if let Some(replicas) = &self.replicas {
+            for replica in replicas.all() {
+                replica.stop().await;
+            }
         }
         flushed.map_err(|e| Error::Shutdown(format!("final store flush failed: {e}")))
     }

@@ -19,9 +19,12 @@ use tern_storage::{RaftLog, SledStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use self::directory::Directory;
+use self::hosting::{GroupStores, Replicas};
 use self::link::{Handler, HandlerFuture, LinkConfig};
 use self::pubsub::PubSub;
 use self::raft::{Groups, Host, Nodes, Recovery, Replica, StartError};
+use self::replicated::Proposer;
 use crate::config::cluster::{ClusterConfig, NodeId};
 use crate::queue::runtime::QueueRuntime;
 use crate::queue::FIRST_GROUP;
@@ -46,13 +49,21 @@ pub fn peer_request_round_trip(bytes: &[u8]) -> Option<bool> {
     }
 }
 
+pub(crate) mod directory;
+pub(crate) mod hosting;
+pub(crate) mod placement;
 pub(crate) mod pubsub;
 pub(crate) mod raft;
 pub(crate) mod replicated;
 
 /// This node's part of the cluster.
 pub(crate) struct Node {
+    /// Its member of the first group (the directory, the membership).
     pub replica: Arc<Replica>,
+    /// Its members of every group.
+    pub replicas: Arc<Replicas>,
+    /// How its journal's entries reach the groups.
+    pub proposer: Arc<Proposer>,
     pub pubsub: Arc<PubSub>,
 }
 
@@ -62,9 +73,11 @@ pub(crate) struct Node {
 /// # Errors
 ///
 /// The store, the listener, the TLS files or Raft could not start.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn start(
     config: &ClusterConfig,
     store: Arc<SledStore>,
+    cache_bytes: u64,
     runtime: Arc<QueueRuntime>,
     recovery: Recovery,
     router: Arc<Router>,
@@ -90,17 +103,37 @@ pub(crate) async fn start(
             .await
             .map_err(|e| StartError::Raft(e.to_string()))??
     };
-    let host = Host {
+    let directory = Arc::new(Directory::default());
+    let replicas = Arc::new(Replicas::default());
+    let proposer = Arc::new(Proposer::new(
+        Arc::clone(&replicas),
+        Arc::clone(&directory),
+        Arc::clone(&runtime.queues),
+        Arc::clone(&router),
+    ));
+    let host = Arc::new(Host {
         nodes,
+        directory,
         groups: Arc::clone(&groups),
         log,
         runtime,
-        router: Arc::clone(&router),
+        forwarded: Arc::clone(&proposer) as Arc<dyn raft::Forwarded>,
         shutdown: shutdown.clone(),
-    };
-    // Every durable queue is in the first group, of every voter, for now.
+    });
+    // The first group, of every voter: the lowest id forms it.
     let form = (!config.join).then(|| config.peers.clone().into_iter().collect());
+    let stores = GroupStores {
+        data_dir: recovery.data_dir.clone(),
+        cache_bytes,
+        recovery: recovery.clone(),
+    };
     let replica = Replica::start(&host, FIRST_GROUP, form, store, recovery).await?;
+    replicas.insert(FIRST_GROUP, Arc::clone(&replica));
+    tokio::spawn(hosting::replace_departed(
+        Arc::clone(&host),
+        Arc::clone(&replicas),
+    ));
+    tokio::spawn(hosting::host_groups(host, Arc::clone(&replicas), stores));
     let pubsub = Arc::new(PubSub::start(config, &link, router, limits, &shutdown));
     // Pub/sub talks to whoever the membership lists, as nodes are added and removed.
     let members = Arc::clone(&pubsub);
@@ -112,7 +145,12 @@ pub(crate) async fn start(
         pubsub: Arc::new(pubsub.handler()),
     };
     tokio::spawn(link::serve(listener, link, Arc::new(services), shutdown));
-    Ok(Node { replica, pubsub })
+    Ok(Node {
+        replica,
+        replicas,
+        proposer,
+        pubsub,
+    })
 }
 
 /// Hands each request from another node to the service its first byte names.

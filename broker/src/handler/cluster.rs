@@ -1,11 +1,11 @@
-//! CLUSTER_QUERY and CLUSTER_CHANGE: the cluster as this node sees it, and changes of
-//! its membership.
+//! CLUSTER_QUERY, GROUPS_QUERY and CLUSTER_CHANGE: the cluster and its groups as this
+//! node sees them, and changes of its membership.
 
 use std::sync::Arc;
 
 use tern_codec::{
-    ClusterChange, ClusterInfo, ClusterOp, ClusterQuery, ErrorCode, ErrorFrame, Member, MemberRole,
-    Ok as OkFrame,
+    ClusterChange, ClusterInfo, ClusterOp, ClusterQuery, ErrorCode, ErrorFrame, GroupInfo,
+    GroupsInfo, GroupsQuery, Member, MemberRole, Ok as OkFrame,
 };
 
 use super::Reject;
@@ -53,6 +53,31 @@ pub(crate) fn query(session: &mut Session, q: ClusterQuery) -> Result<(), Reject
         }
     };
     session.reply(&info);
+    Ok(())
+}
+
+/// Answers with the cluster's GROUPS_INFO (none when alone).
+///
+/// # Errors
+///
+/// None.
+pub(crate) fn groups(session: &mut Session, q: GroupsQuery) -> Result<(), Reject> {
+    let groups = session
+        .shared
+        .durable
+        .proposer
+        .as_ref()
+        .map(|p| p.groups())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|g| GroupInfo {
+            group: g.group,
+            leader: g.leader.unwrap_or(0),
+            members: g.members,
+            queues: g.queues.into_iter().map(Into::into).collect(),
+        })
+        .collect();
+    session.reply(&GroupsInfo { id: q.id, groups });
     Ok(())
 }
 

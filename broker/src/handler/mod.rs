@@ -32,7 +32,10 @@ impl From<crate::journal::Refused> for Reject {
             Refused::Queue(QueueError::Exists(_)) => ErrorCode::QueueExists,
             // No leader took it (one is being elected, or the one this node knew is
             // gone): the client retries, here or on another node.
-            Refused::NotLeader(_) | Refused::Queue(QueueError::NotLeader) => ErrorCode::NotLeader,
+            Refused::NotLeader(_)
+            | Refused::Queue(QueueError::NotLeader | QueueError::Creating(_)) => {
+                ErrorCode::NotLeader
+            }
             Refused::Store(_) => ErrorCode::StorageFailed,
             Refused::ShuttingDown => ErrorCode::ShuttingDown,
         };

@@ -569,6 +569,7 @@ impl<L: Log> Writer<L> {
                 Applied {
                     deleted: fx.deleted,
                     declared: fx.declared,
+                    placed: fx.placed,
                     appended: fx.appended.into_iter().collect(),
                 },
             )

@@ -257,6 +257,7 @@ impl Rig {
         runtime.queues.insert(Arc::new(QueueHandle {
             id: queue.id,
             group: queue.group,
+            replica: true,
             def: Arc::clone(&queue.def),
             filters: Vec::new(),
             tx: tasks,

@@ -146,6 +146,9 @@ pub(crate) struct QueueHandle {
     pub id: QueueId,
     /// Whose log holds it: the node runs its task only while it leads that group.
     pub group: GroupId,
+    /// Whether this node holds a replica of it (its group's store is here); else it is
+    /// known from a cluster's directory only, for routing and redirects.
+    pub replica: bool,
     pub def: Arc<QueueDef>,
     /// Each binding's compiled filter, in the order of `def.bindings`.
     pub filters: BindingFilters,
@@ -196,10 +199,10 @@ impl Queues {
         all
     }
 
-    /// Every queue of `group`, ordered by name.
+    /// Every queue of `group` this node holds a replica of, ordered by name.
     pub fn of_group(&self, group: GroupId) -> Vec<Arc<QueueHandle>> {
         let mut all = self.all();
-        all.retain(|q| q.group == group);
+        all.retain(|q| q.group == group && q.replica);
         all
     }
 

@@ -37,6 +37,8 @@ use crate::router::Router;
 pub(crate) struct Applied {
     pub deleted: Vec<QueueId>,
     pub declared: Vec<(QueueId, QueueDef)>,
+    /// Of `declared`, those another group holds (a cluster's directory).
+    pub placed: Vec<(QueueId, GroupId)>,
     pub appended: Vec<(QueueId, Vec<NewMessage>)>,
 }
 
@@ -45,7 +47,8 @@ pub(crate) struct Applied {
 pub(crate) struct QueueRuntime {
     pub queues: Arc<Queues>,
     router: Arc<Router>,
-    store: Arc<dyn Store>,
+    /// Each group's store, where its queues' tasks read message bodies back.
+    stores: Mutex<HashMap<GroupId, Arc<dyn Store>>>,
     /// Set once the journal runs: queue tasks send it their settles. The journal is
     /// started after the runtime, which it hands its effects to.
     journal: OnceLock<Journal>,
@@ -82,7 +85,7 @@ impl QueueRuntime {
         Self {
             queues: Arc::default(),
             router,
-            store,
+            stores: Mutex::new(HashMap::from([(super::FIRST_GROUP, store)])),
             journal: OnceLock::new(),
             memory,
             filter_limits,
@@ -92,6 +95,16 @@ impl QueueRuntime {
             leading: Mutex::new(HashMap::new()),
             spawner: tokio::runtime::Handle::current(),
         }
+    }
+
+    /// Group `group`'s queues are in `store` on this node.
+    pub fn add_store(&self, group: GroupId, store: Arc<dyn Store>) {
+        lock(&self.stores).insert(group, store);
+    }
+
+    /// Every group's store on this node.
+    pub fn stores(&self) -> Vec<Arc<dyn Store>> {
+        lock(&self.stores).values().cloned().collect()
     }
 
     /// Hands the runtime the journal its queue tasks write through.
@@ -110,11 +123,23 @@ impl QueueRuntime {
     }
 
     /// Replaces every queue of `group` with `found`, running their tasks when `active`.
+    /// Queues `found` placed in another group (in a cluster's directory, the first
+    /// group) are known for routing only; a replica this node holds of them is their
+    /// own group's business.
     async fn replace_group(&self, group: GroupId, found: Vec<RecoveredQueue>, active: bool) {
-        let old = self.queues.of_group(group);
+        let mut old = self.queues.of_group(group);
+        if group == super::FIRST_GROUP {
+            // The directory's too: every queue known from it only.
+            old.extend(self.queues.all().into_iter().filter(|q| !q.replica));
+        }
         let kept: std::collections::HashSet<QueueId> = found.iter().map(|q| q.id).collect();
         for q in found {
-            self.start(q.id, group, q.def, q.filters, q.state, active);
+            match q.placed {
+                Some(placed) => self.know(q.id, placed, q.def, q.filters),
+                None => {
+                    self.start(q.id, group, q.def, q.filters, q.state, active);
+                }
+            }
         }
         for queue in old {
             self.router.unbind_queue(&queue);
@@ -152,6 +177,7 @@ impl QueueRuntime {
             let passive = Arc::new(QueueHandle {
                 id: queue.id,
                 group,
+                replica: true,
                 def: Arc::clone(&queue.def),
                 filters: queue.filters.clone(),
                 tx,
@@ -175,7 +201,7 @@ impl QueueRuntime {
     /// The entry is of `group`'s log.
     pub async fn apply(&self, group: GroupId, applied: Applied) {
         for id in applied.deleted {
-            self.stop(id).await;
+            self.stop(group, id).await;
         }
         for (id, def) in applied.declared {
             // Compiled when the declare was checked; a failure here would be a filter
@@ -183,6 +209,10 @@ impl QueueRuntime {
             match def.compile_filters(&self.filter_limits) {
                 Ok(filters) => {
                     let def = Arc::new(def);
+                    if let Some((_, placed)) = applied.placed.iter().find(|(q, _)| *q == id) {
+                        self.know(id, *placed, def, filters);
+                        continue;
+                    }
                     let state = QueueState::new(Arc::clone(&def), self.memory);
                     let active = self.runs_tasks(group);
                     let handle = self.start(id, group, def, filters, state, active);
@@ -213,6 +243,26 @@ impl QueueRuntime {
         }
     }
 
+    /// Registers queue `id` of group `group`, known from the directory only: routed to,
+    /// never run here — unless this node holds a replica of it already, whose handle
+    /// stays.
+    fn know(&self, id: QueueId, group: GroupId, def: Arc<QueueDef>, filters: BindingFilters) {
+        if self.queues.by_id(id).is_some_and(|q| q.replica) {
+            return;
+        }
+        let (tx, _) = super::channel();
+        let handle = Arc::new(QueueHandle {
+            id,
+            group,
+            replica: false,
+            def,
+            filters,
+            tx,
+        });
+        self.queues.insert(Arc::clone(&handle));
+        self.router.bind_queue(&handle);
+    }
+
     /// Registers a queue and routes its bindings to it; starts its task when `active`
     /// (else the handle is passive: what is sent to it finds no task).
     fn start(
@@ -228,18 +278,20 @@ impl QueueRuntime {
         let handle = Arc::new(QueueHandle {
             id,
             group,
+            replica: true,
             def,
             filters,
             tx,
         });
+        let store = lock(&self.stores).get(&group).cloned();
         if !active {
             // Passive: the channel's receiver is dropped, so what is sent finds no task.
-        } else if let Some(journal) = self.journal.get() {
+        } else if let (Some(journal), Some(store)) = (self.journal.get(), store) {
             let task = QueueTask {
                 id,
                 state,
                 journal: journal.clone(),
-                store: Arc::clone(&self.store),
+                store,
                 queues: Arc::clone(&self.queues),
                 delivery_latency: self.delivery_latency.clone(),
                 read_back: ReadBack::default(),
@@ -248,7 +300,8 @@ impl QueueRuntime {
         } else {
             tracing::error!(
                 queue = id,
-                "a queue started before the journal; it does not run"
+                group,
+                "a queue started before the journal or its group's store; it does not run"
             );
         }
         self.queues.insert(Arc::clone(&handle));
@@ -256,11 +309,16 @@ impl QueueRuntime {
         handle
     }
 
-    /// Stops a deleted queue: out of the router and the registry, its task told.
-    async fn stop(&self, id: QueueId) {
+    /// Stops queue `id`, deleted in `group`: out of the router and the registry, its
+    /// task told. A replica this node holds is only its own group's to delete (the
+    /// directory's delete of a placed queue leaves it to that group's).
+    async fn stop(&self, group: GroupId, id: QueueId) {
         let Some(queue) = self.queues.by_id(id) else {
             return;
         };
+        if queue.replica && queue.group != group {
+            return;
+        }
         self.queues.remove(&queue.def.name);
         self.router.unbind_queue(&queue);
         let _ = queue.tx.send(QueueInput::Stop).await;

@@ -330,6 +330,7 @@ impl Session {
             Frame::ServerQuery(q) => (q.id, handler::server::query(self, q)),
             Frame::ClusterQuery(q) => (q.id, handler::cluster::query(self, q)),
             Frame::ClusterChange(c) => (c.id, handler::cluster::change(self, c)),
+            Frame::GroupsQuery(q) => (q.id, handler::cluster::groups(self, q)),
             Frame::Ping(p) => {
                 self.reply(&Pong { id: p.id });
                 (p.id, Ok(()))
@@ -352,7 +353,8 @@ impl Session {
             | Frame::Delivery(_)
             | Frame::QueueInfo(_)
             | Frame::ServerInfo(_)
-            | Frame::ClusterInfo(_)) => (
+            | Frame::ClusterInfo(_)
+            | Frame::GroupsInfo(_)) => (
                 0,
                 Err(Reject::new(
                     ErrorCode::UnexpectedFrame,

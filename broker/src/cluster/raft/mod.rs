@@ -46,6 +46,7 @@ use self::network::{Answerer, Call, Network, Request, Response, PROPOSE_TIMEOUT}
 pub(crate) use self::nodes::{ClientAddr, Nodes};
 pub(crate) use self::state_machine::Recovery;
 use self::state_machine::StateMachine;
+use crate::cluster::directory::Directory;
 use crate::cluster::link::Peer;
 use crate::queue::machine::{Answer, Entry};
 use crate::queue::runtime::QueueRuntime;
@@ -135,6 +136,13 @@ pub(crate) async fn submit(raft: &Raft, entry: Entry) -> Proposed {
     })
 }
 
+/// What a group's leader does with an entry another node forwarded when it is not
+/// simply appended: the first group's leader routes its publishes, places its declares
+/// and hands each group its part (`cluster::replicated`).
+pub(crate) trait Forwarded: Send + Sync + 'static {
+    fn propose(self: Arc<Self>, entry: Entry) -> Proposed;
+}
+
 /// [`submit`], then waits for the answers.
 pub(crate) async fn propose_here(raft: &Raft, entry: Entry) -> Result<Answers, ProposeError> {
     submit(raft, entry).await.await
@@ -194,12 +202,17 @@ const FORM_WAIT: std::time::Duration = std::time::Duration::from_millis(2_000);
 ///
 /// (A restarted node is no such threat: openraft counts a leader's lease from its start,
 /// so it campaigns no sooner than 1.5 s after, and its leader reaches it first.)
+///
+/// A queue group is formed the same way by the member the directory names first (its
+/// vote is then below none of a leader's that the others could have elected before
+/// it reached them: they wait for it).
 async fn form<C: openraft::RaftTypeConfig>(
     raft: openraft::Raft<C>,
     members: BTreeMap<C::NodeId, C::Node>,
+    first: C::NodeId,
 ) {
     let me = raft.metrics().borrow().id.clone();
-    if members.keys().next() != Some(&me) {
+    if first != me {
         let mut metrics = raft.metrics();
         let reached = metrics.wait_for(|m| m.current_leader.is_some());
         let _ = tokio::time::timeout(FORM_WAIT, reached).await;
@@ -347,13 +360,15 @@ pub(crate) enum MembershipError {
 /// What every group of a node shares.
 pub(crate) struct Host {
     pub nodes: Arc<Nodes>,
+    /// Kept by the first group's state machine.
+    pub directory: Arc<Directory>,
     /// Answers the other nodes' calls, by group.
     pub groups: Arc<Groups>,
     /// The node's Raft log, every group's.
     pub log: RaftLog,
     pub runtime: Arc<QueueRuntime>,
-    /// Picks the queues of publishes forwarded to a leader here.
-    pub router: Arc<crate::router::Router>,
+    /// Takes the entries forwarded to the first group's leader here.
+    pub forwarded: Arc<dyn Forwarded>,
     pub shutdown: CancellationToken,
 }
 
@@ -401,7 +416,8 @@ impl Replica {
     /// Starts this node's member of `group`: its state machine over `store`, its log in
     /// the node's Raft log, answering the other nodes' calls to it from then on. On
     /// the group's first start here (no vote yet), a node with `form` forms it with
-    /// those members ([`form`]); without, it waits to be added.
+    /// those members, the first of them at once ([`form`]); without, it waits to be
+    /// added.
     ///
     /// # Errors
     ///
@@ -409,7 +425,7 @@ impl Replica {
     pub async fn start(
         host: &Host,
         group: GroupId,
-        form: Option<BTreeMap<NodeId, String>>,
+        form: Option<Vec<(NodeId, String)>>,
         store: Arc<SledStore>,
         recovery: Recovery,
     ) -> Result<Arc<Self>, StartError> {
@@ -423,9 +439,11 @@ impl Replica {
             .is_none();
         let log_store = LogStore::new(host.log.clone(), group);
         let metrics = Arc::new(OnceLock::new());
+        let directory = (group == crate::queue::FIRST_GROUP).then(|| Arc::clone(&host.directory));
         let sm = StateMachine::open(
             node,
             group,
+            directory,
             store,
             Arc::clone(&host.runtime),
             recovery,
@@ -451,15 +469,17 @@ impl Replica {
             Arc::new(Answerer {
                 raft: raft.clone(),
                 log: log_store.clone(),
-                router: Arc::clone(&host.router),
+                forwarded: (group == crate::queue::FIRST_GROUP)
+                    .then(|| Arc::clone(&host.forwarded)),
             }),
         );
         if let Some(members) = form.filter(|_| first_start) {
+            let first = members.first().map_or(node, |(id, _)| *id);
             let members = members
                 .into_iter()
                 .map(|(id, addr)| (id, BasicNode { addr }))
                 .collect();
-            tokio::spawn(self::form(raft.clone(), members));
+            tokio::spawn(self::form(raft.clone(), members, first));
         }
         let replica = Arc::new(Self {
             node,
@@ -498,6 +518,11 @@ impl Replica {
         self.node
     }
 
+    /// The group this is a member of.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
     /// What this node's Raft says now.
     pub fn status(&self) -> RaftStatus {
         let m = self.raft.metrics().borrow().clone();
@@ -530,6 +555,13 @@ impl Replica {
     /// The leader, as this node's Raft knows it.
     pub fn leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow().current_leader
+    }
+
+    /// The group's voters.
+    pub fn voters(&self) -> Vec<NodeId> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().voter_ids().collect()
     }
 
     /// Whether this node leads, by its Raft's account.
@@ -794,12 +826,29 @@ impl Replica {
     ///
     /// The leader could not be reached, or did not take it.
     pub async fn forward(&self, leader: NodeId, entry: Entry) -> Result<Answers, ProposeError> {
+        self.forward_to(self.group, leader, entry).await
+    }
+
+    /// Has node `leader` append `entry` to group `group` (reached at the address this
+    /// group's membership gives it: the first group's lists every node), as
+    /// [`Replica::propose_here`] there. A member that does not lead answers which one
+    /// does.
+    ///
+    /// # Errors
+    ///
+    /// The node could not be reached, or did not take it.
+    pub async fn forward_to(
+        &self,
+        group: GroupId,
+        leader: NodeId,
+        entry: Entry,
+    ) -> Result<Answers, ProposeError> {
         let Some(peer) = self.peer(leader) else {
             return Err(ProposeError::NoLeader {
                 leader: Some(leader),
             });
         };
-        let propose = Call::Group(self.group, Request::Propose(entry));
+        let propose = Call::Group(group, Request::Propose(entry));
         match self.nodes.call(peer, propose, PROPOSE_TIMEOUT).await {
             Ok(Response::Propose(answer)) => answer,
             Ok(_) => Err(ProposeError::Failed(format!(

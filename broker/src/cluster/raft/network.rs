@@ -203,8 +203,8 @@ pub(crate) struct Answerer {
     pub raft: Raft,
     /// This node's Raft log, for [`Request::LastLog`].
     pub log: super::log_store::LogStore,
-    /// Picks the queues of forwarded publishes (`replicated::route`).
-    pub router: Arc<crate::router::Router>,
+    /// What takes forwarded entries, when not simply this group's Raft.
+    pub forwarded: Option<Arc<dyn super::Forwarded>>,
 }
 
 impl Answerer {
@@ -217,10 +217,10 @@ impl Answerer {
             Request::InstallSnapshot(rpc) => {
                 Response::InstallSnapshot(self.raft.install_snapshot(rpc).await)
             }
-            Request::Propose(mut entry) => {
-                crate::cluster::replicated::route(&self.router, &mut entry);
-                Response::Propose(super::propose_here(&self.raft, entry).await)
-            }
+            Request::Propose(entry) => Response::Propose(match &self.forwarded {
+                Some(forwarded) => Arc::clone(forwarded).propose(entry).await,
+                None => super::propose_here(&self.raft, entry).await,
+            }),
             Request::LastLog => {
                 let state = self
                     .log

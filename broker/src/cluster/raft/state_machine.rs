@@ -31,6 +31,7 @@ use tokio::sync::watch;
 
 use super::lease::Lease;
 use super::{Answers, GroupId, Member, NodeId, TypeConfig};
+use crate::cluster::directory::{Directory, Layout};
 use crate::queue::machine::Machine;
 use crate::queue::recovery::{self, Recovered};
 use crate::queue::runtime::{Applied, QueueRuntime};
@@ -65,6 +66,8 @@ pub(crate) struct StateMachine {
     node: NodeId,
     /// The group whose log this machine applies.
     group: GroupId,
+    /// In the first group: the directory it keeps.
+    directory: Option<Arc<Directory>>,
     store: Arc<SledStore>,
     machine: Machine,
     state: Arc<Mutex<AppliedState>>,
@@ -108,6 +111,7 @@ impl StateMachine {
     pub async fn open(
         node: NodeId,
         group: GroupId,
+        directory: Option<Arc<Directory>>,
         store: Arc<SledStore>,
         runtime: Arc<QueueRuntime>,
         recovery: Recovery,
@@ -126,10 +130,14 @@ impl StateMachine {
             }
             None => AppliedState::default(),
         };
+        if let Some(directory) = &directory {
+            directory.reset(layout(&recovered));
+        }
         runtime.reset(group, recovered.queues).await;
         Ok(Self {
             node,
             group,
+            directory,
             store,
             machine: recovered.machine,
             state: Arc::new(Mutex::new(state)),
@@ -214,10 +222,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Normal(e) => {
                     let fx = self.machine.apply(&e);
+                    if let Some(directory) = &self.directory {
+                        let placed = fx.placed.iter().filter_map(|(id, group)| {
+                            let (_, def) = fx.declared.iter().find(|(q, _)| q == id)?;
+                            Some((*id, *group, Arc::new(def.clone())))
+                        });
+                        directory.apply(placed, &fx.deleted, &fx.groups);
+                    }
                     commit = fx.commit;
                     applied = Some(Applied {
                         deleted: fx.deleted,
                         declared: fx.declared,
+                        placed: fx.placed,
                         appended: fx.appended.into_iter().collect(),
                     });
                     Answers(fx.answers)
@@ -307,6 +323,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .run(&self.store)
             .await
             .map_err(|e| sm_err(&e))?;
+        if let Some(directory) = &self.directory {
+            directory.reset(layout(&recovered));
+        }
         self.machine = recovered.machine;
         *lock(&self.state) = state;
         self.runtime.reset(self.group, recovered.queues).await;
@@ -349,6 +368,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             },
             snapshot: Box::new(tokio::fs::File::from_std(file)),
         }))
+    }
+}
+
+/// The directory a first group's store holds.
+fn layout(recovered: &crate::queue::recovery::Recovered) -> Layout {
+    Layout {
+        groups: recovered.groups.iter().cloned().collect(),
+        placed: recovered
+            .queues
+            .iter()
+            .filter_map(|q| Some((q.id, (q.placed?, Arc::clone(&q.def)))))
+            .collect(),
     }
 }
 

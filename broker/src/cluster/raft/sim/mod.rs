@@ -166,7 +166,8 @@ impl Sim {
             let members = (1..=size)
                 .map(|id| (id, Member::new(format!("node-{id}"))))
                 .collect();
-            tokio::spawn(form(raft.clone(), members));
+            // The lowest id at once, as ternd's first group.
+            tokio::spawn(form(raft.clone(), members, 1));
         }
         let (checker, mut metrics) = (self.checker.clone(), raft.metrics());
         tokio::spawn(async move {
