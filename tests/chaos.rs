@@ -9,13 +9,12 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{http_get, within, Ternd};
+use common::{within, Ternd};
 use tern::{Client, QueueConfig};
 
 const SECRET: &str = "a-secret-of-the-chaos-cluster-0123456789";
@@ -189,29 +188,33 @@ impl Cluster {
             .join(",")
     }
 
-    /// The node that leads, by the metrics of the nodes that are up and not cut off: of
-    /// those that say they lead, the one of the highest term (a leader that was cut off
-    /// may not know yet that another was elected).
+    /// The node that leads the queue's group, as the nodes that are up and not cut off
+    /// say (GROUPS_INFO): the one most of them name, if it is up and not cut off too (a
+    /// leader that was cut off may not know yet that another was elected).
     async fn leader(&self) -> usize {
-        common::eventually("a leader", || async {
-            let mut leaders = Vec::new();
+        common::eventually("a leader of the queue's group", || async {
+            let mut named: BTreeMap<u64, usize> = BTreeMap::new();
             for i in 0..NODES {
                 if self.nodes[i].is_none() || self.cut[i] {
                     continue;
                 }
-                let addr: SocketAddr = format!("{}:9464", self.net.addr(i)).parse().unwrap();
-                let scrape =
-                    tokio::time::timeout(Duration::from_secs(2), http_get(addr, "/metrics"));
-                if let Ok((_, body)) = scrape.await {
-                    if body.contains("\ntern_raft_is_leader 1\n") {
-                        let term = body
-                            .lines()
-                            .find_map(|l| l.strip_prefix("tern_raft_term ")?.parse::<u64>().ok());
-                        leaders.push((term, i));
-                    }
+                let url = format!("{}:7400", self.net.addr(i));
+                let asked = tokio::time::timeout(Duration::from_secs(2), async {
+                    let client = Client::connect(url).await.ok()?;
+                    let groups = client.cluster_groups().await.ok()?;
+                    let _ = client.close().await;
+                    groups
+                        .into_iter()
+                        .find(|g| g.queues.iter().any(|q| &**q == "chaos"))
+                        .map(|g| g.leader)
+                });
+                if let Ok(Some(leader)) = asked.await {
+                    *named.entry(leader).or_default() += 1;
                 }
             }
-            leaders.into_iter().max().map(|(_, i)| i)
+            let (leader, _) = named.into_iter().max_by_key(|(_, n)| *n)?;
+            let i = usize::try_from(leader).ok()?.checked_sub(1)?;
+            (i < NODES && self.nodes[i].is_some() && !self.cut[i]).then_some(i)
         })
         .await
     }
