@@ -974,3 +974,62 @@ async fn queues_spread_over_groups_and_messages_cross_them() {
         "moved out of left"
     );
 }
+
+/// A queue declared with fewer replicas than nodes lives on that many; a node without a
+/// replica still takes its publishes and sends its consumers where it is. More
+/// replicas than nodes are refused, as any replica count beyond 1 by a server alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_lives_on_as_many_nodes_as_it_asks_replicas() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.seeded(0).await;
+    for (name, replicas) in [("solo", 1), ("pair", 2)] {
+        within(
+            "declare",
+            client.declare_queue(&QueueConfig::new(name).bind(name).replicas(replicas)),
+        )
+        .await
+        .unwrap();
+        let group = cluster.group_of(0, name).await;
+        assert_eq!(group.members.len(), usize::from(replicas), "{group:?}");
+    }
+    let too_many = within(
+        "declare",
+        client.declare_queue(&QueueConfig::new("many").bind("many").replicas(4)),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(too_many.code(), Some(ErrorCode::InvalidQueue), "{too_many}");
+    assert!(too_many.to_string().contains("3 nodes"), "{too_many}");
+
+    // Through a node that holds no replica of `solo`: published, and consumed (the
+    // consumer is sent to the node that holds it).
+    let holder = cluster.group_of(0, "solo").await.members[0];
+    let other = (0..3).find(|i| (*i + 1) as u64 != holder).unwrap();
+    let elsewhere = cluster.client(other).await;
+    let forever = Instant::now() + Duration::from_secs(60);
+    for n in 0..5 {
+        publish_confirmed(&elsewhere, "solo", format!("s-{n}"), forever).await;
+    }
+    let got = drain(&cluster, other, "solo", 5).await;
+    assert_eq!(got.len(), 5, "{got:?}");
+
+    // Alone, a queue has one replica at most.
+    let dir = tempfile::tempdir().unwrap();
+    let alone = Ternd::start(dir.path(), &[]).await;
+    let c = within("connect", Client::connect(alone.url()))
+        .await
+        .unwrap();
+    let refused = within(
+        "declare",
+        c.declare_queue(&QueueConfig::new("q").replicas(2)),
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.to_string().contains("runs alone"), "{refused}");
+    within(
+        "declare",
+        c.declare_queue(&QueueConfig::new("q").replicas(1)),
+    )
+    .await
+    .unwrap();
+}

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use tern_codec::names::validate_name;
 use tern_codec::{
-    Binding, ClusterChange, ClusterInfo, ClusterOp, ClusterQuery, ErrorCode, GroupInfo,
-    GroupsQuery, Overflow, QueueDeclare, QueueDelete, QueueInfo, QueueMove, QueueOptions,
-    QueuePurge, QueueQuery, ServerInfo, ServerQuery,
+    Binding, ClusterChange, ClusterInfo, ClusterOp, ClusterQuery, ErrorCode, Frame, GroupInfo,
+    GroupsQuery, Overflow, QueueCreate, QueueDeclare, QueueDelete, QueueInfo, QueueMove,
+    QueueOptions, QueuePurge, QueueQuery, ServerInfo, ServerQuery,
 };
 use tokio::sync::oneshot;
 
@@ -26,6 +26,8 @@ pub struct QueueConfig {
     pub ttl: Option<Duration>,
     pub max_length: Option<u64>,
     pub overflow: Overflow,
+    /// In a cluster: the nodes that hold a replica (`None`: the cluster's default, 3).
+    pub replicas: Option<u8>,
 }
 
 impl QueueConfig {
@@ -86,7 +88,25 @@ impl QueueConfig {
         self
     }
 
-    fn frame(&self, id: u32) -> Result<QueueDeclare, Error> {
+    /// In a cluster: keeps the queue on `n` nodes (1 to the cluster's size); a publish
+    /// is confirmed once a majority of them holds it. Declared with QUEUE_CREATE, which
+    /// servers older than queue groups do not know (`unknown_frame_type`).
+    pub fn replicas(mut self, n: u8) -> Self {
+        self.replicas = Some(n);
+        self
+    }
+
+    /// The frame that declares the queue.
+    fn frame(&self, id: u32) -> Result<Frame, Error> {
+        let declare = self.declare(id)?;
+        Ok(match self.replicas {
+            None => declare.into(),
+            Some(0) => return Err(Error::Usage("a queue needs at least 1 replica".into())),
+            Some(replicas) => QueueCreate { declare, replicas }.into(),
+        })
+    }
+
+    fn declare(&self, id: u32) -> Result<QueueDeclare, Error> {
         validate_name(&self.name).map_err(Error::Usage)?;
         if let Some(dl) = &self.dead_letter {
             validate_name(dl).map_err(|e| Error::Usage(format!("dead-letter queue: {e}")))?;
@@ -214,7 +234,7 @@ impl Client {
     pub async fn declare_queue(&self, config: &QueueConfig) -> Result<QueueInfo, Error> {
         match self
             .inner
-            .admin(AdminKind::Info, |id| config.frame(id).map(Into::into))
+            .admin(AdminKind::Info, |id| config.frame(id))
             .await?
         {
             AdminReply::Info(info) => Ok(info),

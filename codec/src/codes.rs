@@ -44,6 +44,7 @@ pub enum FrameType {
     ClusterChange = 0x4A,
     GroupsQuery = 0x4B,
     GroupsInfo = 0x4C,
+    QueueCreate = 0x4D,
 }
 
 /// `(code, name)` for every frame type, for logs and the specification.
@@ -80,6 +81,7 @@ pub const FRAME_TYPES: &[(FrameType, &str)] = &[
     (FrameType::ClusterChange, "CLUSTER_CHANGE"),
     (FrameType::GroupsQuery, "GROUPS_QUERY"),
     (FrameType::GroupsInfo, "GROUPS_INFO"),
+    (FrameType::QueueCreate, "QUEUE_CREATE"),
 ];
 
 impl FrameType {

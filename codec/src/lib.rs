@@ -44,9 +44,9 @@ pub use frame::{
     Ack, AckMode, Binding, Cancel, ClusterChange, ClusterInfo, ClusterOp, ClusterQuery, Confirm,
     Consume, Credentials, Credit, Delivery, DeliveryHead, Done, Encode, Envelope, EnvelopeRef,
     ErrorFrame, Frame, GroupInfo, GroupsInfo, GroupsQuery, Hello, Member, MemberRole, Message,
-    Nack, Ok, Overflow, Ping, Pong, ProducerSeq, Publish, PublishHead, Qos, QueueDeclare,
-    QueueDelete, QueueInfo, QueueMove, QueueOptions, QueuePurge, QueueQuery, QueueStats, Received,
-    ServerInfo, ServerQuery, Subscribe, Unsubscribe, Welcome,
+    Nack, Ok, Overflow, Ping, Pong, ProducerSeq, Publish, PublishHead, Qos, QueueCreate,
+    QueueDeclare, QueueDelete, QueueInfo, QueueMove, QueueOptions, QueuePurge, QueueQuery,
+    QueueStats, Received, ServerInfo, ServerQuery, Subscribe, Unsubscribe, Welcome,
 };
 pub use headers::{Headers, DEADLINE_HEADER};
 pub use subject::{Pattern, Subject, SubjectError, SubjectLimits};

@@ -194,6 +194,7 @@ fn frame_examples_are_the_golden_frames() {
             "CLUSTER_CHANGE",
             "GROUPS_QUERY",
             "GROUPS_INFO",
+            "QUEUE_CREATE",
         ]
     );
 }

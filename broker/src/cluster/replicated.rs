@@ -298,6 +298,7 @@ impl Proposer {
                 ..
             }
             | Command::Declare { .. }
+            | Command::Create { .. }
             | Command::Delete { .. }
             | Command::Place { .. }
             | Command::SetGroup { .. } => Target::Directory,
@@ -333,9 +334,13 @@ impl Proposer {
         let mut out = Vec::with_capacity(commands.len());
         let voters = self.first().map(|r| r.voters()).unwrap_or_default();
         for (i, command) in commands.into_iter().enumerate() {
-            let Command::Declare { def } = command else {
-                out.push((Some(i), command));
-                continue;
+            let (def, replicas) = match command {
+                Command::Declare { def } => (def, 0),
+                Command::Create { def, replicas } => (def, usize::from(replicas)),
+                command => {
+                    out.push((Some(i), command));
+                    continue;
+                }
             };
             if let Some(q) = self.queues.get(&def.name) {
                 if q.group != FIRST_GROUP {
@@ -351,7 +356,7 @@ impl Proposer {
                 }
                 continue;
             }
-            let group = match self.placement(&voters, &def) {
+            let group = match self.placement(&voters, &def, replicas) {
                 Placement::In(group) => group,
                 Placement::New { group, members } => {
                     out.push((
@@ -369,10 +374,15 @@ impl Proposer {
         out
     }
 
-    /// Where a new queue goes: with its dead-letter queue, or with the queues that use
-    /// it as theirs, when their group is of the right size; else as
-    /// [`placement::place`] says.
-    fn placement(&self, voters: &[NodeId], def: &crate::queue::def::QueueDef) -> Placement {
+    /// Where a new queue of `replicas` replicas (0: the default) goes: with its
+    /// dead-letter queue, or with the queues that use it as theirs, when their group is
+    /// of that size; else as [`placement::place`] says.
+    fn placement(
+        &self,
+        voters: &[NodeId],
+        def: &crate::queue::def::QueueDef,
+        replicas: usize,
+    ) -> Placement {
         let mut layout = self.directory.layout();
         let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
         made.retain(|g, _| !layout.groups.contains_key(g));
@@ -383,7 +393,10 @@ impl Proposer {
             };
             (*g, record)
         }));
-        let replicas = placement::default_replicas(voters.len());
+        let replicas = match replicas {
+            0 => placement::default_replicas(voters.len()),
+            n => n.min(voters.len()),
+        };
         let together = self.queues.all().into_iter().find(|q| {
             q.group != FIRST_GROUP
                 && (def.dead_letter.as_deref() == Some(q.def.name.as_str())
@@ -655,7 +668,10 @@ fn combine(answers: &mut [Option<Answer>], origin: &[Option<usize>], got: Vec<An
 fn forwardable(command: &Command) -> bool {
     matches!(
         command,
-        Command::Publish { .. } | Command::Declare { .. } | Command::Delete { .. }
+        Command::Publish { .. }
+            | Command::Declare { .. }
+            | Command::Create { .. }
+            | Command::Delete { .. }
     )
 }
 
@@ -685,7 +701,9 @@ impl Log for ReplicatedLog {
             .iter()
             .enumerate()
             .filter_map(|(i, c)| match c {
-                Command::Declare { def } => Some((i, def.name.clone())),
+                Command::Declare { def } | Command::Create { def, .. } => {
+                    Some((i, def.name.clone()))
+                }
                 _ => None,
             })
             .collect();

@@ -119,11 +119,31 @@ async fn count_then_sync(
     Ok(Answer::Done(n))
 }
 
+/// Declares a queue; in a cluster, of `replicas` replicas (0: the default).
+///
 /// # Errors
 ///
-/// An invalid definition (the rest is answered later).
-pub(crate) fn declare(session: &mut Session, d: QueueDeclare) -> Result<(), Reject> {
+/// An invalid definition, or more replicas than there are nodes (the rest is answered
+/// later).
+pub(crate) fn declare(session: &mut Session, d: QueueDeclare, replicas: u8) -> Result<(), Reject> {
     require_admin(session, "declare queue", &d.name)?;
+    // A node that does not know the membership yet (just started) lets the leader
+    // place the queue, which never gives it more replicas than there are nodes.
+    let nodes = session
+        .shared
+        .durable
+        .replica
+        .as_ref()
+        .map_or(1, |r| r.voters().len());
+    if usize::from(replicas) > nodes && nodes > 0 {
+        return Err(Reject::new(
+            ErrorCode::InvalidQueue,
+            match session.shared.durable.replica {
+                None => format!("replicas {replicas}: this server runs alone"),
+                Some(_) => format!("replicas {replicas}: the cluster has {nodes} nodes"),
+            },
+        ));
+    }
     let config = &session.shared.config;
     let def = QueueDef::from_declare(&d, &config.queues, &config.limits.subject)?;
     // Checked before anything is stored: a queue must not be stored if it cannot run.
@@ -145,6 +165,7 @@ pub(crate) fn declare(session: &mut Session, d: QueueDeclare) -> Result<(), Reje
         let (tx, rx) = oneshot::channel();
         shared.durable.journal.send(Op::PutQueue {
             def,
+            replicas,
             done: Box::new(move |r| {
                 let _ = tx.send(r);
             }),

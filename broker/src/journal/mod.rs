@@ -144,7 +144,12 @@ pub(crate) enum Op {
         enqueued_ms: u64,
     },
     /// Create a queue (its task starts once the commit is applied).
-    PutQueue { def: QueueDef, done: Done },
+    /// Declares a queue; in a cluster, of `replicas` replicas (0: the default).
+    PutQueue {
+        def: QueueDef,
+        replicas: u8,
+        done: Done,
+    },
     /// Delete a queue and everything in it.
     DeleteQueue { queue: QueueId, done: Done },
     /// Answer once everything sent before it is committed.
@@ -518,8 +523,16 @@ impl<L: Log> Writer<L> {
                 },
                 After::Nothing,
             ),
-            Op::PutQueue { def, done } => {
-                batch.push(Command::Declare { def }, After::Done(Some(done)));
+            Op::PutQueue {
+                def,
+                replicas,
+                done,
+            } => {
+                let declare = match replicas {
+                    0 => Command::Declare { def },
+                    replicas => Command::Create { def, replicas },
+                };
+                batch.push(declare, After::Done(Some(done)));
             }
             Op::DeleteQueue { queue, done } => {
                 batch.push(Command::Delete { queue }, After::Done(Some(done)));

@@ -244,6 +244,7 @@ impl Rig {
         let (journal, _thread) = writer.spawn().unwrap();
         let (done, declared) = oneshot::channel();
         journal.send(Op::PutQueue {
+            replicas: 0,
             def: def("q", 0),
             done: Box::new(move |r| {
                 let _ = done.send(r);

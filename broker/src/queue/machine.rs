@@ -104,6 +104,9 @@ pub(crate) enum Command {
         group: GroupId,
         members: Option<Vec<u64>>,
     },
+    /// `Declare`, of a queue to have `replicas` replicas in a cluster (where the first
+    /// group's leader places it before it is appended); alone, a `Declare`.
+    Create { def: QueueDef, replicas: u8 },
 }
 
 /// The commands of one group commit, applied and made durable together.
@@ -695,7 +698,7 @@ impl Machine {
                 }
                 Ok(Outcome::default())
             }
-            Command::Declare { def } => self.declare(def, None, fx),
+            Command::Declare { def } | Command::Create { def, .. } => self.declare(def, None, fx),
             Command::Place { def, group } => self.declare(def, Some(*group), fx),
             Command::DeclareAs { def, id } => {
                 let taken = self.queues.get(id).map(|q| (*id, q));
@@ -1052,6 +1055,13 @@ pub(crate) mod tests {
         };
         assert_eq!(fx.groups, [(2, Some(founded))]);
         assert_eq!(fx.commit.placements, [(1, 2)]);
+        // Alone (or in a group), a declare with a replica count is a declare.
+        let fx = directory.apply(&entry(vec![Command::Create {
+            def: def("local", 0),
+            replicas: 2,
+        }]));
+        assert_eq!(fx.declared[0].0, 2);
+        assert!(fx.placed.is_empty());
         // Placed again: nothing; declared as a queue of this group's: refused.
         let fx = directory.apply(&entry(vec![
             Command::Place {

@@ -322,7 +322,11 @@ impl Session {
             Frame::Cancel(c) => (c.id, handler::consume::cancel(self, c)),
             // No id: a refused CREDIT is answered with an ERROR of id 0.
             Frame::Credit(c) => (0, handler::consume::credit(self, c)),
-            Frame::QueueDeclare(d) => (d.id, handler::queue::declare(self, d)),
+            Frame::QueueDeclare(d) => (d.id, handler::queue::declare(self, d, 0)),
+            Frame::QueueCreate(c) => (
+                c.declare.id,
+                handler::queue::declare(self, c.declare, c.replicas),
+            ),
             Frame::QueueDelete(d) => (d.id, handler::queue::delete(self, d)),
             Frame::QueueQuery(q) => (q.id, handler::queue::query(self, q)),
             Frame::QueuePurge(p) => (p.id, handler::queue::purge(self, p)),

@@ -70,8 +70,8 @@ pub use publish::{
     Confirm, Envelope, EnvelopeRef, Message, ProducerSeq, Publish, PublishHead, Qos,
 };
 pub use queue::{
-    Binding, Overflow, QueueDeclare, QueueDelete, QueueInfo, QueueMove, QueueOptions, QueuePurge,
-    QueueQuery, QueueStats,
+    Binding, Overflow, QueueCreate, QueueDeclare, QueueDelete, QueueInfo, QueueMove, QueueOptions,
+    QueuePurge, QueueQuery, QueueStats,
 };
 pub use server::{ServerInfo, ServerQuery};
 pub use subscribe::{Subscribe, Unsubscribe};
@@ -181,6 +181,7 @@ pub enum Frame {
     ClusterChange(ClusterChange),
     GroupsQuery(GroupsQuery),
     GroupsInfo(GroupsInfo),
+    QueueCreate(QueueCreate),
 }
 
 macro_rules! each_frame {
@@ -218,6 +219,7 @@ macro_rules! each_frame {
             Frame::ClusterChange($f) => $e,
             Frame::GroupsQuery($f) => $e,
             Frame::GroupsInfo($f) => $e,
+            Frame::QueueCreate($f) => $e,
         }
     };
 }
@@ -303,6 +305,7 @@ impl Frame {
             FrameType::ClusterChange => Frame::ClusterChange(Body::decode_body(&mut r)?),
             FrameType::GroupsQuery => Frame::GroupsQuery(Body::decode_body(&mut r)?),
             FrameType::GroupsInfo => Frame::GroupsInfo(Body::decode_body(&mut r)?),
+            FrameType::QueueCreate => Frame::QueueCreate(Body::decode_body(&mut r)?),
         };
         r.finish()?;
         Result::Ok(Some(frame))
@@ -368,7 +371,8 @@ into_frame!(
     ClusterInfo,
     ClusterChange,
     GroupsQuery,
-    GroupsInfo
+    GroupsInfo,
+    QueueCreate
 );
 
 impl From<ErrorFrame> for Frame {

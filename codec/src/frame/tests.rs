@@ -562,6 +562,31 @@ pub(crate) fn samples() -> Vec<Frame> {
             id: 22,
             op: ClusterOp::Remove { node_id: 3 },
         }),
+        // QUEUE_CREATE: the cluster's default, and three replicas.
+        Frame::QueueCreate(QueueCreate {
+            declare: QueueDeclare {
+                id: 24,
+                name: s("q"),
+                bindings: Vec::new(),
+                options: QueueOptions::default(),
+            },
+            replicas: 0,
+        }),
+        Frame::QueueCreate(QueueCreate {
+            declare: QueueDeclare {
+                id: u32::MAX,
+                name: s("orders"),
+                bindings: vec![Binding {
+                    pattern: s("orders.>"),
+                    filter: Some(s("amount > 100")),
+                }],
+                options: QueueOptions {
+                    dead_letter: Some(s("orders.dlq")),
+                    ..QueueOptions::default()
+                },
+            },
+            replicas: 3,
+        }),
         // GROUPS_QUERY, GROUPS_INFO (alone: none; two groups, one without a leader
         // known and with no queue).
         Frame::GroupsQuery(GroupsQuery { id: 23 }),
@@ -777,6 +802,7 @@ fn inner_types_encode_like_the_frame() {
             Frame::ClusterChange(f) => inner!(f),
             Frame::GroupsQuery(f) => inner!(f),
             Frame::GroupsInfo(f) => inner!(f),
+            Frame::QueueCreate(f) => inner!(f),
         };
         assert_eq!(inner, whole, "{frame:?}");
         assert_eq!(inner_len.unwrap(), whole.len());
@@ -1417,6 +1443,22 @@ pub(crate) const GOLDEN_GROUPS_INFO: &[u8] = &[
     0x00, 0x06, b'o', b'r', b'd', b'e', b'r', b's', // "orders"
 ];
 
+/// QUEUE_CREATE id 11: queue `orders`, no bindings, default options, two replicas.
+pub(crate) const GOLDEN_QUEUE_CREATE: &[u8] = &[
+    0x00, 0x00, 0x00, 0x2b, // length 43
+    0x4d, // QUEUE_CREATE
+    0x00, 0x00, 0x00, 0x0b, // id 11
+    0x00, 0x06, b'o', b'r', b'd', b'e', b'r', b's', // name "orders"
+    0x00, 0x00, // 0 bindings
+    0x00, 0x00, 0x00, 0x00, // max_deliver 0: the server's default
+    0x00, 0x00, 0x00, 0x00, // ack_timeout_ms 0: the server's default
+    0x00, 0x00, // dead_letter: absent
+    0, 0, 0, 0, 0, 0, 0, 0, // ttl_ms 0
+    0, 0, 0, 0, 0, 0, 0, 0,    // max_length 0
+    0x00, // overflow drop-head
+    0x02, // replicas 2
+];
+
 /// The durable-queue goldens as one session, in the order a client would see them
 /// (the frames of both directions interleaved; a fuzz seed, not a specified exchange).
 pub(crate) const GOLDEN_QUEUE_SESSION: &[&[u8]] = &[
@@ -1735,6 +1777,19 @@ fn goldens() -> Vec<(&'static str, &'static [u8], Frame)> {
                     node_id: 4,
                     peer_addr: s("127.0.0.1:7504"),
                 },
+            }),
+        ),
+        (
+            "queue_create",
+            GOLDEN_QUEUE_CREATE,
+            Frame::QueueCreate(QueueCreate {
+                declare: QueueDeclare {
+                    id: 11,
+                    name: s("orders"),
+                    bindings: Vec::new(),
+                    options: QueueOptions::default(),
+                },
+                replicas: 2,
             }),
         ),
         (

@@ -69,6 +69,10 @@ pub struct CreateArgs {
     /// What happens at max-length: drop the oldest waiting message, or refuse the new one
     #[arg(long, value_enum, default_value = "drop-head")]
     overflow: OverflowArg,
+    /// In a cluster: nodes that hold a replica of the queue [default: 3, or every node of
+    /// a smaller cluster]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    replicas: Option<u8>,
 }
 
 impl CreateArgs {
@@ -138,6 +142,7 @@ pub async fn run(client: Client, command: Command) -> anyhow::Result<()> {
             config.dead_letter = a.dead_letter;
             config.ttl = a.ttl;
             config.max_length = a.max_length;
+            config.replicas = a.replicas;
             config.overflow = match a.overflow {
                 OverflowArg::DropHead => Overflow::DropHead,
                 OverflowArg::Reject => Overflow::Reject,
