@@ -177,46 +177,18 @@ async fn start(
 async fn reconcile(host: Arc<Host>, replicas: Arc<Replicas>, replica: Arc<Replica>) {
     let group = replica.group();
     let mut changed = host.directory.subscribe();
+    // The directory's version and whether this node ran the group's queues when the
+    // group was last found in line: nothing to do again until either changes (the
+    // check clones the directory, which may list thousands of queues).
+    let mut in_line: Option<(u64, bool)> = None;
     loop {
-        if host.runtime.runs_tasks(group) {
-            let wanted = host
-                .directory
-                .layout()
-                .groups
-                .get(&group)
-                .map(|g| g.members.clone())
-                .unwrap_or_default();
-            if let Err(e) = follow_members(&replicas, &replica, &wanted).await {
-                tracing::warn!(group, error = %e, "a queue group's members are not the directory's yet");
-            }
-        }
-        if host.runtime.runs_tasks(group) {
-            let wanted: BTreeMap<_, _> = host
-                .directory
-                .layout()
-                .queues_of(group)
-                .map(|(id, def)| (id, Arc::clone(def)))
-                .collect();
-            let held = host.runtime.queues.of_group(group);
-            let mut commands: Vec<Command> = wanted
-                .iter()
-                .filter(|(id, _)| !held.iter().any(|q| q.id == **id))
-                .map(|(id, def)| Command::DeclareAs {
-                    def: (**def).clone(),
-                    id: *id,
-                })
-                .collect();
-            commands.extend(
-                held.iter()
-                    .filter(|q| !wanted.contains_key(&q.id))
-                    .map(|q| Command::Delete { queue: q.id }),
-            );
-            if !commands.is_empty() {
-                match replica.propose_here(Entry { commands }).await {
-                    Ok(_) => continue,
-                    Err(e) => {
-                        tracing::debug!(group, error = %e, "a queue group's queues are not in line with the directory yet")
-                    }
+        let now = (*changed.borrow_and_update(), host.runtime.runs_tasks(group));
+        if now.1 && in_line != Some(now) {
+            match line_up(&host, &replicas, &replica).await {
+                Ok(true) => continue,
+                Ok(false) => in_line = Some(now),
+                Err(e) => {
+                    tracing::debug!(group, error = %e, "a queue group is not in line with the directory yet")
                 }
             }
         }
@@ -226,6 +198,47 @@ async fn reconcile(host: Arc<Host>, replicas: Arc<Replicas>, replica: Arc<Replic
             () = tokio::time::sleep(RECONCILE_EVERY) => {}
         }
     }
+}
+
+/// On `replica`'s group's leader: makes its members, then its queues, what the
+/// directory says. Whether it changed anything (then the caller checks again).
+async fn line_up(host: &Host, replicas: &Replicas, replica: &Replica) -> Result<bool, String> {
+    let group = replica.group();
+    let layout = host.directory.layout();
+    let members = layout
+        .groups
+        .get(&group)
+        .map(|g| g.members.clone())
+        .unwrap_or_default();
+    follow_members(replicas, replica, &members)
+        .await
+        .map_err(|e| e.to_string())?;
+    let wanted: BTreeMap<_, _> = layout
+        .queues_of(group)
+        .map(|(id, def)| (id, Arc::clone(def)))
+        .collect();
+    let held = host.runtime.queues.of_group(group);
+    let mut commands: Vec<Command> = wanted
+        .iter()
+        .filter(|(id, _)| !held.iter().any(|q| q.id == **id))
+        .map(|(id, def)| Command::DeclareAs {
+            def: (**def).clone(),
+            id: *id,
+        })
+        .collect();
+    commands.extend(
+        held.iter()
+            .filter(|q| !wanted.contains_key(&q.id))
+            .map(|q| Command::Delete { queue: q.id }),
+    );
+    if commands.is_empty() {
+        return Ok(false);
+    }
+    replica
+        .propose_here(Entry { commands })
+        .await
+        .map(|_| true)
+        .map_err(|e| e.to_string())
 }
 
 /// On `replica`'s group's leader: makes its members `wanted` — a node missing is added
@@ -274,8 +287,14 @@ async fn follow_members(
 /// the group not yet (those in fewest groups first), as one `SetGroup` per group.
 pub(crate) async fn replace_departed(host: Arc<Host>, replicas: Arc<Replicas>) {
     let mut changed = host.directory.subscribe();
+    // The directory's version and the voters when every group was last found within
+    // the cluster: nothing to check again until either changes.
+    let mut checked: Option<(u64, Vec<NodeId>)> = None;
     loop {
-        if let Some(first) = replicas.first().filter(|f| f.leads()) {
+        let version = *changed.borrow_and_update();
+        let first = replicas.first().filter(|f| f.leads());
+        let now = first.as_ref().map(|f| (version, f.voters()));
+        if let Some(first) = first.filter(|_| now != checked) {
             let voters = first.voters();
             let layout = host.directory.layout();
             let mut commands = Vec::new();
@@ -310,10 +329,10 @@ pub(crate) async fn replace_departed(host: Arc<Host>, replicas: Arc<Replicas>) {
                     members: Some(members),
                 });
             }
-            if !commands.is_empty() {
-                if let Err(e) = first.propose_here(Entry { commands }).await {
-                    tracing::debug!(error = %e, "queue groups still count departed nodes");
-                }
+            if commands.is_empty() {
+                checked = now;
+            } else if let Err(e) = first.propose_here(Entry { commands }).await {
+                tracing::debug!(error = %e, "queue groups still count departed nodes");
             }
         }
         tokio::select! {
