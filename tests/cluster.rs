@@ -349,7 +349,8 @@ async fn a_replica_that_missed_the_purged_log_catches_up_from_a_snapshot() {
     let admin = cluster.client(0).await;
     declare(&admin, "backlog", "backlog").await;
     drop(admin);
-    let leader = cluster.leader().await;
+    // The queue's entries are its group's: that group's leader is the one to follow.
+    let leader = (cluster.group_of(0, "backlog").await.leader - 1) as usize;
     let (behind, other) = match leader {
         0 => (1, 2),
         1 => (2, 0),
@@ -385,10 +386,14 @@ async fn a_replica_that_missed_the_purged_log_catches_up_from_a_snapshot() {
     // serve everything from what the snapshot and the log after it gave it.
     cluster.kill(leader).await;
     cluster.start_node(other).await;
-    let new_leader = cluster.leader().await;
+    let new_leader = eventually("a live leader of the queue's group", || async {
+        let led = (cluster.group_of(behind, "backlog").await.leader - 1) as usize;
+        (led != leader).then_some(led)
+    })
+    .await;
     assert_eq!(
         new_leader, behind,
-        "only the caught-up node has the whole log"
+        "only the caught-up node has the queue group's whole log"
     );
     let got = drain(&cluster, new_leader, "backlog", sent.len()).await;
     let got_set: BTreeSet<_> = got.iter().cloned().collect();
