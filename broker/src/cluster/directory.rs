@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tern_storage::{GroupRecord, QueueId};
+
+use super::raft::NodeId;
 use tokio::sync::watch;
 
 use crate::queue::def::QueueDef;
@@ -53,6 +55,16 @@ impl Directory {
     /// What it says now.
     pub fn layout(&self) -> Layout {
         self.lock().clone()
+    }
+
+    /// The members queue group `group` is to have (none for a group it does not
+    /// list), without cloning the rest of it.
+    pub fn members(&self, group: GroupId) -> Vec<NodeId> {
+        self.lock()
+            .groups
+            .get(&group)
+            .map(|g| g.members.clone())
+            .unwrap_or_default()
     }
 
     /// Called on each change.

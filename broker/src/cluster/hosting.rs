@@ -204,16 +204,13 @@ async fn reconcile(host: Arc<Host>, replicas: Arc<Replicas>, replica: Arc<Replic
 /// directory says. Whether it changed anything (then the caller checks again).
 async fn line_up(host: &Host, replicas: &Replicas, replica: &Replica) -> Result<bool, String> {
     let group = replica.group();
-    let layout = host.directory.layout();
-    let members = layout
-        .groups
-        .get(&group)
-        .map(|g| g.members.clone())
-        .unwrap_or_default();
+    let members = host.directory.members(group);
     follow_members(replicas, replica, &members)
         .await
         .map_err(|e| e.to_string())?;
-    let wanted: BTreeMap<_, _> = layout
+    let wanted: BTreeMap<_, _> = host
+        .directory
+        .layout()
         .queues_of(group)
         .map(|(id, def)| (id, Arc::clone(def)))
         .collect();

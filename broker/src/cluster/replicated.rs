@@ -163,13 +163,7 @@ impl Proposer {
     /// leader last heard of, or each member in turn, following whom they name.
     async fn through_members(&self, group: GroupId, entry: Entry) -> Result<Answers, ProposeError> {
         let first = self.first()?;
-        let members = self
-            .directory
-            .layout()
-            .groups
-            .get(&group)
-            .map(|g| g.members.clone())
-            .unwrap_or_default();
+        let members = self.directory.members(group);
         let mut next: VecDeque<NodeId> = self.leader_hint(group).into_iter().collect();
         next.extend(&members);
         let mut asked = HashSet::new();
@@ -199,13 +193,7 @@ impl Proposer {
         let Ok(first) = self.first() else {
             return "no node runs this queue now; retry shortly".into();
         };
-        let members = self
-            .directory
-            .layout()
-            .groups
-            .get(&group)
-            .map(|g| g.members.clone())
-            .unwrap_or_default();
+        let members = self.directory.members(group);
         let known = self
             .leader_hint(group)
             .into_iter()
@@ -270,13 +258,9 @@ impl Proposer {
             return false;
         };
         q.replica
-            || self.first().is_ok_and(|f| {
-                self.directory
-                    .layout()
-                    .groups
-                    .get(&q.group)
-                    .is_some_and(|g| g.members.contains(&f.node()))
-            })
+            || self
+                .first()
+                .is_ok_and(|f| self.directory.members(q.group).contains(&f.node()))
     }
 
     fn first(&self) -> Result<Arc<Replica>, ProposeError> {
