@@ -188,8 +188,9 @@ impl Inner {
     /// Learns the client addresses of the cluster's members (CLUSTER_QUERY), so that
     /// a client given one node can reconnect to another when that one dies. A node
     /// learns the others' addresses from them, so one that just started may not know
-    /// them all yet: then it is asked again, after 1 s, 2 s, ... up to 30 s, for as long
-    /// as this connection lasts. Nothing to learn from a node that runs alone, or from a
+    /// them all yet (or not even the members, before it has joined): then it is asked
+    /// again, after 1 s, 2 s, 4 s, then every 5 s (a small query, and only while an
+    /// address is missing), for as long as this connection lasts. Nothing to learn from a node that runs alone, or from a
     /// server older than the query.
     pub(crate) async fn learn_cluster(&self) {
         let connection = *self.generation.borrow();
@@ -206,7 +207,11 @@ impl Inner {
                     return;
                 }
             };
-            let known = info.members.iter().all(|m| m.client_addr.is_some());
+            // A node that runs alone answers node 0; one that has not joined its
+            // cluster yet answers no members: that is nothing known yet.
+            let known = info.node_id == 0
+                || (!info.members.is_empty()
+                    && info.members.iter().all(|m| m.client_addr.is_some()));
             let addrs = info.members.into_iter().filter_map(|m| m.client_addr);
             self.servers().learn(addrs.map(|a| a.to_string()));
             if known {
@@ -219,7 +224,7 @@ impl Inner {
             if *self.generation.borrow() != connection {
                 return;
             }
-            pause = (pause * 2).min(Duration::from_secs(30));
+            pause = (pause * 2).min(Duration::from_secs(5));
         }
     }
 }

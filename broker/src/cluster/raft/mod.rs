@@ -650,8 +650,9 @@ impl Replica {
         shutdown: CancellationToken,
     ) {
         let mut metrics = self.raft.metrics();
-        // Members that were down when asked are asked again this often.
-        let mut retry = tokio::time::interval(std::time::Duration::from_secs(5));
+        // Members that were down when asked are asked again this often (only those
+        // whose address is not known yet are asked, so the tick is free otherwise).
+        let mut retry = tokio::time::interval(std::time::Duration::from_secs(1));
         let mut applied = None;
         loop {
             // Metrics change with every entry; the membership with few.
