@@ -11,16 +11,26 @@
 //! TiKV's leases do.
 //!
 //! Why it is safe: a follower votes for nobody until its leader's lease has passed
-//! since it last heard from it (openraft's `election_timeout_max`, 1 s here), and the
-//! time openraft counts a majority's answer from is when the leader *sent* what they
-//! answered — before any of them heard it. So no other node can be elected within 1 s
-//! of that time; [`LEASE`] stops short of it by the time one check may come late and
-//! a margin for the report's delay. Every node runs on the same kind of clock
+//! since it last heard from it (openraft's `election_timeout_max`, [`FOLLOWER_LEASE`]),
+//! and the time openraft counts a majority's answer from is when the leader *sent*
+//! what they answered — before any of them heard it. So no other node can be elected
+//! within 1 s of that time; [`LEASE`] stops short of it by the time one check may come
+//! late and a margin for the report's delay. Every node runs on the same kind of clock
 //! (monotonic; rates of real machines differ by far less than the margin).
+//!
+//! openraft keeps when it last heard its leader in memory only: a follower restarted
+//! within the lease would vote at once. So a member that voted or followed before
+//! (it has a vote on disk) votes for nobody until [`FOLLOWER_LEASE`] after its start
+//! ([`VoteFence`]). The simulation found it: a follower acked a leader, crashed,
+//! came back and elected another while the first still held its lease.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+/// How long after it last heard its leader a follower votes for nobody (openraft's
+/// `election_timeout_max`).
+pub(crate) const FOLLOWER_LEASE: Duration = Duration::from_millis(1000);
 
 /// How long after the majority's last answer (its send time) the leader acts alone.
 /// Below the followers' 1 s lease by [`CHECK`] and a margin.
@@ -63,6 +73,27 @@ impl Lease {
     }
 }
 
+/// Keeps a restarted member from voting while a lease it granted before it stopped
+/// may still hold.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct VoteFence {
+    until: Option<Instant>,
+}
+
+impl VoteFence {
+    /// For a member starting now: `before` says whether it voted or followed before.
+    pub fn starting(before: bool) -> Self {
+        Self {
+            until: before.then(|| Instant::now() + FOLLOWER_LEASE),
+        }
+    }
+
+    /// Whether it may answer a vote request at `now`.
+    pub fn may_vote(&self, now: Instant) -> bool {
+        self.until.is_none_or(|until| now >= until)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +109,18 @@ mod tests {
         assert!(!lease.holds(now + LEASE - Duration::from_millis(300)));
         lease.reported(None, now);
         assert!(!lease.holds(now), "no longer leading");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_member_votes_once_any_lease_it_granted_is_over() {
+        let fresh = VoteFence::starting(false);
+        let restarted = VoteFence::starting(true);
+        assert!(fresh.may_vote(Instant::now()), "it never granted one");
+        assert!(!restarted.may_vote(Instant::now()));
+        tokio::time::advance(FOLLOWER_LEASE - Duration::from_millis(1)).await;
+        assert!(!restarted.may_vote(Instant::now()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(restarted.may_vote(Instant::now()));
     }
 
     #[test]

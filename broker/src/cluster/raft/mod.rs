@@ -8,17 +8,22 @@
 //! * `network`: Raft's messages over the cluster's links, each naming its group, and
 //!   proposals forwarded from followers to the leader.
 //! * `nodes`: the other nodes, as every group reaches them.
+//! * `gate`: when a member may campaign (a pre-vote by other means).
+//! * `lease`: when a leader may act alone.
 //!
 //! [`Replica`] is this node's member of a group: the journal hands it each group
 //! commit's entry ([`Replica::submit`]), which the leader appends and every member
 //! applies once a majority holds it durably. What the groups of a node share is its
-//! [`Host`]. One group (`FIRST_GROUP`, every voter) holds every durable queue for now.
+//! [`Host`]. Group 1 (`FIRST_GROUP`, every voter) holds the membership and the
+//! directory of queues; the queues live in groups of their own (ARCHITECTURE.md,
+//! "Groups").
 
 // openraft's traits fix the error types its storage and network return; they are large
 // (hundreds of bytes), and only ever travel on failure.
 #![allow(clippy::result_large_err)]
 
 mod entry_cache;
+mod gate;
 mod lease;
 mod log_store;
 mod network;
@@ -39,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use tern_storage::{RaftLog, SledStore};
 use tokio_util::sync::CancellationToken;
 
+use self::gate::{campaign_only_when_electable, Heard};
 use self::lease::Lease;
 use self::log_store::LogStore;
 pub(crate) use self::network::Groups;
@@ -155,8 +161,8 @@ pub(crate) async fn propose_here(raft: &Raft, entry: Entry) -> Result<Answers, P
 /// lease (openraft: `election_timeout_max`) plus its own timeout (drawn once per start
 /// between min and max), and only once the lease has passed do the others vote; a node
 /// that was refused for its log waits `2 × max` more at its next campaign, which
-/// [`campaign_only_when_electable`] keeps from happening. So a dead leader is replaced
-/// 1.5–2 s after its last heartbeat, while a follower still needs 1.5 s of silence —
+/// [`gate`] keeps from happening. So a dead leader is replaced 1.5–2 s after its last
+/// heartbeat, while a follower still needs 1.5 s of silence —
 /// six heartbeats — to disturb a leader (it counts from an AppendEntries' arrival, not
 /// its fsync). tests/chaos.rs resumed after 3.8, 5.5 and 9.5 s with 1–2 s timeouts,
 /// 2.4, 6.7 and 6.1 s with 0.75–1.25 s, and 2.2, 5.5 and 4.4 s with these (the later
@@ -167,7 +173,7 @@ fn raft_config() -> Result<Config, openraft::ConfigError> {
         cluster_name: "tern".into(),
         heartbeat_interval: 250,
         election_timeout_min: 500,
-        election_timeout_max: 1000,
+        election_timeout_max: lease::FOLLOWER_LEASE.as_millis() as u64,
         install_snapshot_timeout: 10_000,
         // With entries of up to 1 MiB (`replicated::MAX_ENTRY_BYTES`), a call of up to
         // 8 MiB comes back within the heartbeat on this machine's disk.
@@ -223,96 +229,6 @@ async fn form<C: openraft::RaftTypeConfig>(
     }
 }
 
-/// How often a node asks the voters for their last log id
-/// ([`campaign_only_when_electable`]), how long it waits for an answer, and how long an
-/// answer counts.
-const ASK_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
-const ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
-const ANSWER_FRESH: std::time::Duration = std::time::Duration::from_millis(750);
-
-/// Lets this node campaign only while a majority of the voters, itself included, would
-/// vote for it as far as logs go: each answered within [`ANSWER_FRESH`] and its last log
-/// id is not above this node's. A pre-vote, which openraft 0.9 lacks, by other means.
-/// `log` is this node's; `ask` gets a peer's last log id (`None`: no answer);
-/// `electable` tells the node's status what was decided.
-///
-/// A node that cannot win campaigns anyway in openraft, and costs the others time:
-/// * Cut off from the others, it campaigns again and again with ever higher terms; when
-///   the partition heals, that term unseats the leader the others kept (its
-///   AppendEntries is answered with the higher vote).
-/// * Behind the others (just restarted, or back from a partition), it is refused for its
-///   log, and each campaign takes a term the node that can win then cannot have; and a
-///   node refused for its log carries openraft's "seen a greater log" flag, which delays
-///   its next campaign by 2 s even once it has caught up and is the one that should win.
-///
-/// tests/chaos.rs saw 4–7 s elections from both. A node whose leader died still hears
-/// from the other survivors within ~1 s, before its election timeout (1.5 s at the
-/// earliest), and the one with the greatest log among a majority always may campaign.
-async fn campaign_only_when_electable<C, L, A, F>(
-    raft: openraft::Raft<C>,
-    mut log: L,
-    ask: A,
-    electable: Arc<AtomicBool>,
-) where
-    C: openraft::RaftTypeConfig,
-    L: openraft::storage::RaftLogStorage<C>,
-    A: Fn(C::NodeId) -> F,
-    F: std::future::Future<Output = Option<Option<openraft::LogId<C::NodeId>>>> + Send + 'static,
-{
-    type Answered<C> = (
-        tokio::time::Instant,
-        Option<openraft::LogId<<C as openraft::RaftTypeConfig>::NodeId>>,
-    );
-    let mut answers: BTreeMap<C::NodeId, Answered<C>> = BTreeMap::new();
-    loop {
-        let (me, voters, leads) = {
-            let metrics = raft.metrics();
-            let m = metrics.borrow();
-            let voters: Vec<C::NodeId> = m.membership_config.membership().voter_ids().collect();
-            (m.id.clone(), voters, m.state == ServerState::Leader)
-        };
-        if !leads {
-            let asked: Vec<_> = voters
-                .iter()
-                .filter(|v| **v != me)
-                .map(|v| {
-                    let answer = tokio::time::timeout(ASK_TIMEOUT, ask(v.clone()));
-                    (v.clone(), tokio::spawn(answer))
-                })
-                .collect();
-            for (voter, answer) in asked {
-                if let Ok(Ok(Some(last))) = answer.await {
-                    answers.insert(voter, (tokio::time::Instant::now(), last));
-                }
-            }
-            let Ok(mine) = log.get_log_state().await.map(|s| s.last_log_id) else {
-                // The log cannot be read, and Raft stops on that too: openraft's own
-                // rules from here.
-                raft.runtime_config().elect(true);
-                electable.store(true, Ordering::Relaxed);
-                return;
-            };
-            let now = tokio::time::Instant::now();
-            let would_vote = voters
-                .iter()
-                .filter(|v| {
-                    **v == me
-                        || answers
-                            .get(v)
-                            .is_some_and(|(at, last)| now - *at < ANSWER_FRESH && *last <= mine)
-                })
-                .count();
-            let may = 2 * would_vote > voters.len();
-            raft.runtime_config().elect(may);
-            electable.store(may, Ordering::Relaxed);
-        }
-        tokio::time::sleep(ASK_EVERY).await;
-        if raft.metrics().has_changed().is_err() {
-            return;
-        }
-    }
-}
-
 /// This node's view of the group, for metrics and server info.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RaftStatus {
@@ -327,7 +243,7 @@ pub(crate) struct RaftStatus {
     /// Times this node saw the leader change (or go) since it started.
     pub leader_changes: u64,
     /// Whether this node may campaign: a majority would vote for its log
-    /// ([`campaign_only_when_electable`]); on the leader, as last decided.
+    /// ([`gate`]); on the leader, as last decided.
     pub electable: bool,
 }
 
@@ -384,7 +300,7 @@ pub(crate) struct Replica {
     pub nodes: Arc<Nodes>,
     leader: LeaderHint,
     leader_changes: std::sync::atomic::AtomicU64,
-    /// Set by [`campaign_only_when_electable`].
+    /// Set by [`gate`].
     electable: Arc<AtomicBool>,
 }
 
@@ -464,11 +380,14 @@ impl Replica {
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let _ = metrics.set(raft.metrics());
+        let heard = Arc::new(Heard::default());
         host.groups.insert(
             group,
             Arc::new(Answerer {
                 raft: raft.clone(),
                 log: log_store.clone(),
+                heard: Arc::clone(&heard),
+                fence: lease::VoteFence::starting(!first_start),
                 forwarded: (group == crate::queue::FIRST_GROUP)
                     .then(|| Arc::clone(&host.forwarded)),
             }),
@@ -500,7 +419,7 @@ impl Replica {
             let peer = weak.upgrade().and_then(|r| r.peer(node));
             async move {
                 let last_log = Call::Group(group, Request::LastLog);
-                match network::call(&peer?, &last_log, ASK_TIMEOUT).await {
+                match network::call(&peer?, &last_log, gate::ASK_TIMEOUT).await {
                     Ok(Response::LastLog(last)) => Some(last),
                     _ => None,
                 }
@@ -508,7 +427,7 @@ impl Replica {
         };
         let electable = Arc::clone(&replica.electable);
         tokio::spawn(campaign_only_when_electable(
-            raft, log_store, ask, electable,
+            raft, log_store, ask, heard, electable,
         ));
         Ok(replica)
     }

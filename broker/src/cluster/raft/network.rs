@@ -203,6 +203,10 @@ pub(crate) struct Answerer {
     pub raft: Raft,
     /// This node's Raft log, for [`Request::LastLog`].
     pub log: super::log_store::LogStore,
+    /// When a leader last reached this member, for the election gate.
+    pub heard: Arc<super::gate::Heard>,
+    /// Whether it may vote yet, after a restart.
+    pub fence: super::lease::VoteFence,
     /// What takes forwarded entries, when not simply this group's Raft.
     pub forwarded: Option<Arc<dyn super::Forwarded>>,
 }
@@ -211,9 +215,19 @@ impl Answerer {
     async fn answer(&self, request: Request) -> Result<Response, String> {
         Ok(match request {
             Request::AppendEntries(rpc) => {
-                Response::AppendEntries(self.raft.append_entries(rpc).await)
+                let answer = self.raft.append_entries(rpc).await;
+                if let Ok(response) = &answer {
+                    self.heard.answered(response);
+                }
+                Response::AppendEntries(answer)
             }
-            Request::Vote(rpc) => Response::Vote(self.raft.vote(rpc).await),
+            Request::Vote(rpc) => {
+                if !self.fence.may_vote(tokio::time::Instant::now()) {
+                    // As a node still down would: no answer.
+                    return Err("restarted within a leader's lease: not voting yet".into());
+                }
+                Response::Vote(self.raft.vote(rpc).await)
+            }
             Request::InstallSnapshot(rpc) => {
                 Response::InstallSnapshot(self.raft.install_snapshot(rpc).await)
             }

@@ -38,12 +38,11 @@ use tern_storage::DedupEntry;
 use self::check::{Checker, Pair};
 use self::disk::{Disk, SharedDisk, SimLog};
 use self::machine::{SharedApplied, SimMachine};
-use self::net::{Net, NodeNet};
+use self::net::{Net, NodeNet, Station};
 use self::runtime::SimRuntime;
-use super::{
-    campaign_only_when_electable, form, lease::Lease, raft_config, Answers, Member, NodeId,
-    PROPOSE_TIMEOUT,
-};
+use super::gate::{campaign_only_when_electable, Heard};
+use super::lease::{Lease, VoteFence};
+use super::{form, raft_config, Answers, Member, NodeId, PROPOSE_TIMEOUT};
 use crate::queue::machine::tests::{def, envelope};
 use crate::queue::machine::{Command, Entry};
 
@@ -155,10 +154,12 @@ impl Sim {
             .await
             .map_err(|e| format!("node {} cannot start: {e}", node.id))?;
         let ask = move |to| prober.clone().last_log(to);
+        let heard = Arc::new(Heard::default());
         tokio::spawn(campaign_only_when_electable(
             raft.clone(),
             own,
             ask,
+            Arc::clone(&heard),
             Arc::default(),
         ));
         if first_start {
@@ -198,10 +199,16 @@ impl Sim {
                 }
             }
         });
-        self.net
-            .lock()
-            .up
-            .insert(node.id, (incarnation, raft.clone(), answering));
+        self.net.lock().up.insert(
+            node.id,
+            Station {
+                incarnation,
+                raft: raft.clone(),
+                log: answering,
+                heard,
+                fence: VoteFence::starting(!first_start),
+            },
+        );
         node.running = Some((raft, applied));
         self.checker.lock().event(&(node.id, "up"));
         Ok(())
@@ -364,7 +371,7 @@ async fn write(
             let up: Vec<NodeId> = wires.up.keys().copied().collect();
             hint.filter(|h| wires.up.contains_key(h))
                 .or_else(|| rng.pick(&up))
-                .and_then(|id| wires.up.get(&id).map(|(_, raft, _)| raft.clone()))
+                .and_then(|id| wires.up.get(&id).map(|station| station.raft.clone()))
         };
         let Some(raft) = raft else {
             tokio::time::sleep(Duration::from_millis(50)).await;

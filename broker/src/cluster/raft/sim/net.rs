@@ -18,12 +18,14 @@ use openraft::raft::{
 use openraft::storage::RaftLogStorage;
 use openraft::LogId;
 
+use super::super::gate::Heard;
+use super::super::lease::VoteFence;
 use super::{Member, NodeId, SimConfig, SimLog, SimRaft, SimRng};
 
 #[derive(Default)]
 pub(super) struct Wires {
-    /// The nodes that are up, with their incarnation, Raft and log.
-    pub up: BTreeMap<NodeId, (u64, SimRaft, SimLog)>,
+    /// The nodes that are up.
+    pub up: BTreeMap<NodeId, Station>,
     /// Each node's side of the partition: nodes talk only to nodes on their side.
     pub side: BTreeMap<NodeId, u8>,
 }
@@ -32,6 +34,18 @@ impl Wires {
     fn reaches(&self, from: NodeId, to: NodeId) -> bool {
         self.side.get(&from).copied().unwrap_or(0) == self.side.get(&to).copied().unwrap_or(0)
     }
+}
+
+/// A node that is up, as the others reach it.
+#[derive(Clone)]
+pub(super) struct Station {
+    pub incarnation: u64,
+    pub raft: SimRaft,
+    pub log: SimLog,
+    /// When it last accepted an AppendEntries, for its election gate.
+    pub heard: Arc<Heard>,
+    /// Whether it may vote yet, after a restart.
+    pub fence: VoteFence,
 }
 
 #[derive(Clone, Default)]
@@ -58,7 +72,7 @@ impl NodeNet {
         wires
             .up
             .get(&self.from)
-            .is_some_and(|(incarnation, _, _)| *incarnation == self.incarnation)
+            .is_some_and(|station| station.incarnation == self.incarnation)
     }
 }
 
@@ -69,8 +83,8 @@ impl NodeNet {
             node: self,
             target: to,
         };
-        let call = wire.carry(|_, mut log| async move {
-            let state = log.get_log_state().await;
+        let call = wire.carry(|mut to| async move {
+            let state = to.log.get_log_state().await;
             state
                 .map(|s| s.last_log_id)
                 .map_err(|e| RaftError::<NodeId, Infallible>::Fatal(Fatal::StorageError(e)))
@@ -103,7 +117,7 @@ impl Wire {
     async fn carry<T, E, F, Fut>(&self, call: F) -> RpcResult<T, E>
     where
         E: std::error::Error,
-        F: FnOnce(SimRaft, SimLog) -> Fut,
+        F: FnOnce(Station) -> Fut,
         Fut: std::future::Future<Output = Result<T, RaftError<NodeId, E>>>,
     {
         let lost = || std::io::Error::other(format!("{} -/- {}", self.node.from, self.target));
@@ -114,12 +128,12 @@ impl Wire {
                 .up
                 .get(&self.target)
                 .filter(|_| self.node.is_up(&wires) && wires.reaches(self.node.from, self.target))
-                .map(|(_, raft, log)| (raft.clone(), log.clone()))
+                .cloned()
         };
-        let Some((raft, log)) = target else {
+        let Some(target) = target else {
             return Err(RPCError::Unreachable(Unreachable::new(&lost())));
         };
-        let answer = call(raft, log).await;
+        let answer = call(target).await;
         tokio::time::sleep(self.delay()).await;
         let back = {
             let wires = self.node.net.lock();
@@ -144,8 +158,14 @@ impl RaftNetwork<SimConfig> for Wire {
         rpc: AppendEntriesRequest<SimConfig>,
         _option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.carry(|raft, _| async move { raft.append_entries(rpc).await })
-            .await
+        self.carry(|to| async move {
+            let answer = to.raft.append_entries(rpc).await;
+            if let Ok(response) = &answer {
+                to.heard.answered(response);
+            }
+            answer
+        })
+        .await
     }
 
     async fn install_snapshot(
@@ -153,7 +173,7 @@ impl RaftNetwork<SimConfig> for Wire {
         rpc: InstallSnapshotRequest<SimConfig>,
         _option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.carry(|raft, _| async move { raft.install_snapshot(rpc).await })
+        self.carry(|to| async move { to.raft.install_snapshot(rpc).await })
             .await
     }
 
@@ -162,7 +182,15 @@ impl RaftNetwork<SimConfig> for Wire {
         rpc: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
-        self.carry(|raft, _| async move { raft.vote(rpc).await })
-            .await
+        let answer = self.carry(|to| async move {
+            if !to.fence.may_vote(tokio::time::Instant::now()) {
+                return Ok(None);
+            }
+            to.raft.vote(rpc).await.map(Some)
+        });
+        answer.await?.ok_or_else(|| {
+            let silent = std::io::Error::other("restarted within a lease: not voting yet");
+            RPCError::Unreachable(Unreachable::new(&silent))
+        })
     }
 }
