@@ -116,7 +116,11 @@ impl Cluster {
     async fn leader(&self) -> usize {
         eventually("a node to lead", || async {
             for i in self.running() {
-                if self.metrics(i).await.contains("\ntern_raft_is_leader 1\n") {
+                if self
+                    .metrics(i)
+                    .await
+                    .contains("\ntern_raft_is_leader{group=\"1\"} 1\n")
+                {
                     return Some(i);
                 }
             }
@@ -173,7 +177,8 @@ impl Cluster {
         body
     }
 
-    /// The value of node `i`'s metric `name` (a gauge or counter without labels).
+    /// The value of node `i`'s metric `name` (a gauge or counter, with its labels as
+    /// rendered: `tern_raft_term{group="1"}`).
     async fn gauge(&self, i: usize, name: &str) -> u64 {
         let text = self.metrics(i).await;
         text.lines()
@@ -285,14 +290,26 @@ async fn no_confirmed_message_is_lost_when_the_leader_is_killed() {
             "no HELP for {family}"
         );
     }
-    assert!(text.contains("\ntern_raft_is_leader 1\n"), "{text}");
     assert!(
-        text.contains(&format!("\ntern_raft_leader_id {}\n", leader + 1)),
+        text.contains("\ntern_raft_is_leader{group=\"1\"} 1\n"),
         "{text}"
     );
     assert!(
-        text.contains("tern_raft_replication_lag_entries{peer="),
+        text.contains(&format!(
+            "\ntern_raft_leader_id{{group=\"1\"}} {}\n",
+            leader + 1
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("tern_raft_replication_lag_entries{group=\"1\",peer="),
         "the leader reports each peer's lag"
+    );
+    // And each queue group it is a member of, by its number.
+    let queue_group = cluster.group_of(leader, "orders").await.group;
+    assert!(
+        text.contains(&format!("\ntern_raft_term{{group=\"{queue_group}\"}} ")),
+        "{text}"
     );
 
     // The node that runs the queues dies mid-flight; the other two elect one and go on.
@@ -575,7 +592,7 @@ async fn a_client_given_one_node_learns_the_others_and_survives_its_death() {
 async fn a_restarted_follower_does_not_unseat_the_leader() {
     let mut cluster = Cluster::start(3).await;
     let leader = cluster.leader().await;
-    let term = cluster.gauge(leader, "tern_raft_term").await;
+    let term = cluster.gauge(leader, r#"tern_raft_term{group="1"}"#).await;
     let c = cluster.seeded(leader).await;
     declare(&c, "steady", "steady").await;
     let follower = (leader + 1) % 3;
@@ -585,14 +602,16 @@ async fn a_restarted_follower_does_not_unseat_the_leader() {
     for n in 0..50 {
         publish_confirmed(&c, "steady", format!("m-{n}"), deadline).await;
     }
-    let applied = cluster.gauge(leader, "tern_raft_last_applied_index").await;
+    let applied = cluster
+        .gauge(leader, r#"tern_raft_last_applied_index{group="1"}"#)
+        .await;
     // Down long enough for redials to back off as far as they go.
     tokio::time::sleep(Duration::from_secs(5)).await;
     cluster.start_node(follower).await;
     let restarted = Instant::now();
     eventually("the restarted follower to catch up", || async {
         let now = cluster
-            .gauge(follower, "tern_raft_last_applied_index")
+            .gauge(follower, r#"tern_raft_last_applied_index{group="1"}"#)
             .await;
         (now >= applied).then_some(())
     })
@@ -602,21 +621,29 @@ async fn a_restarted_follower_does_not_unseat_the_leader() {
     tokio::time::sleep_until((restarted + Duration::from_secs(5)).into()).await;
     assert_eq!(cluster.leader().await, leader, "the leader changed");
     assert_eq!(
-        cluster.gauge(leader, "tern_raft_term").await,
+        cluster.gauge(leader, r#"tern_raft_term{group="1"}"#).await,
         term,
         "a new term began"
     );
 
     // Caught up, it could take over; left alone, it knows it could not win.
     eventually("the restarted follower to be electable", || async {
-        (cluster.gauge(follower, "tern_raft_electable").await == 1).then_some(())
+        (cluster
+            .gauge(follower, r#"tern_raft_electable{group="1"}"#)
+            .await
+            == 1)
+            .then_some(())
     })
     .await;
     let other = 3 - leader - follower;
     cluster.kill(leader).await;
     cluster.kill(other).await;
     eventually("a node left alone to stop campaigning", || async {
-        (cluster.gauge(follower, "tern_raft_electable").await == 0).then_some(())
+        (cluster
+            .gauge(follower, r#"tern_raft_electable{group="1"}"#)
+            .await
+            == 0)
+            .then_some(())
     })
     .await;
 }

@@ -96,18 +96,25 @@ pub(crate) async fn render(metrics: &Metrics, shared: &Shared) -> String {
             .absolute(b.reconnects.load(std::sync::atomic::Ordering::Relaxed));
     }
     if let Some(replica) = &shared.durable.replica {
-        let st = replica.status();
-        gauge(r, "tern_raft_node_id", &[]).set(st.node as f64);
-        gauge(r, "tern_raft_term", &[]).set(st.term as f64);
-        gauge(r, "tern_raft_leader_id", &[]).set(st.leader.unwrap_or(0) as f64);
-        gauge(r, "tern_raft_is_leader", &[]).set(if st.leads { 1.0 } else { 0.0 });
-        gauge(r, "tern_raft_electable", &[]).set(if st.electable { 1.0 } else { 0.0 });
-        gauge(r, "tern_raft_last_log_index", &[]).set(st.last_log_index as f64);
-        gauge(r, "tern_raft_last_applied_index", &[]).set(st.last_applied_index as f64);
-        counter(r, "tern_raft_leader_changes_total", &[]).absolute(st.leader_changes);
-        for (node, lag) in st.lag {
-            let node = node.to_string();
-            gauge(r, "tern_raft_replication_lag_entries", &[("peer", &node)]).set(lag as f64);
+        gauge(r, "tern_raft_node_id", &[]).set(replica.node() as f64);
+    }
+    if let Some(proposer) = &shared.durable.proposer {
+        for replica in proposer.replicas.all() {
+            let st = replica.status();
+            let group = replica.group().to_string();
+            let l = [("group", group.as_str())];
+            gauge(r, "tern_raft_term", &l).set(st.term as f64);
+            gauge(r, "tern_raft_leader_id", &l).set(st.leader.unwrap_or(0) as f64);
+            gauge(r, "tern_raft_is_leader", &l).set(if st.leads { 1.0 } else { 0.0 });
+            gauge(r, "tern_raft_electable", &l).set(if st.electable { 1.0 } else { 0.0 });
+            gauge(r, "tern_raft_last_log_index", &l).set(st.last_log_index as f64);
+            gauge(r, "tern_raft_last_applied_index", &l).set(st.last_applied_index as f64);
+            counter(r, "tern_raft_leader_changes_total", &l).absolute(st.leader_changes);
+            for (node, lag) in st.lag {
+                let node = node.to_string();
+                let l = [("group", group.as_str()), ("peer", node.as_str())];
+                gauge(r, "tern_raft_replication_lag_entries", &l).set(lag as f64);
+            }
         }
     }
     if let Some(pubsub) = &shared.durable.pubsub {

@@ -148,31 +148,34 @@ pub(super) fn histogram(r: &PrometheusRecorder, name: &'static str) -> Histogram
 /// Every metric and what it means (the `# HELP` lines; also in docs/METRICS.md).
 const DESCRIPTIONS: &[(&str, &str)] = &[
     ("tern_raft_node_id", "In a cluster: this node's id."),
-    ("tern_raft_term", "In a cluster: the Raft term this node is in."),
+    ("tern_raft_term", "In a cluster: the Raft term of a group, by group, as this node sees it."),
     (
         "tern_raft_leader_id",
-        "In a cluster: the node that leads (runs the queues), 0 while none does.",
+        "In a cluster: the node that leads a group (runs its queues), by group; 0 while none does.",
     ),
-    ("tern_raft_is_leader", "In a cluster: 1 on the node that leads, else 0."),
+    (
+        "tern_raft_is_leader",
+        "In a cluster: 1 where this node leads a group, by group, else 0.",
+    ),
     (
         "tern_raft_electable",
-        "In a cluster: 1 while a majority of the voters would vote for this node's log, so that it may campaign.",
+        "In a cluster: 1 while a majority of a group's voters would vote for this node's log, so that it may campaign; by group.",
     ),
     (
         "tern_raft_last_log_index",
-        "In a cluster: the index of the last entry in this node's Raft log.",
+        "In a cluster: the index of the last entry of a group in this node's Raft log, by group.",
     ),
     (
         "tern_raft_last_applied_index",
-        "In a cluster: the index of the last entry this node applied to its queues.",
+        "In a cluster: the index of the last entry of a group this node applied, by group.",
     ),
     (
         "tern_raft_leader_changes_total",
-        "In a cluster: times this node saw the leader change or go since it started.",
+        "In a cluster: times this node saw a group's leader change or go since it started, by group.",
     ),
     (
         "tern_raft_replication_lag_entries",
-        "In a cluster, on the leader: entries a peer lacks, by peer node id.",
+        "In a cluster, on a group's leader: entries a peer lacks, by group and peer node id.",
     ),
     (
         "tern_raft_commit_seconds",
