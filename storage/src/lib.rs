@@ -189,6 +189,17 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     /// The engine refused the write (disk full, I/O error).
     fn apply(&self, commit: &Commit) -> Result<(), StorageError>;
 
+    /// Applies `commits` in order, each atomically as [`Store::apply`] does: a store
+    /// may share work between them (`SledStore::sync_bodies` syncs the bodies of all
+    /// at once). On an error, the commits before the one that failed are applied.
+    ///
+    /// # Errors
+    ///
+    /// The engine refused a write (disk full, I/O error).
+    fn apply_all(&self, commits: &[Commit]) -> Result<(), StorageError> {
+        commits.iter().try_for_each(|c| self.apply(c))
+    }
+
     /// Makes everything applied so far durable (fsync).
     ///
     /// # Errors

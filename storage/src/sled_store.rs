@@ -281,13 +281,40 @@ impl SledStore {
         Ok(())
     }
 
-    /// Builds and applies `commit`'s batch, appending its chunks to segments (recorded
-    /// in `appended` as they go); returns the chunk pointers it removed or replaced.
-    fn apply_batch(
+    /// Appends `commit`'s chunks to segments, recording their pointers in `appended`
+    /// as they go, in the order [`SledStore::apply_batch`] takes them.
+    fn write_bodies(
         &self,
         commit: &Commit,
         appended: &mut Vec<Pointer>,
+    ) -> Result<(), StorageError> {
+        for messages in commit
+            .chunks
+            .iter()
+            .map(|(_, m)| m)
+            .filter(|m| !m.is_empty())
+        {
+            let bytes = record::encode_chunk(messages)
+                .map_err(|detail| StorageError::Refused { detail })?;
+            let pointer = self
+                .segments
+                .append(&bytes)
+                .map_err(|e| StorageError::Refused {
+                    detail: format!("writing a message segment failed: {e}"),
+                })?;
+            appended.push(pointer);
+        }
+        Ok(())
+    }
+
+    /// Builds and applies `commit`'s batch, its chunks at `bodies` (from
+    /// [`SledStore::write_bodies`]); returns the chunk pointers it removed or replaced.
+    fn apply_batch(
+        &self,
+        commit: &Commit,
+        bodies: &[Pointer],
     ) -> Result<Vec<Pointer>, StorageError> {
+        let mut bodies = bodies.iter();
         let mut batch = sled::Batch::default();
         let mut released = Vec::new();
         let refuse = |detail: Corrupt| StorageError::Refused { detail };
@@ -311,18 +338,13 @@ impl SledStore {
         }
         for (queue, messages) in &commit.chunks {
             if let Some(first) = messages.first() {
-                let bytes = record::encode_chunk(messages).map_err(refuse)?;
                 let key = key13(CHUNK, *queue, first.seq);
                 // A commit applied again (from the write-ahead log) writes the chunk
                 // again: the copy it replaces is released.
                 released.extend(self.pointer_at(&key)?);
-                let pointer = self
-                    .segments
-                    .append(&bytes)
-                    .map_err(|e| StorageError::Refused {
-                        detail: format!("writing a message segment failed: {e}"),
-                    })?;
-                appended.push(pointer);
+                let pointer = bodies.next().ok_or_else(|| StorageError::Refused {
+                    detail: "a chunk without its body written".into(),
+                })?;
                 batch.insert(&key, &pointer.encode());
             }
         }
@@ -394,10 +416,6 @@ impl SledStore {
                 }
                 None => batch.remove(&key),
             }
-        }
-        if self.sync_bodies && !appended.is_empty() {
-            // The pointers must never reach the disk before the bytes they point at.
-            self.segments.sync().map_err(StorageError::Sync)?;
         }
         self.db.apply_batch(batch)?;
         Ok(released)
@@ -556,22 +574,50 @@ impl Store for SledStore {
     }
 
     fn apply(&self, commit: &Commit) -> Result<(), StorageError> {
+        self.apply_all(std::slice::from_ref(commit))
+    }
+
+    /// Writes the bodies of every commit, syncs them once (with `sync_bodies`), then
+    /// applies each commit's batch in order: one sync for a run of entries.
+    fn apply_all(&self, commits: &[Commit]) -> Result<(), StorageError> {
         let mut appended = Vec::new();
-        match self.apply_batch(commit, &mut appended) {
-            Ok(released) => {
-                for p in &released {
-                    self.segments.release(p);
-                }
-                Ok(())
+        let mut bodies = Vec::with_capacity(commits.len());
+        let mut written = Ok(());
+        for commit in commits {
+            let start = appended.len();
+            written = self.write_bodies(commit, &mut appended);
+            if written.is_err() {
+                break;
             }
-            Err(e) => {
-                // The bytes appended stay in their segment, unreferenced.
-                for p in &appended {
-                    self.segments.release(p);
+            bodies.push(start..appended.len());
+        }
+        if written.is_ok() && self.sync_bodies && !appended.is_empty() {
+            // The pointers must never reach the disk before the bytes they point at.
+            written = self.segments.sync().map_err(StorageError::Sync);
+        }
+        let mut applied = 0;
+        let mut result = written;
+        if result.is_ok() {
+            for (commit, at) in commits.iter().zip(&bodies) {
+                match self.apply_batch(commit, appended.get(at.clone()).unwrap_or_default()) {
+                    Ok(released) => {
+                        for p in &released {
+                            self.segments.release(p);
+                        }
+                        applied = at.end;
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
                 }
-                Err(e)
             }
         }
+        // The bytes of commits not applied stay in their segment, unreferenced.
+        for p in appended.get(applied..).unwrap_or_default() {
+            self.segments.release(p);
+        }
+        result
     }
 
     /// The segment files' syncs, sled's flush, then the syncs sled leaves out
@@ -905,6 +951,41 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(recovered(&store).chunks[0].live, vec![message(0, "old")]);
         assert_eq!(store.read_chunk(2, 0).unwrap(), vec![message(0, "old")]);
+    }
+
+    #[test]
+    fn commits_applied_together_are_applied_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = reopen(dir.path()).unwrap().sync_bodies();
+        store
+            .apply_all(&[
+                Commit {
+                    chunks: vec![(1, vec![message(5, "x"), message(6, "y")])],
+                    ..Commit::default()
+                },
+                Commit::default(),
+                Commit {
+                    chunks: vec![(2, vec![message(0, "z")]), (1, vec![message(7, "w")])],
+                    ..Commit::default()
+                },
+                // The first chunk, settled by a later commit of the same run.
+                Commit {
+                    settled: vec![(1, 5, None)],
+                    ..Commit::default()
+                },
+            ])
+            .unwrap();
+        assert!(store.read_chunk(1, 6).unwrap().is_empty());
+        assert_eq!(store.read_chunk(1, 7).unwrap(), vec![message(7, "w")]);
+        assert_eq!(store.read_chunk(2, 0).unwrap(), vec![message(0, "z")]);
+        drop(store);
+        let store = reopen(dir.path()).unwrap();
+        let chunks: Vec<_> = recovered(&store)
+            .chunks
+            .iter()
+            .map(|c| c.live.clone())
+            .collect();
+        assert_eq!(chunks, [vec![message(7, "w")], vec![message(0, "z")]]);
     }
 
     #[test]

@@ -184,6 +184,64 @@ impl StateMachine {
     }
 }
 
+/// Entries applied to the machine whose store commits are not written yet, in order.
+#[derive(Default)]
+struct Run {
+    first: Option<LogId<NodeId>>,
+    commits: Vec<Commit>,
+    states: Vec<AppliedState>,
+    effects: Vec<(Option<Applied>, Answers)>,
+}
+
+impl Run {
+    fn push(
+        &mut self,
+        log_id: LogId<NodeId>,
+        state: AppliedState,
+        mut commit: Commit,
+        applied: Option<Applied>,
+        answers: Answers,
+    ) -> Result<(), StorageError<NodeId>> {
+        self.first.get_or_insert(log_id);
+        commit.log_index = Some(log_id.index);
+        commit.applied = Some(postcard::to_stdvec(&state).map_err(|e| sm_err(&e))?);
+        self.commits.push(commit);
+        self.states.push(state);
+        self.effects.push((applied, answers));
+        Ok(())
+    }
+}
+
+impl StateMachine {
+    /// Writes `run`'s commits to the store, then hands their effects to the queues
+    /// and their answers to `replies`, in order.
+    async fn write(
+        &self,
+        run: &mut Run,
+        replies: &mut Vec<Answers>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let Some(first) = run.first.take() else {
+            return Ok(());
+        };
+        let commits = std::mem::take(&mut run.commits);
+        let store = Arc::clone(&self.store);
+        blocking(move || store.apply_all(&commits))
+            .await
+            .map_err(|e| StorageError::from(StorageIOError::apply(first, &e)))?;
+        if let Some(last) = run.states.pop() {
+            *lock(&self.state) = last;
+        }
+        run.states.clear();
+        for (applied, answers) in run.effects.drain(..) {
+            if let Some(applied) = applied {
+                self.runtime.apply(self.group, applied).await;
+            }
+            replies.push(answers);
+        }
+        Ok(())
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = Builder;
 
@@ -195,70 +253,69 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((s.last, s.membership))
     }
 
+    /// Applies a run of entries: the machine and the directory at once, each entry's
+    /// store commit gathered; the commits written together (their bodies synced once,
+    /// `Store::apply_all`) before the effects of any reach the queues. An entry that
+    /// may start the queues' tasks, or changes the membership, ends a run: the tasks
+    /// must start from the store as of that entry.
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Answers>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
         let mut replies = Vec::new();
+        let mut run = Run::default();
         for entry in entries {
             let log_id = entry.log_id;
-            let mut state = lock(&self.state).clone();
+            let mut state = run
+                .states
+                .last()
+                .cloned()
+                .unwrap_or_else(|| lock(&self.state).clone());
             state.last = Some(log_id);
-            let mut applied = None;
-            let mut opens_term = false;
-            // An empty entry: a leader whose lease returned asks to run the queues again
-            // (`follow_leadership`).
-            let mut resumes = false;
-            let mut commit = Commit::default();
-            let answers = match entry.payload {
-                EntryPayload::Blank => {
-                    opens_term = true;
-                    Answers::default()
-                }
-                EntryPayload::Normal(e) if e.commands.is_empty() => {
-                    resumes = true;
-                    Answers::default()
-                }
-                EntryPayload::Normal(e) => {
-                    let fx = self.machine.apply(&e);
-                    if let Some(directory) = &self.directory {
-                        let placed = fx.placed.iter().filter_map(|(id, group)| {
-                            let (_, def) = fx.declared.iter().find(|(q, _)| q == id)?;
-                            Some((*id, *group, Arc::new(def.clone())))
-                        });
-                        directory.apply(placed, &fx.deleted, &fx.groups);
-                    }
-                    commit = fx.commit;
-                    applied = Some(Applied {
-                        deleted: fx.deleted,
-                        declared: fx.declared,
-                        placed: fx.placed,
-                        appended: fx.appended.into_iter().collect(),
-                    });
-                    Answers(fx.answers)
-                }
-                EntryPayload::Membership(m) => {
+            let EntryPayload::Normal(e) = entry.payload else {
+                self.write(&mut run, &mut replies).await?;
+                // A blank entry opens a term; a membership is kept with the state.
+                let opens_term = matches!(entry.payload, EntryPayload::Blank);
+                if let EntryPayload::Membership(m) = entry.payload {
                     state.membership = StoredMembership::new(Some(log_id), m);
-                    Answers::default()
                 }
+                run.push(log_id, state, Commit::default(), None, Answers::default())?;
+                self.write(&mut run, &mut replies).await?;
+                if opens_term && self.leads(log_id.leader_id.term) {
+                    self.lead(log_id.leader_id.term).await?;
+                }
+                continue;
             };
-            commit.log_index = Some(log_id.index);
-            commit.applied = Some(postcard::to_stdvec(&state).map_err(|e| sm_err(&e))?);
-            let store = Arc::clone(&self.store);
-            blocking(move || store.apply(&commit))
-                .await
-                .map_err(|e| StorageError::from(StorageIOError::apply(log_id, &e)))?;
-            *lock(&self.state) = state;
-            if let Some(applied) = applied {
-                self.runtime.apply(self.group, applied).await;
+            if e.commands.is_empty() {
+                // An empty entry: a leader whose lease returned asks to run the queues
+                // again (`follow_leadership`).
+                self.write(&mut run, &mut replies).await?;
+                run.push(log_id, state, Commit::default(), None, Answers::default())?;
+                self.write(&mut run, &mut replies).await?;
+                let term = log_id.leader_id.term;
+                if !self.runtime.runs_tasks(self.group) && self.leads(term) {
+                    self.lead(term).await?;
+                }
+                continue;
             }
-            let starts = opens_term || (resumes && !self.runtime.runs_tasks(self.group));
-            if starts && self.leads(log_id.leader_id.term) {
-                self.lead(log_id.leader_id.term).await?;
+            let fx = self.machine.apply(&e);
+            if let Some(directory) = &self.directory {
+                let placed = fx.placed.iter().filter_map(|(id, group)| {
+                    let (_, def) = fx.declared.iter().find(|(q, _)| q == id)?;
+                    Some((*id, *group, Arc::new(def.clone())))
+                });
+                directory.apply(placed, &fx.deleted, &fx.groups);
             }
-            replies.push(answers);
+            let applied = Applied {
+                deleted: fx.deleted,
+                declared: fx.declared,
+                placed: fx.placed,
+                appended: fx.appended.into_iter().collect(),
+            };
+            run.push(log_id, state, fx.commit, Some(applied), Answers(fx.answers))?;
         }
+        self.write(&mut run, &mut replies).await?;
         Ok(replies)
     }
 
