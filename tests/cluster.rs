@@ -938,9 +938,24 @@ async fn nodes_are_added_and_removed_and_a_dead_one_is_replaced() {
         .into_iter()
         .find(|i| *i != four && *i != five)
         .expect("an original node runs");
+    // Done once every member has it, not only the leader that appended it: until the
+    // change reaches them, the others are in the joint configuration, whose old half
+    // (with the dead node) has no majority once one more node dies.
     let group = eventually("the queue's group to replace the dead node", || async {
         let g = cluster.group_of(holder, "ledger").await;
-        (!g.members.contains(&dead) && g.members.len() == 3).then_some(g)
+        if g.members.contains(&dead) || g.members.len() != 3 {
+            return None;
+        }
+        for member in &g.members {
+            let node = cluster.nodes[(member - 1) as usize].as_ref()?;
+            let client = Client::connect(node.url()).await.ok()?;
+            let groups = client.cluster_groups().await.ok()?;
+            let seen = groups.iter().find(|seen| seen.group == g.group)?;
+            if seen.members != g.members {
+                return None;
+            }
+        }
+        Some(g)
     })
     .await;
     assert!(group.members.contains(&((four + 1) as u64)), "{group:?}");
