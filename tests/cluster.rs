@@ -142,6 +142,15 @@ impl Cluster {
         .await
     }
 
+    /// Group `group` as node `member` sees it now (`None`: the node is down, cannot
+    /// be asked, or knows no such group).
+    async fn view(&self, member: u64, group: u64) -> Option<tern::GroupInfo> {
+        let node = self.nodes.get((member - 1) as usize)?.as_ref()?;
+        let client = Client::connect(node.url()).await.ok()?;
+        let groups = client.cluster_groups().await.ok()?;
+        groups.into_iter().find(|g| g.group == group)
+    }
+
     /// A client with every running node as its seed list, `first` at its head.
     async fn seeded(&self, first: usize) -> Client {
         let mut seeds = vec![self.nodes[first].as_ref().expect("running").url()];
@@ -947,11 +956,7 @@ async fn nodes_are_added_and_removed_and_a_dead_one_is_replaced() {
             return None;
         }
         for member in &g.members {
-            let node = cluster.nodes[(member - 1) as usize].as_ref()?;
-            let client = Client::connect(node.url()).await.ok()?;
-            let groups = client.cluster_groups().await.ok()?;
-            let seen = groups.iter().find(|seen| seen.group == g.group)?;
-            if seen.members != g.members {
+            if cluster.view(*member, g.group).await?.members != g.members {
                 return None;
             }
         }
@@ -965,15 +970,10 @@ async fn nodes_are_added_and_removed_and_a_dead_one_is_replaced() {
     // its leader only as last heard of.
     let queue_leader = eventually("a live leader of the queue's group", || async {
         for member in &group.members {
-            let i = (member - 1) as usize;
-            if i == holder {
+            if (member - 1) as usize == holder {
                 continue;
             }
-            let client = Client::connect(cluster.nodes[i].as_ref()?.url())
-                .await
-                .ok()?;
-            let groups = client.cluster_groups().await.ok()?;
-            let g = groups.iter().find(|g| g.group == group.group)?;
+            let g = cluster.view(*member, group.group).await?;
             let led = g.leader.checked_sub(1)? as usize;
             if led != holder && g.members.contains(member) {
                 return Some(led);

@@ -190,8 +190,8 @@ impl Inner {
     /// learns the others' addresses from them, so one that just started may not know
     /// them all yet (or not even the members, before it has joined): then it is asked
     /// again, after 1 s, 2 s, 4 s, then every 5 s (a small query, and only while an
-    /// address is missing), for as long as this connection lasts. Nothing to learn from a node that runs alone, or from a
-    /// server older than the query.
+    /// address is missing), for as long as this connection lasts. Nothing to learn
+    /// from a node that runs alone, or from a server older than the query.
     pub(crate) async fn learn_cluster(&self) {
         let connection = *self.generation.borrow();
         let mut pause = Duration::from_secs(1);

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tern_storage::{GroupRecord, SledStore};
 
+use super::directory::Layout;
 use super::raft::{Host, MembershipError, NodeId, Recovery, Replica, StartError};
 use crate::queue::machine::{Command, Entry};
 use crate::queue::{GroupId, FIRST_GROUP};
@@ -289,47 +290,15 @@ pub(crate) async fn replace_departed(host: Arc<Host>, replicas: Arc<Replicas>) {
     let mut checked: Option<(u64, Vec<NodeId>)> = None;
     loop {
         let version = *changed.borrow_and_update();
-        let first = replicas.first().filter(|f| f.leads());
-        let now = first.as_ref().map(|f| (version, f.voters()));
-        if let Some(first) = first.filter(|_| now != checked) {
-            let voters = first.voters();
-            let layout = host.directory.layout();
-            let mut commands = Vec::new();
-            for (group, record) in &layout.groups {
-                let kept: Vec<NodeId> = record
-                    .members
-                    .iter()
-                    .copied()
-                    .filter(|m| voters.contains(m))
-                    .collect();
-                if kept.len() == record.members.len() {
-                    continue;
+        if let Some(first) = replicas.first().filter(|f| f.leads()) {
+            let now = (version, first.voters());
+            if checked.as_ref() != Some(&now) {
+                let commands = replacements(&host.directory.layout(), &now.1);
+                if commands.is_empty() {
+                    checked = Some(now);
+                } else if let Err(e) = first.propose_here(Entry { commands }).await {
+                    tracing::debug!(error = %e, "queue groups still count departed nodes");
                 }
-                let load = |n: &NodeId| {
-                    layout
-                        .groups
-                        .values()
-                        .filter(|g| g.members.contains(n))
-                        .count()
-                };
-                let mut spares: Vec<NodeId> = voters
-                    .iter()
-                    .copied()
-                    .filter(|v| !kept.contains(v))
-                    .collect();
-                spares.sort_by_key(|n| (load(n), *n));
-                let mut members = kept;
-                let missing = record.members.len() - members.len();
-                members.extend(spares.into_iter().take(missing));
-                commands.push(Command::SetGroup {
-                    group: *group,
-                    members: Some(members),
-                });
-            }
-            if commands.is_empty() {
-                checked = now;
-            } else if let Err(e) = first.propose_here(Entry { commands }).await {
-                tracing::debug!(error = %e, "queue groups still count departed nodes");
             }
         }
         tokio::select! {
@@ -338,4 +307,42 @@ pub(crate) async fn replace_departed(host: Arc<Host>, replicas: Arc<Replicas>) {
             () = tokio::time::sleep(RECONCILE_EVERY) => {}
         }
     }
+}
+
+/// A `SetGroup` for each group of `layout` that counts a node not among `voters`,
+/// with the voters in it not yet in its place (those in fewest groups first).
+fn replacements(layout: &Layout, voters: &[NodeId]) -> Vec<Command> {
+    let mut commands = Vec::new();
+    for (group, record) in &layout.groups {
+        let kept: Vec<NodeId> = record
+            .members
+            .iter()
+            .copied()
+            .filter(|m| voters.contains(m))
+            .collect();
+        if kept.len() == record.members.len() {
+            continue;
+        }
+        let load = |n: &NodeId| {
+            layout
+                .groups
+                .values()
+                .filter(|g| g.members.contains(n))
+                .count()
+        };
+        let mut spares: Vec<NodeId> = voters
+            .iter()
+            .copied()
+            .filter(|v| !kept.contains(v))
+            .collect();
+        spares.sort_by_key(|n| (load(n), *n));
+        let mut members = kept;
+        let missing = record.members.len() - members.len();
+        members.extend(spares.into_iter().take(missing));
+        commands.push(Command::SetGroup {
+            group: *group,
+            members: Some(members),
+        });
+    }
+    commands
 }

@@ -189,7 +189,8 @@ impl StateMachine {
 struct Run {
     first: Option<LogId<NodeId>>,
     commits: Vec<Commit>,
-    states: Vec<AppliedState>,
+    /// The state as of the last of them.
+    last: Option<AppliedState>,
     effects: Vec<(Option<Applied>, Answers)>,
 }
 
@@ -206,7 +207,7 @@ impl Run {
         commit.log_index = Some(log_id.index);
         commit.applied = Some(postcard::to_stdvec(&state).map_err(|e| sm_err(&e))?);
         self.commits.push(commit);
-        self.states.push(state);
+        self.last = Some(state);
         self.effects.push((applied, answers));
         Ok(())
     }
@@ -228,10 +229,9 @@ impl StateMachine {
         blocking(move || store.apply_all(&commits))
             .await
             .map_err(|e| StorageError::from(StorageIOError::apply(first, &e)))?;
-        if let Some(last) = run.states.pop() {
+        if let Some(last) = run.last.take() {
             *lock(&self.state) = last;
         }
-        run.states.clear();
         for (applied, answers) in run.effects.drain(..) {
             if let Some(applied) = applied {
                 self.runtime.apply(self.group, applied).await;
@@ -268,37 +268,31 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for entry in entries {
             let log_id = entry.log_id;
             let mut state = run
-                .states
-                .last()
-                .cloned()
+                .last
+                .clone()
                 .unwrap_or_else(|| lock(&self.state).clone());
             state.last = Some(log_id);
-            let EntryPayload::Normal(e) = entry.payload else {
-                self.write(&mut run, &mut replies).await?;
-                // A blank entry opens a term; a membership is kept with the state.
-                let opens_term = matches!(entry.payload, EntryPayload::Blank);
-                if let EntryPayload::Membership(m) = entry.payload {
-                    state.membership = StoredMembership::new(Some(log_id), m);
+            let e = match entry.payload {
+                EntryPayload::Normal(e) if !e.commands.is_empty() => e,
+                payload => {
+                    // A blank entry opens a term; an empty one is a leader whose lease
+                    // returned asking to run the queues again (`follow_leadership`);
+                    // a membership is kept with the state.
+                    let opens_term = matches!(payload, EntryPayload::Blank);
+                    let resumes = matches!(payload, EntryPayload::Normal(_));
+                    if let EntryPayload::Membership(m) = payload {
+                        state.membership = StoredMembership::new(Some(log_id), m);
+                    }
+                    self.write(&mut run, &mut replies).await?;
+                    run.push(log_id, state, Commit::default(), None, Answers::default())?;
+                    self.write(&mut run, &mut replies).await?;
+                    let starts = opens_term || (resumes && !self.runtime.runs_tasks(self.group));
+                    if starts && self.leads(log_id.leader_id.term) {
+                        self.lead(log_id.leader_id.term).await?;
+                    }
+                    continue;
                 }
-                run.push(log_id, state, Commit::default(), None, Answers::default())?;
-                self.write(&mut run, &mut replies).await?;
-                if opens_term && self.leads(log_id.leader_id.term) {
-                    self.lead(log_id.leader_id.term).await?;
-                }
-                continue;
             };
-            if e.commands.is_empty() {
-                // An empty entry: a leader whose lease returned asks to run the queues
-                // again (`follow_leadership`).
-                self.write(&mut run, &mut replies).await?;
-                run.push(log_id, state, Commit::default(), None, Answers::default())?;
-                self.write(&mut run, &mut replies).await?;
-                let term = log_id.leader_id.term;
-                if !self.runtime.runs_tasks(self.group) && self.leads(term) {
-                    self.lead(term).await?;
-                }
-                continue;
-            }
             let fx = self.machine.apply(&e);
             if let Some(directory) = &self.directory {
                 let placed = fx.placed.iter().filter_map(|(id, group)| {
